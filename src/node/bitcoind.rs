@@ -1,0 +1,232 @@
+//! Talking to bitcoind (or the devchain) over JSON-RPC: block source, fee
+//! estimator and broadcaster.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use bitcoin::consensus::encode::serialize_hex;
+use bitcoin::{Network, Transaction, Txid};
+use lightning::chain::chaininterface::{
+    BroadcasterInterface, ConfirmationTarget, FeeEstimator, TransactionType,
+    FEERATE_FLOOR_SATS_PER_KW,
+};
+use lightning_block_sync::http::JsonResponse;
+use lightning_block_sync::rpc::RpcClient;
+use serde_json::json;
+
+use super::NodeError;
+
+/// Every confirmation target LDK asks about, with the block target we ask
+/// bitcoind's `estimatesmartfee` for.
+const TARGETS: [(ConfirmationTarget, u16); 8] = [
+    (ConfirmationTarget::MaximumFeeEstimate, 1),
+    (ConfirmationTarget::UrgentOnChainSweep, 6),
+    (ConfirmationTarget::MinAllowedAnchorChannelRemoteFee, 1008),
+    (ConfirmationTarget::MinAllowedNonAnchorChannelRemoteFee, 144),
+    (ConfirmationTarget::AnchorChannelFee, 1008),
+    (ConfirmationTarget::NonAnchorChannelFee, 12),
+    (ConfirmationTarget::ChannelCloseMinimum, 144),
+    (ConfirmationTarget::OutputSpendingFee, 12),
+];
+
+/// Used until bitcoind has an estimate (a fresh regtest bitcoind has none).
+const FALLBACK_SAT_PER_KW: u32 = 500; // 2 sat/vB
+
+/// One bitcoind JSON-RPC endpoint, used for blocks, fees and broadcasting.
+pub struct Bitcoind {
+    rpc: Arc<RpcClient>,
+    fee_cache: HashMap<ConfirmationTarget, AtomicU32>,
+    runtime: tokio::runtime::Handle,
+    /// Transactions we handed to bitcoind and whether it took them.
+    broadcasts: Arc<Mutex<Vec<BroadcastRecord>>>,
+}
+
+/// What happened to a transaction LDK asked us to broadcast.
+#[derive(Debug, Clone)]
+pub struct BroadcastRecord {
+    /// The transaction id.
+    pub txid: Txid,
+    /// `None` when bitcoind accepted it, otherwise its error.
+    pub error: Option<String>,
+}
+
+impl Bitcoind {
+    /// Connects to `url` (e.g. `http://127.0.0.1:18443`) with `user:password`
+    /// and checks that the node is on `network`.
+    pub async fn connect(
+        url: &str,
+        user: &str,
+        password: &str,
+        network: Network,
+    ) -> Result<Arc<Self>, NodeError> {
+        let credentials =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let rpc = Arc::new(RpcClient::new(
+            &credentials,
+            url.trim_end_matches('/').to_string(),
+        ));
+        let info: JsonResponse = rpc
+            .call_method("getblockchaininfo", &[])
+            .await
+            .map_err(|e| NodeError::Chain(format!("bitcoind at {url} did not answer: {e}")))?;
+        let chain = info.0["chain"].as_str().unwrap_or_default().to_string();
+        let expected = match network {
+            Network::Bitcoin => "main",
+            Network::Testnet => "test",
+            Network::Testnet4 => "testnet4",
+            Network::Signet => "signet",
+            Network::Regtest => "regtest",
+        };
+        if chain != expected {
+            return Err(NodeError::Chain(format!(
+                "bitcoind at {url} is on chain '{chain}', expected '{expected}'"
+            )));
+        }
+        let fee_cache = TARGETS
+            .iter()
+            .map(|(target, _)| (*target, AtomicU32::new(FALLBACK_SAT_PER_KW)))
+            .collect();
+        let this = Arc::new(Bitcoind {
+            rpc,
+            fee_cache,
+            runtime: tokio::runtime::Handle::current(),
+            broadcasts: Arc::new(Mutex::new(Vec::new())),
+        });
+        this.update_fee_estimates().await;
+        Ok(this)
+    }
+
+    /// The RPC client, for lightning-block-sync.
+    pub fn rpc(&self) -> Arc<RpcClient> {
+        Arc::clone(&self.rpc)
+    }
+
+    /// Asks bitcoind for a fresh fee estimate for every target. Targets it
+    /// cannot estimate keep their last value.
+    pub async fn update_fee_estimates(&self) {
+        for (target, blocks) in TARGETS {
+            let estimate: Result<JsonResponse, _> = self
+                .rpc
+                .call_method("estimatesmartfee", &[json!(blocks), json!("ECONOMICAL")])
+                .await;
+            let Ok(JsonResponse(value)) = estimate else {
+                continue;
+            };
+            // BTC per kvB -> sat per 1000 weight units.
+            let Some(btc_per_kvb) = value["feerate"].as_f64() else {
+                continue;
+            };
+            let sat_per_kw = (btc_per_kvb * 100_000_000.0 / 4.0).round();
+            if sat_per_kw.is_finite() && sat_per_kw >= 0.0 && sat_per_kw <= u32::MAX as f64 {
+                let rate = (sat_per_kw as u32).max(FEERATE_FLOOR_SATS_PER_KW);
+                if let Some(slot) = self.fee_cache.get(&target) {
+                    slot.store(rate, Ordering::Release);
+                }
+            }
+        }
+    }
+
+    /// The current tip height and hash.
+    pub async fn tip(&self) -> Result<(u32, bitcoin::BlockHash), NodeError> {
+        let info: JsonResponse = self
+            .rpc
+            .call_method("getblockchaininfo", &[])
+            .await
+            .map_err(|e| NodeError::Chain(e.to_string()))?;
+        let height = info.0["blocks"]
+            .as_u64()
+            .and_then(|h| u32::try_from(h).ok())
+            .ok_or_else(|| NodeError::Chain("getblockchaininfo without blocks".into()))?;
+        let hash = info.0["bestblockhash"]
+            .as_str()
+            .and_then(|h| h.parse().ok())
+            .ok_or_else(|| NodeError::Chain("getblockchaininfo without bestblockhash".into()))?;
+        Ok((height, hash))
+    }
+
+    /// Fetches a whole block.
+    pub async fn block(&self, hash: &bitcoin::BlockHash) -> Result<bitcoin::Block, NodeError> {
+        let hex: JsonResponse = self
+            .rpc
+            .call_method("getblock", &[json!(hash.to_string()), json!(0)])
+            .await
+            .map_err(|e| NodeError::Chain(e.to_string()))?;
+        let hex = hex
+            .0
+            .as_str()
+            .ok_or_else(|| NodeError::Chain("getblock returned no hex".into()))?;
+        bitcoin::consensus::encode::deserialize_hex(hex)
+            .map_err(|e| NodeError::Chain(format!("bad block from bitcoind: {e}")))
+    }
+
+    /// Sends one transaction now and returns bitcoind's verdict.
+    pub async fn send_transaction(&self, tx: &Transaction) -> Result<Txid, String> {
+        send_raw(&self.rpc, &self.broadcasts, tx).await
+    }
+
+    /// Every broadcast attempt so far, oldest first.
+    pub fn broadcasts(&self) -> Vec<BroadcastRecord> {
+        self.broadcasts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl FeeEstimator for Bitcoind {
+    fn get_est_sat_per_1000_weight(&self, target: ConfirmationTarget) -> u32 {
+        self.fee_cache
+            .get(&target)
+            .map(|rate| rate.load(Ordering::Acquire))
+            .unwrap_or(FALLBACK_SAT_PER_KW)
+    }
+}
+
+impl BroadcasterInterface for Bitcoind {
+    fn broadcast_transactions(&self, txs: &[(&Transaction, TransactionType)]) {
+        // LDK calls this from synchronous code: send in the given order
+        // (parents first) on the runtime, without blocking the caller.
+        let txs: Vec<Transaction> = txs.iter().map(|(tx, _)| (*tx).clone()).collect();
+        let rpc = Arc::clone(&self.rpc);
+        let records = Arc::clone(&self.broadcasts);
+        self.runtime.spawn(async move {
+            for tx in txs {
+                let _ = send_raw(&rpc, &records, &tx).await;
+            }
+        });
+    }
+}
+
+async fn send_raw(
+    rpc: &RpcClient,
+    records: &Mutex<Vec<BroadcastRecord>>,
+    tx: &Transaction,
+) -> Result<Txid, String> {
+    let result: Result<JsonResponse, _> = rpc
+        .call_method("sendrawtransaction", &[json!(serialize_hex(tx))])
+        .await;
+    let txid = tx.compute_txid();
+    let error = match result {
+        Ok(_) => None,
+        // A rebroadcast of a known transaction is not a failure.
+        Err(e) if e.to_string().contains("already") => None,
+        Err(e) => Some(e.to_string()),
+    };
+    match &error {
+        Some(e) => log::warn!("bitcoind rejected {txid}: {e}"),
+        None => log::debug!("broadcast {txid}"),
+    }
+    records
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(BroadcastRecord {
+            txid,
+            error: error.clone(),
+        });
+    match error {
+        None => Ok(txid),
+        Some(e) => Err(e),
+    }
+}

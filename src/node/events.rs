@@ -1,0 +1,222 @@
+//! The node's LDK event handler.
+
+use std::sync::Arc;
+
+use bitcoin::hashes::Hash;
+use bitcoin::FeeRate;
+use lightning::chain::chaininterface::{ConfirmationTarget, FeeEstimator};
+use lightning::events::{Event, ReplayEvent};
+use lightning::util::ser::Writeable;
+
+use super::bitcoind::Bitcoind;
+use super::payments::{PaymentDirection, PaymentStatus, PaymentStore};
+use super::types::ChannelManager;
+use crate::wallet::{SharedStore, SpliceWallet, PERSISTENCE_NAMESPACE};
+
+const SPENDABLE_OUTPUTS_NAMESPACE: &str = "spendable_outputs";
+
+/// Handles the events LDK hands the node: funding, inbound channels,
+/// payments, and outputs to keep.
+pub(crate) struct NodeEventHandler {
+    pub(crate) channel_manager: Arc<ChannelManager>,
+    pub(crate) wallet: Arc<SpliceWallet>,
+    pub(crate) bitcoind: Arc<Bitcoind>,
+    pub(crate) payments: Arc<PaymentStore>,
+    pub(crate) store: SharedStore,
+    pub(crate) notify: Arc<tokio::sync::Notify>,
+    pub(crate) accept_inbound_channels: bool,
+}
+
+impl NodeEventHandler {
+    pub(crate) fn handle(&self, event: Event) -> Result<(), ReplayEvent> {
+        let result = self.dispatch(event);
+        // Anyone waiting on node state gets to look again.
+        self.notify.notify_waiters();
+        result
+    }
+
+    fn dispatch(&self, event: Event) -> Result<(), ReplayEvent> {
+        match event {
+            Event::FundingGenerationReady {
+                temporary_channel_id,
+                counterparty_node_id,
+                channel_value_satoshis,
+                output_script,
+                ..
+            } => {
+                let fee_rate = FeeRate::from_sat_per_kwu(u64::from(
+                    self.bitcoind
+                        .get_est_sat_per_1000_weight(ConfirmationTarget::NonAnchorChannelFee),
+                ));
+                let amount = bitcoin::Amount::from_sat(channel_value_satoshis);
+                let funding = self
+                    .wallet
+                    .build_payment(output_script, amount, fee_rate)
+                    .map_err(|e| e.to_string())
+                    .and_then(|tx| {
+                        self.channel_manager
+                            .funding_transaction_generated(
+                                temporary_channel_id,
+                                counterparty_node_id,
+                                tx.clone(),
+                            )
+                            .map(|()| tx)
+                            .map_err(|e| format!("{e:?}"))
+                    });
+                match funding {
+                    Ok(tx) => {
+                        log::info!(
+                            "funding channel with {counterparty_node_id} in {}",
+                            tx.compute_txid()
+                        );
+                        self.wallet.transaction_broadcast(&tx);
+                    }
+                    Err(e) => {
+                        log::error!("could not fund channel with {counterparty_node_id}: {e}");
+                        let _ = self.channel_manager.force_close_broadcasting_latest_txn(
+                            &temporary_channel_id,
+                            &counterparty_node_id,
+                            format!("funding failed: {e}"),
+                        );
+                    }
+                }
+            }
+            Event::OpenChannelRequest {
+                temporary_channel_id,
+                counterparty_node_id,
+                funding_satoshis,
+                ..
+            } => {
+                if !self.accept_inbound_channels {
+                    log::info!("rejecting inbound channel from {counterparty_node_id}");
+                    let _ = self.channel_manager.force_close_broadcasting_latest_txn(
+                        &temporary_channel_id,
+                        &counterparty_node_id,
+                        "inbound channels are not accepted".into(),
+                    );
+                    return Ok(());
+                }
+                let user_channel_id = u128::from_be_bytes(rand_bytes());
+                match self.channel_manager.accept_inbound_channel(
+                    &temporary_channel_id,
+                    &counterparty_node_id,
+                    user_channel_id,
+                    None,
+                ) {
+                    Ok(()) => log::info!(
+                        "accepted inbound channel of {funding_satoshis} sat from {counterparty_node_id}"
+                    ),
+                    Err(e) => log::error!("could not accept inbound channel: {e:?}"),
+                }
+            }
+            Event::PaymentClaimable {
+                payment_hash,
+                purpose,
+                amount_msat,
+                ..
+            } => {
+                self.payments
+                    .upsert(payment_hash, PaymentDirection::Inbound, |p| {
+                        p.amount_msat = Some(amount_msat);
+                    });
+                match purpose.preimage() {
+                    Some(preimage) => self.channel_manager.claim_funds(preimage),
+                    None => log::warn!("claimable payment {payment_hash} without a preimage"),
+                }
+            }
+            Event::PaymentClaimed {
+                payment_hash,
+                amount_msat,
+                ..
+            } => {
+                log::info!("received {amount_msat} msat for {payment_hash}");
+                self.payments
+                    .upsert(payment_hash, PaymentDirection::Inbound, |p| {
+                        p.amount_msat = Some(amount_msat);
+                        p.status = PaymentStatus::Succeeded;
+                    });
+            }
+            Event::PaymentSent {
+                payment_hash,
+                fee_paid_msat,
+                amount_msat,
+                ..
+            } => {
+                log::info!("payment {payment_hash} sent, fee {fee_paid_msat:?} msat");
+                self.payments
+                    .upsert(payment_hash, PaymentDirection::Outbound, |p| {
+                        p.status = PaymentStatus::Succeeded;
+                        p.fee_paid_msat = fee_paid_msat;
+                        if amount_msat.is_some() {
+                            p.amount_msat = amount_msat;
+                        }
+                    });
+            }
+            Event::PaymentFailed {
+                payment_hash,
+                reason,
+                ..
+            } => {
+                log::warn!("payment {payment_hash:?} failed: {reason:?}");
+                if let Some(hash) = payment_hash {
+                    self.payments.upsert(hash, PaymentDirection::Outbound, |p| {
+                        p.status = PaymentStatus::Failed;
+                    });
+                }
+            }
+            Event::ChannelPending {
+                channel_id,
+                counterparty_node_id,
+                funding_txo,
+                ..
+            } => {
+                log::info!(
+                    "channel {channel_id} with {counterparty_node_id} pending in {funding_txo}"
+                );
+            }
+            Event::ChannelReady {
+                channel_id,
+                counterparty_node_id,
+                ..
+            } => {
+                log::info!("channel {channel_id} with {counterparty_node_id} ready");
+            }
+            Event::ChannelClosed {
+                channel_id, reason, ..
+            } => {
+                log::info!("channel {channel_id} closed: {reason}");
+            }
+            Event::SpendableOutputs { outputs, .. } => {
+                // Kept so that they can be swept; the node does not sweep by itself yet.
+                for output in outputs {
+                    let bytes = output.encode();
+                    let key = bitcoin::hashes::sha256::Hash::hash(&bytes).to_string();
+                    if self
+                        .store
+                        .write(
+                            PERSISTENCE_NAMESPACE,
+                            SPENDABLE_OUTPUTS_NAMESPACE,
+                            &key,
+                            bytes,
+                        )
+                        .is_err()
+                    {
+                        return Err(ReplayEvent());
+                    }
+                }
+            }
+            Event::ConnectionNeeded { node_id, .. } => {
+                log::debug!("LDK asks to connect to {node_id}; the reconnect task handles it");
+            }
+            other => log::debug!("unhandled event: {other:?}"),
+        }
+        Ok(())
+    }
+}
+
+fn rand_bytes() -> [u8; 16] {
+    use bitcoin::secp256k1::rand::RngCore;
+    let mut bytes = [0u8; 16];
+    bitcoin::secp256k1::rand::thread_rng().fill_bytes(&mut bytes);
+    bytes
+}

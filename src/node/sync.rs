@@ -1,0 +1,92 @@
+//! Keeping the channel manager, chain monitor and wallet on the chain tip
+//! with lightning-block-sync.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bitcoin::block::Header;
+use bitcoin::{Block, Network};
+use lightning::chain::transaction::TransactionData;
+use lightning::chain::{BlockLocator, Listen};
+use lightning_block_sync::poll::{ChainPoller, ValidatedBlockHeader};
+use lightning_block_sync::rpc::RpcClient;
+use lightning_block_sync::{HeaderCache, SpvClient};
+
+/// Every chain listener of the node, notified in order for each block.
+/// More can be added while the node runs (e.g. a splice tracker).
+#[derive(Default)]
+pub struct ChainListeners {
+    listeners: RwLock<Vec<Arc<dyn Listen + Send + Sync>>>,
+}
+
+impl ChainListeners {
+    /// Adds a listener; it sees every block from now on.
+    pub fn add(&self, listener: Arc<dyn Listen + Send + Sync>) {
+        self.listeners
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(listener);
+    }
+
+    fn each(&self, f: impl Fn(&dyn Listen)) {
+        for listener in self
+            .listeners
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            f(listener.as_ref());
+        }
+    }
+}
+
+impl Listen for ChainListeners {
+    fn filtered_block_connected(&self, header: &Header, txdata: &TransactionData, height: u32) {
+        self.each(|l| l.filtered_block_connected(header, txdata, height));
+    }
+
+    fn block_connected(&self, block: &Block, height: u32) {
+        self.each(|l| l.block_connected(block, height));
+    }
+
+    fn blocks_disconnected(&self, fork_point: BlockLocator) {
+        self.each(|l| l.blocks_disconnected(fork_point));
+    }
+}
+
+/// Polls bitcoind for the best chain and feeds new blocks to the listeners
+/// until `stop` changes. Calls `on_change` after blocks connected.
+pub(crate) async fn run_chain_sync(
+    rpc: Arc<RpcClient>,
+    network: Network,
+    tip: ValidatedBlockHeader,
+    cache: HeaderCache,
+    listeners: Arc<ChainListeners>,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    on_change: impl Fn(),
+) {
+    let poller = ChainPoller::new(rpc, network);
+    let mut client = SpvClient::new(tip, poller, cache, listeners);
+    let mut failures = 0u32;
+    loop {
+        match client.poll_best_tip().await {
+            Ok((_, true)) => {
+                failures = 0;
+                on_change();
+            }
+            Ok((_, false)) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                // Say it once, then every minute or so, not every poll.
+                if failures == 1 || failures % 60 == 0 {
+                    log::warn!("chain sync failed ({failures} in a row): {e:?}");
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! The on-chain wallet: a BDK wallet whose state lives in the node's `KVStore`.
+//!
+//! It is fed blocks through [`lightning::chain::Listen`] (the same blocks the
+//! channel manager sees), funds channel opens, and hands out addresses for
+//! channel close outputs so that closed-channel funds come back here.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bdk_wallet::chain::{BlockId, Merge};
+use bdk_wallet::miniscript::psbt::PsbtExt;
+use bdk_wallet::template::Bip84;
+use bdk_wallet::{ChangeSet, KeychainKind, Wallet};
+use bitcoin::bip32::Xpriv;
+use bitcoin::block::Header;
+use bitcoin::{Address, Amount, Block, FeeRate, Network, ScriptBuf, Transaction, Txid};
+use lightning::chain::{BlockLocator, Listen};
+use lightning::util::persist::KVStoreSync;
+
+/// KVStore primary namespace for everything this crate persists.
+pub const PERSISTENCE_NAMESPACE: &str = "ldk_splice";
+const WALLET_SECONDARY_NAMESPACE: &str = "wallet";
+const WALLET_CHANGESET_KEY: &str = "changeset";
+
+/// A `KVStoreSync` shared between threads, as the wallet and journal use it.
+pub type SharedStore = Arc<dyn KVStoreSync + Send + Sync>;
+
+/// What the wallet can fail with.
+#[derive(Debug)]
+pub enum WalletError {
+    /// The wallet state could not be read or written.
+    Persistence(String),
+    /// The stored wallet belongs to another seed or network.
+    Mismatch(String),
+    /// Not enough confirmed funds for what was asked.
+    InsufficientFunds {
+        /// What the transaction needs, fees included.
+        needed: Amount,
+        /// What the wallet can spend.
+        available: Amount,
+    },
+    /// The transaction could not be built or signed.
+    Build(String),
+}
+
+impl std::fmt::Display for WalletError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WalletError::Persistence(e) => write!(f, "wallet storage failed: {e}"),
+            WalletError::Mismatch(e) => write!(f, "stored wallet does not match: {e}"),
+            WalletError::InsufficientFunds { needed, available } => write!(
+                f,
+                "insufficient on-chain funds: need {} sat, have {} sat",
+                needed.to_sat(),
+                available.to_sat()
+            ),
+            WalletError::Build(e) => write!(f, "could not build transaction: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for WalletError {}
+
+/// On-chain balance, split by how settled the coins are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalletBalance {
+    /// Confirmed and spendable now.
+    pub confirmed: Amount,
+    /// Unconfirmed outputs of our own transactions (change), and coinbase
+    /// outputs not yet mature.
+    pub pending: Amount,
+    /// Unconfirmed outputs paid to us by others.
+    pub untrusted_pending: Amount,
+}
+
+impl WalletBalance {
+    /// Everything the wallet knows of, settled or not.
+    pub fn total(&self) -> Amount {
+        self.confirmed + self.pending + self.untrusted_pending
+    }
+}
+
+struct State {
+    wallet: Wallet,
+    /// Everything ever staged, merged: what is written to the store.
+    persisted: ChangeSet,
+}
+
+/// A BDK wallet (BIP84 P2WPKH, keys derived from the node seed) persisted in
+/// a `KVStoreSync` and kept in step with the chain through [`Listen`].
+pub struct SpliceWallet {
+    state: Mutex<State>,
+    /// The BIP32 master key the descriptors derive from; signs our inputs.
+    master_key: Xpriv,
+    store: SharedStore,
+    network: Network,
+}
+
+impl SpliceWallet {
+    /// Loads the wallet from `store`, or creates it from `seed` when the store
+    /// has none. A new wallet starts at `birthday` (the current tip), so it
+    /// does not rescan history it cannot have coins in.
+    pub fn load_or_create(
+        seed: &[u8; 32],
+        network: Network,
+        store: SharedStore,
+        birthday: Option<&Block>,
+        birthday_height: u32,
+    ) -> Result<Self, WalletError> {
+        let xprv = Xpriv::new_master(network, seed)
+            .map_err(|e| WalletError::Build(format!("seed: {e}")))?;
+        let external = Bip84(xprv, KeychainKind::External);
+        let internal = Bip84(xprv, KeychainKind::Internal);
+
+        let stored = match store.read(
+            PERSISTENCE_NAMESPACE,
+            WALLET_SECONDARY_NAMESPACE,
+            WALLET_CHANGESET_KEY,
+        ) {
+            Ok(bytes) => Some(
+                serde_json::from_slice::<ChangeSet>(&bytes)
+                    .map_err(|e| WalletError::Persistence(format!("corrupt wallet state: {e}")))?,
+            ),
+            Err(e) if e.kind() == lightning::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(WalletError::Persistence(e.to_string())),
+        };
+
+        let (wallet, persisted) = match stored {
+            Some(changeset) => {
+                let wallet = Wallet::load()
+                    .descriptor(KeychainKind::External, Some(external))
+                    .descriptor(KeychainKind::Internal, Some(internal))
+                    .check_network(network)
+                    .load_wallet_no_persist(changeset.clone())
+                    .map_err(|e| WalletError::Mismatch(e.to_string()))?
+                    .ok_or_else(|| WalletError::Mismatch("empty wallet state".into()))?;
+                (wallet, changeset)
+            }
+            None => {
+                let mut wallet = Wallet::create(external, internal)
+                    .network(network)
+                    .create_wallet_no_persist()
+                    .map_err(|e| WalletError::Build(e.to_string()))?;
+                if let Some(block) = birthday {
+                    wallet
+                        .apply_block(block, birthday_height)
+                        .map_err(|e| WalletError::Build(e.to_string()))?;
+                }
+                (wallet, ChangeSet::default())
+            }
+        };
+        let this = SpliceWallet {
+            state: Mutex::new(State { wallet, persisted }),
+            master_key: xprv,
+            store,
+            network,
+        };
+        this.persist(&mut this.lock())?;
+        Ok(this)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn persist(&self, state: &mut State) -> Result<(), WalletError> {
+        let Some(staged) = state.wallet.take_staged() else {
+            return Ok(());
+        };
+        state.persisted.merge(staged);
+        let bytes = serde_json::to_vec(&state.persisted)
+            .map_err(|e| WalletError::Persistence(e.to_string()))?;
+        self.store
+            .write(
+                PERSISTENCE_NAMESPACE,
+                WALLET_SECONDARY_NAMESPACE,
+                WALLET_CHANGESET_KEY,
+                bytes,
+            )
+            .map_err(|e| WalletError::Persistence(e.to_string()))
+    }
+
+    fn persist_or_log(&self, state: &mut State) {
+        if let Err(e) = self.persist(state) {
+            log::error!("failed to persist wallet: {e}");
+        }
+    }
+
+    /// The network the wallet's addresses are for.
+    pub fn network(&self) -> Network {
+        self.network
+    }
+
+    /// A fresh receive address.
+    pub fn new_address(&self) -> Result<Address, WalletError> {
+        let mut state = self.lock();
+        let address = state
+            .wallet
+            .reveal_next_address(KeychainKind::External)
+            .address;
+        self.persist(&mut state)?;
+        Ok(address)
+    }
+
+    /// A fresh internal (change) script, used for channel close outputs.
+    pub fn new_internal_script(&self) -> Result<ScriptBuf, WalletError> {
+        let mut state = self.lock();
+        let script = state
+            .wallet
+            .reveal_next_address(KeychainKind::Internal)
+            .address
+            .script_pubkey();
+        self.persist(&mut state)?;
+        Ok(script)
+    }
+
+    /// The wallet balance.
+    pub fn balance(&self) -> WalletBalance {
+        let balance = self.lock().wallet.balance();
+        WalletBalance {
+            confirmed: balance.confirmed,
+            pending: balance.trusted_pending + balance.immature,
+            untrusted_pending: balance.untrusted_pending,
+        }
+    }
+
+    /// Whether `script` pays this wallet.
+    pub fn is_mine(&self, script: &ScriptBuf) -> bool {
+        self.lock().wallet.is_mine(script.clone())
+    }
+
+    /// The block the wallet has synced to.
+    pub fn best_block(&self) -> BlockLocator {
+        let tip = self.lock().wallet.latest_checkpoint();
+        BlockLocator::new(tip.hash(), tip.height())
+    }
+
+    /// Builds and signs a transaction paying `amount` to `script` at
+    /// `fee_rate`, spending confirmed coins only. Nothing is marked spent
+    /// until [`SpliceWallet::transaction_broadcast`] is called.
+    pub fn build_payment(
+        &self,
+        script: ScriptBuf,
+        amount: Amount,
+        fee_rate: FeeRate,
+    ) -> Result<Transaction, WalletError> {
+        let mut state = self.lock();
+        let available = state.wallet.balance().confirmed;
+        let mut builder = state.wallet.build_tx();
+        builder
+            .add_recipient(script, amount)
+            .fee_rate(fee_rate)
+            .exclude_unconfirmed();
+        let mut psbt = builder.finish().map_err(|e| match e {
+            bdk_wallet::error::CreateTxError::CoinSelection(e) => WalletError::InsufficientFunds {
+                needed: e.needed,
+                available,
+            },
+            e => WalletError::Build(e.to_string()),
+        })?;
+        psbt.sign(&self.master_key, state.wallet.secp_ctx())
+            .map_err(|(_, errors)| WalletError::Build(format!("signing failed: {errors:?}")))?;
+        psbt.finalize_mut(state.wallet.secp_ctx())
+            .map_err(|errors| WalletError::Build(format!("finalizing failed: {errors:?}")))?;
+        let tx = psbt
+            .extract_tx()
+            .map_err(|e| WalletError::Build(e.to_string()))?;
+        self.persist(&mut state)?;
+        Ok(tx)
+    }
+
+    /// Records a transaction we broadcast, so its inputs count as spent and
+    /// its change as pending until it confirms.
+    pub fn transaction_broadcast(&self, tx: &Transaction) {
+        let mut state = self.lock();
+        let seen_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        state.wallet.apply_unconfirmed_txs([(tx.clone(), seen_at)]);
+        self.persist_or_log(&mut state);
+    }
+
+    /// The fee the wallet paid in `tx`, if it knows all its inputs.
+    pub fn fee_of(&self, tx: &Transaction) -> Option<Amount> {
+        self.lock().wallet.calculate_fee(tx).ok()
+    }
+
+    /// Whether the wallet has seen `txid` confirmed.
+    pub fn is_confirmed(&self, txid: &Txid) -> bool {
+        self.lock()
+            .wallet
+            .get_tx(*txid)
+            .is_some_and(|tx| tx.chain_position.is_confirmed())
+    }
+
+    fn apply_block(&self, block: &Block, height: u32) {
+        let mut state = self.lock();
+        let tip = state.wallet.latest_checkpoint();
+        // After a reorg, or when blocks arrive faster than we were told of the
+        // disconnect, connect to the block's parent explicitly.
+        let connected_to = BlockId {
+            height: height.saturating_sub(1),
+            hash: block.header.prev_blockhash,
+        };
+        if height > 0 && tip.height() + 1 != height && tip.hash() != block.header.prev_blockhash {
+            log::debug!(
+                "wallet tip {} at {}, connecting block {} at {}",
+                tip.hash(),
+                tip.height(),
+                block.block_hash(),
+                height
+            );
+        }
+        if let Err(e) = state
+            .wallet
+            .apply_block_connected_to(block, height, connected_to)
+        {
+            log::error!("wallet could not connect block at height {height}: {e}");
+            return;
+        }
+        self.persist_or_log(&mut state);
+    }
+}
+
+impl Listen for SpliceWallet {
+    fn filtered_block_connected(
+        &self,
+        header: &Header,
+        txdata: &lightning::chain::transaction::TransactionData,
+        height: u32,
+    ) {
+        let block = Block {
+            header: *header,
+            txdata: txdata.iter().map(|(_, tx)| (*tx).clone()).collect(),
+        };
+        self.apply_block(&block, height);
+    }
+
+    fn block_connected(&self, block: &Block, height: u32) {
+        self.apply_block(block, height);
+    }
+
+    fn blocks_disconnected(&self, fork_point: BlockLocator) {
+        // BDK drops the stale blocks when the next block connects to the
+        // fork point; nothing to do until then.
+        log::debug!(
+            "wallet: blocks disconnected back to {} at {}",
+            fork_point.block_hash,
+            fork_point.height
+        );
+    }
+}
+
+impl lightning::sign::ChangeDestinationSourceSync for SpliceWallet {
+    fn get_change_destination_script(&self) -> Result<ScriptBuf, ()> {
+        self.new_internal_script().map_err(|e| {
+            log::error!("no change script: {e}");
+        })
+    }
+}
