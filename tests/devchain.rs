@@ -1020,3 +1020,84 @@ async fn waiting_for_the_mempool_and_shutting_down() {
     // In-process calls still work.
     assert_eq!(chain.mine_blocks_to_burn(1).len(), 1);
 }
+
+#[tokio::test]
+async fn packages_let_a_child_pay_for_its_parent() {
+    let key = Key::new(14);
+    let chain = setup(&key).await;
+    let hex = |tx: &Transaction| json!(bitcoin::consensus::encode::serialize_hex(tx));
+
+    // A zero-fee parent cannot enter alone.
+    let parent = key.spend(
+        &[coinbase(&chain, 2)],
+        vec![out(&key.p2wpkh(), COINBASE_SAT)],
+    );
+    expect_reject(
+        chain.send_raw_transaction(&parent),
+        -26,
+        "min relay fee not met",
+    );
+
+    // A child paying too little for both: nothing enters.
+    let stingy = key.spend(
+        &[coin(&parent, 0)],
+        vec![out(&key.p2tr(), COINBASE_SAT - 150)],
+    );
+    let reason = chain
+        .submit_package(&[parent.clone(), stingy.clone()])
+        .expect_err("too cheap");
+    assert_eq!(reason.reason, "min relay fee not met");
+    assert!(chain.mempool_txids().is_empty());
+
+    // Parents must come first, as bitcoind requires.
+    let child = key.spend(
+        &[coin(&parent, 0)],
+        vec![out(&key.p2tr(), COINBASE_SAT - 1_000)],
+    );
+    let (code, message) = rpc_error(
+        &chain,
+        "submitpackage",
+        &[json!([hex(&child), hex(&parent)])],
+    )
+    .await;
+    assert_eq!(code, -25);
+    assert!(
+        message.starts_with("package topology disallowed"),
+        "{message}"
+    );
+
+    // The child pays for both.
+    let result = call(
+        &chain,
+        "submitpackage",
+        &[json!([hex(&parent), hex(&child)])],
+    )
+    .await
+    .expect("submitpackage");
+    assert_eq!(result["package_msg"], json!("success"));
+    let parent_result = &result["tx-results"][parent.compute_wtxid().to_string()];
+    assert_eq!(
+        parent_result["txid"],
+        json!(parent.compute_txid().to_string())
+    );
+    assert_eq!(parent_result["fees"]["base"].as_f64(), Some(0.0));
+    assert_eq!(
+        parent_result["fees"]["effective-includes"],
+        json!([
+            parent.compute_wtxid().to_string(),
+            child.compute_wtxid().to_string()
+        ])
+    );
+    let child_result = &result["tx-results"][child.compute_wtxid().to_string()];
+    assert_eq!(child_result["vsize"], json!(child.vsize()));
+    let mut mempool = chain.mempool_txids();
+    mempool.sort();
+    let mut expected = vec![parent.compute_txid(), child.compute_txid()];
+    expected.sort();
+    assert_eq!(mempool, expected);
+
+    let block = chain
+        .block(&chain.mine_blocks_to_burn(1)[0])
+        .expect("block");
+    assert_eq!(block.txdata[1..], [parent, child]);
+}

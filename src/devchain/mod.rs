@@ -30,6 +30,7 @@ mod error;
 mod json;
 mod mempool;
 mod mining;
+mod package;
 mod rest;
 mod rpc;
 mod server;
@@ -256,6 +257,20 @@ impl DevChain {
         self.shared()
             .write(|s| s.submit(tx, 0))
             .map(|accepted| accepted.txid)
+    }
+
+    /// `submitpackage`: a child and its unconfirmed parents (sorted, child last, as bitcoind
+    /// requires), where the child may pay for parents below the relay feerate. All are
+    /// accepted, or the first failure is returned (members valid on their own are still
+    /// accepted, as with bitcoind).
+    pub fn submit_package(&self, txs: &[Transaction]) -> Result<Vec<Txid>, RejectReason> {
+        package::check_topology(txs)?;
+        let outcome = self.shared().write(|s| package::submit_package(s, txs));
+        let mut txids = Vec::with_capacity(outcome.txs.len());
+        for tx in outcome.txs {
+            txids.push(tx.result.map(|_| tx.txid)?);
+        }
+        Ok(txids)
     }
 
     /// `testmempoolaccept`: whether `tx` would be accepted now; the mempool is not changed.

@@ -12,6 +12,7 @@ use std::str::FromStr;
 use super::error::RejectReason;
 use super::json;
 use super::mempool::MIN_RELAY_SAT_PER_KVB;
+use super::package::{self, MAX_PACKAGE_COUNT};
 use super::state::unix_now;
 use super::Shared;
 
@@ -86,6 +87,7 @@ const METHODS: &[(&str, &[&str])] = &[
         &["hexstring", "maxfeerate", "maxburnamount"],
     ),
     ("testmempoolaccept", &["rawtxs", "maxfeerate"]),
+    ("submitpackage", &["package", "maxfeerate", "maxburnamount"]),
     ("estimatesmartfee", &["conf_target", "estimate_mode"]),
     ("generatetoaddress", &["nblocks", "address", "maxtries"]),
     ("invalidateblock", &["blockhash"]),
@@ -374,6 +376,7 @@ pub(crate) fn call(shared: &Shared, method: &str, params: &Value) -> RpcResult {
             Ok(json!(accepted.txid.to_string()))
         }
         "testmempoolaccept" => testmempoolaccept(shared, &args),
+        "submitpackage" => submitpackage(shared, &args),
         "estimatesmartfee" => estimatesmartfee(shared, &args),
         "generatetoaddress" => {
             let n = args.required_int(0)?;
@@ -541,16 +544,16 @@ fn getrawtransaction(shared: &Shared, args: &Args) -> RpcResult {
     })
 }
 
-fn testmempoolaccept(shared: &Shared, args: &Args) -> RpcResult {
+/// The array of raw transactions `testmempoolaccept` and `submitpackage` take.
+fn raw_transactions(args: &Args) -> Result<Vec<Transaction>, RpcError> {
     let raw = args.required(0)?;
     let raw = raw.as_array().ok_or_else(|| type_error(raw, "array"))?;
-    if raw.is_empty() || raw.len() > 25 {
+    if raw.is_empty() || raw.len() > MAX_PACKAGE_COUNT {
         return Err(RpcError::new(
             RPC_INVALID_PARAMETER,
-            "Array must contain between 1 and 25 transactions.",
+            format!("Array must contain between 1 and {MAX_PACKAGE_COUNT} transactions."),
         ));
     }
-    let max_fee_rate = args.fee_rate_kvb(1, DEFAULT_MAX_FEE_RATE_KVB)?;
     let mut txs = Vec::with_capacity(raw.len());
     for item in raw {
         let hex = item.as_str().ok_or_else(|| type_error(item, "string"))?;
@@ -565,6 +568,12 @@ fn testmempoolaccept(shared: &Shared, args: &Args) -> RpcResult {
             })?;
         txs.push(tx);
     }
+    Ok(txs)
+}
+
+fn testmempoolaccept(shared: &Shared, args: &Args) -> RpcResult {
+    let txs = raw_transactions(args)?;
+    let max_fee_rate = args.fee_rate_kvb(1, DEFAULT_MAX_FEE_RATE_KVB)?;
     let results = if txs.len() == 1 {
         vec![shared.write(|s| s.test_accept(&txs[0]))]
     } else {
@@ -608,6 +617,46 @@ fn testmempoolaccept(shared: &Shared, args: &Args) -> RpcResult {
         })
         .collect();
     Ok(Value::Array(out))
+}
+
+fn submitpackage(shared: &Shared, args: &Args) -> RpcResult {
+    let txs = raw_transactions(args)?;
+    args.fee_rate_kvb(1, DEFAULT_MAX_FEE_RATE_KVB)?;
+    package::check_topology(&txs)?;
+    let outcome = shared.write(|s| package::submit_package(s, &txs));
+    let mut results = Map::new();
+    for tx in &outcome.txs {
+        let mut obj = Map::new();
+        obj.insert("txid".into(), json!(tx.txid.to_string()));
+        match &tx.result {
+            Ok(accepted) => {
+                obj.insert("vsize".into(), json!(accepted.vsize));
+                let includes: Vec<String> = accepted
+                    .effective_includes
+                    .iter()
+                    .map(|w| w.to_string())
+                    .collect();
+                obj.insert(
+                    "fees".into(),
+                    json!({
+                        "base": json::btc(accepted.fee),
+                        "effective-feerate": json::btc_per_kvb(accepted.effective_kvb),
+                        "effective-includes": includes,
+                    }),
+                );
+            }
+            Err(reason) => {
+                obj.insert("error".into(), json!(reason.message()));
+            }
+        }
+        results.insert(tx.wtxid.to_string(), Value::Object(obj));
+    }
+    let replaced: Vec<String> = outcome.replaced.iter().map(|t| t.to_string()).collect();
+    Ok(json!({
+        "package_msg": outcome.message,
+        "tx-results": results,
+        "replaced-transactions": replaced,
+    }))
 }
 
 fn estimatesmartfee(shared: &Shared, args: &Args) -> RpcResult {
