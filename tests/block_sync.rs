@@ -14,7 +14,7 @@ use ldk_splice::devchain::{DevChain, DevChainConfig};
 use lightning::chain::transaction::TransactionData;
 use lightning::chain::{BlockLocator, Listen};
 use lightning_block_sync::gossip::UtxoSource;
-use lightning_block_sync::init::validate_best_block_header;
+use lightning_block_sync::init::{synchronize_listeners, validate_best_block_header};
 use lightning_block_sync::poll::{ChainPoller, ChainTip, Validate};
 use lightning_block_sync::rest::RestClient;
 use lightning_block_sync::rpc::RpcClient;
@@ -278,4 +278,50 @@ async fn spv_client_over_rpc_follows_blocks_and_reorgs() {
 async fn spv_client_over_rest_follows_blocks_and_reorgs() {
     let (chain, _) = chain_with_a_spend().await;
     follow(&chain, &rest_client(&chain)).await;
+}
+
+/// Start-up sync as an LDK node does it: one listener from genesis (every block fetched, many
+/// at once over one client) and one from a tip that was reorganised away.
+async fn catch_up<S: BlockSource>(chain: &DevChain, source: &S) {
+    let stale_tip = chain.tip();
+    chain.invalidate_tip(1);
+    let branch = chain.mine_blocks_to_burn(2);
+    let (height, tip) = chain.tip();
+
+    let from_genesis = Recorder::default();
+    let from_stale = Recorder::default();
+    let listeners: Vec<(BlockLocator, &dyn Listen)> = vec![
+        (BlockLocator::from_network(Network::Regtest), &from_genesis),
+        (BlockLocator::new(stale_tip.1, stale_tip.0), &from_stale),
+    ];
+    let (_, best) = synchronize_listeners(source, Network::Regtest, listeners)
+        .await
+        .expect("synchronize_listeners");
+    assert_eq!((best.height, best.header.block_hash()), (height, tip));
+
+    let expected: Vec<Event> = (1..=height)
+        .map(|h| Event::Connected(h, chain.block_hash(h).expect("active block")))
+        .collect();
+    assert_eq!(from_genesis.take(), expected);
+    let fork = stale_tip.0 - 1;
+    assert_eq!(
+        from_stale.take(),
+        vec![
+            Event::Disconnected(fork, chain.block_hash(fork).expect("fork point")),
+            Event::Connected(fork + 1, branch[0]),
+            Event::Connected(fork + 2, branch[1]),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn startup_sync_over_rpc_from_genesis_and_a_stale_tip() {
+    let (chain, _) = chain_with_a_spend().await;
+    catch_up(&chain, &rpc_client(&chain)).await;
+}
+
+#[tokio::test]
+async fn startup_sync_over_rest_from_genesis_and_a_stale_tip() {
+    let (chain, _) = chain_with_a_spend().await;
+    catch_up(&chain, &rest_client(&chain)).await;
 }

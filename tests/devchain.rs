@@ -1101,3 +1101,107 @@ async fn packages_let_a_child_pay_for_its_parent() {
         .expect("block");
     assert_eq!(block.txdata[1..], [parent, child]);
 }
+
+#[tokio::test]
+async fn rest_interface_serves_bitcoind_formats() {
+    let key = Key::new(15);
+    let chain = setup(&key).await;
+    let tx = key.spend(
+        &[coinbase(&chain, 2)],
+        vec![out(&key.p2wpkh(), COINBASE_SAT - 10_000)],
+    );
+    chain.send_raw_transaction(&tx).expect("accepted");
+    let get = |path: String| {
+        let chain = chain.clone();
+        async move { http(&chain, &format!("GET /rest/{path}"), false, "").await }
+    };
+    let json_of = |body: Vec<u8>| -> Value { serde_json::from_slice(&body).expect("json") };
+
+    // The mempool view of getutxos: the coinbase is spent there, the new output exists.
+    let spent = coinbase(&chain, 2).0;
+    let created = OutPoint {
+        txid: tx.compute_txid(),
+        vout: 0,
+    };
+    let (status, body) = get(format!(
+        "getutxos/checkmempool/{}-{}/{}-{}.json",
+        spent.txid, spent.vout, created.txid, created.vout
+    ))
+    .await;
+    assert_eq!(status, 200);
+    let utxos = json_of(body);
+    assert_eq!(utxos["bitmap"], json!("01"));
+    assert_eq!(utxos["chainHeight"], json!(101));
+    assert_eq!(utxos["utxos"][0]["height"], json!(0x7fff_ffff));
+    let (_, body) = get(format!(
+        "getutxos/{}-{}/{}-{}.json",
+        spent.txid, spent.vout, created.txid, created.vout
+    ))
+    .await;
+    assert_eq!(json_of(body)["bitmap"], json!("10"));
+    let (_, body) = get(format!("getutxos/{}-{}.bin", spent.txid, spent.vout)).await;
+    assert_eq!(&body[..4], &101i32.to_le_bytes());
+    assert_eq!(&body[36..38], &[1, 1], "bitmap of one byte, first bit set");
+
+    let hash = chain.mine_blocks_to_burn(1)[0];
+    let block = chain.block(&hash).expect("block");
+    let (status, body) = get(format!("block/{hash}.bin")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        bitcoin::consensus::deserialize::<Block>(&body)
+            .ok()
+            .as_ref(),
+        Some(&block)
+    );
+    let (_, body) = get(format!("block/{hash}.hex")).await;
+    assert_eq!(
+        String::from_utf8(body).expect("utf8").trim(),
+        bitcoin::consensus::encode::serialize_hex(&block)
+    );
+    let (_, body) = get(format!("block/{hash}.json")).await;
+    assert_eq!(
+        json_of(body)["tx"][1]["txid"],
+        json!(tx.compute_txid().to_string())
+    );
+    let (_, body) = get(format!("block/notxdetails/{hash}.json")).await;
+    assert_eq!(json_of(body)["tx"][1], json!(tx.compute_txid().to_string()));
+
+    let genesis = chain.block_hash(0).expect("genesis");
+    let (_, body) = get(format!("headers/{genesis}.json?count=3")).await;
+    let headers = json_of(body);
+    assert_eq!(headers.as_array().map(Vec::len), Some(3));
+    assert_eq!(headers[2]["height"], json!(2));
+    let (_, body) = get(format!("headers/4/{genesis}.bin")).await;
+    assert_eq!(body.len(), 4 * 80);
+    let (_, body) = get(format!("headers/{hash}.hex?count=10")).await;
+    assert_eq!(
+        String::from_utf8(body).expect("utf8").trim(),
+        bitcoin::consensus::encode::serialize_hex(&block.header)
+    );
+
+    let (_, body) = get("blockhashbyheight/102.hex".to_string()).await;
+    assert_eq!(
+        String::from_utf8(body).expect("utf8").trim(),
+        hash.to_string()
+    );
+    let (_, body) = get("blockhashbyheight/102.json".to_string()).await;
+    assert_eq!(json_of(body), json!({ "blockhash": hash.to_string() }));
+    let (_, body) = get(format!("tx/{}.bin", tx.compute_txid())).await;
+    assert_eq!(
+        bitcoin::consensus::deserialize::<Transaction>(&body).ok(),
+        Some(tx.clone())
+    );
+    let (_, body) = get(format!("tx/{}.json", tx.compute_txid())).await;
+    assert_eq!(json_of(body)["blockhash"], json!(hash.to_string()));
+    let (_, body) = get("chaininfo.json".to_string()).await;
+    assert_eq!(json_of(body)["blocks"], json!(102));
+
+    assert_eq!(get("blockhashbyheight/103.bin".to_string()).await.0, 404);
+    assert_eq!(
+        get(format!("block/{}.bin", BlockHash::all_zeros())).await.0,
+        404
+    );
+    assert_eq!(get("block/nothex.bin".to_string()).await.0, 400);
+    assert_eq!(get(format!("block/{hash}.xml")).await.0, 404);
+    assert_eq!(get(format!("headers/0/{hash}.json")).await.0, 400);
+}
