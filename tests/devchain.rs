@@ -1205,3 +1205,71 @@ async fn rest_interface_serves_bitcoind_formats() {
     assert_eq!(get(format!("block/{hash}.xml")).await.0, 404);
     assert_eq!(get(format!("headers/0/{hash}.json")).await.0, 400);
 }
+
+#[tokio::test]
+async fn no_rpc_input_crashes_the_server() {
+    let key = Key::new(16);
+    let chain = DevChain::start(DevChainConfig::default())
+        .await
+        .expect("starts");
+    chain.mine_blocks(2, &key.p2wpkh());
+    let hash = json!(chain.tip().1.to_string());
+    let methods = [
+        "getblockchaininfo",
+        "getnetworkinfo",
+        "getbestblockhash",
+        "getblockcount",
+        "getblockhash",
+        "getblockheader",
+        "getblock",
+        "gettxout",
+        "getrawtransaction",
+        "getrawmempool",
+        "getmempoolentry",
+        "getmempoolinfo",
+        "sendrawtransaction",
+        "testmempoolaccept",
+        "submitpackage",
+        "estimatesmartfee",
+        "generatetoaddress",
+        "invalidateblock",
+        "getmininginfo",
+        "uptime",
+        "ping",
+        "help",
+        "setfeerate",
+    ];
+    let odd_params: Vec<Vec<Value>> = vec![
+        vec![],
+        vec![Value::Null],
+        vec![json!("x")],
+        vec![json!(-1)],
+        vec![json!(u64::MAX)],
+        vec![json!(1e300)],
+        vec![json!({})],
+        vec![json!([])],
+        vec![json!(["00", "zz"])],
+        vec![json!("0100000000"), json!(-5)],
+        vec![hash.clone(), json!(99), json!("yes")],
+        vec![hash.clone(), json!(-3)],
+        vec![
+            json!(0),
+            json!("bcrt1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq"),
+        ],
+        vec![json!(1), json!(2), json!(3), json!(4), json!(5)],
+    ];
+    for method in methods {
+        for params in &odd_params {
+            match call(&chain, method, params).await {
+                Ok(_) => {}
+                Err(RpcClientError::Rpc(e)) => {
+                    assert_ne!(e.message, "internal error", "{method} {params:?} crashed")
+                }
+                Err(e) => panic!("{method} {params:?}: {e:?}"),
+            }
+        }
+    }
+    // Still alive, and the chain is intact (no block was invalidated below genesis).
+    let count = call(&chain, "getblockcount", &[]).await.expect("alive");
+    assert!(count.as_u64().is_some());
+}

@@ -138,12 +138,11 @@ pub(crate) fn check_inputs(
 ) -> Result<Amount, RejectReason> {
     let mut value_in = Amount::ZERO;
     for coin in coins {
-        if coin.is_coinbase && spend_height.saturating_sub(coin.height) < COINBASE_MATURITY {
+        let depth = spend_height.saturating_sub(coin.height);
+        if coin.is_coinbase && depth < COINBASE_MATURITY {
             return Err(
-                RejectReason::rejected("bad-txns-premature-spend-of-coinbase").details(format!(
-                    "tried to spend coinbase at depth {}",
-                    spend_height - coin.height
-                )),
+                RejectReason::rejected("bad-txns-premature-spend-of-coinbase")
+                    .details(format!("tried to spend coinbase at depth {depth}")),
             );
         }
         value_in = match value_in.checked_add(coin.output.value) {
