@@ -201,12 +201,14 @@ impl SpliceWallet {
         Ok(address)
     }
 
-    /// A fresh internal (change) script, used for channel close outputs.
-    pub fn new_internal_script(&self) -> Result<ScriptBuf, WalletError> {
+    /// A fresh script for a channel's close outputs. It comes from the
+    /// receive keychain so it never coincides with a change output the
+    /// wallet picks itself.
+    pub fn new_channel_script(&self) -> Result<ScriptBuf, WalletError> {
         let mut state = self.lock();
         let script = state
             .wallet
-            .reveal_next_address(KeychainKind::Internal)
+            .reveal_next_address(KeychainKind::External)
             .address
             .script_pubkey();
         self.persist(&mut state)?;
@@ -353,7 +355,13 @@ impl Listen for SpliceWallet {
 
 impl lightning::sign::ChangeDestinationSourceSync for SpliceWallet {
     fn get_change_destination_script(&self) -> Result<ScriptBuf, ()> {
-        self.new_internal_script().map_err(|e| {
+        let mut state = self.lock();
+        let script = state
+            .wallet
+            .next_unused_address(KeychainKind::Internal)
+            .address
+            .script_pubkey();
+        self.persist(&mut state).map(|()| script).map_err(|e| {
             log::error!("no change script: {e}");
         })
     }

@@ -187,8 +187,18 @@ impl NodeEventHandler {
                 log::info!("channel {channel_id} closed: {reason}");
             }
             Event::SpendableOutputs { outputs, .. } => {
-                // Kept so that they can be swept; the node does not sweep by itself yet.
+                // Outputs paying the wallet are the wallet's already; the rest
+                // are kept so they can be swept (the node does not sweep yet).
                 for output in outputs {
+                    if let lightning::sign::SpendableOutputDescriptor::StaticOutput {
+                        output: txout,
+                        ..
+                    } = &output
+                    {
+                        if self.wallet.is_mine(&txout.script_pubkey) {
+                            continue;
+                        }
+                    }
                     let bytes = output.encode();
                     let key = bitcoin::hashes::sha256::Hash::hash(&bytes).to_string();
                     if self

@@ -23,7 +23,7 @@ impl WalletSignerProvider {
     }
 
     fn wallet_script(&self) -> Result<ScriptBuf, ()> {
-        self.wallet.new_internal_script().map_err(|e| {
+        self.wallet.new_channel_script().map_err(|e| {
             log::error!("no wallet script for a channel output: {e}");
         })
     }

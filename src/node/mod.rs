@@ -314,8 +314,10 @@ impl Node {
             ),
         );
 
-        let mut user_config = UserConfig::default();
-        user_config.reject_inbound_splices = !config.accept_inbound_splices;
+        let user_config = UserConfig {
+            reject_inbound_splices: !config.accept_inbound_splices,
+            ..Default::default()
+        };
 
         let mut monitors =
             read_channel_monitors(store.clone(), keys.clone(), signer_provider.clone())
@@ -481,12 +483,15 @@ impl Node {
         )));
         {
             let notify = notify.clone();
-            tasks.push(tokio::spawn(sync::run_chain_sync(
+            let client = sync::chain_client(
                 rpc,
                 config.network,
                 chain_tip,
                 cache,
                 chain_listeners.clone(),
+            );
+            tasks.push(tokio::spawn(sync::run_chain_sync(
+                client,
                 config.chain_poll_interval,
                 stop_receiver.clone(),
                 move || notify.notify_waiters(),
@@ -970,5 +975,14 @@ async fn reconnect_peers(
             _ = tokio::time::sleep(interval) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Background tasks hold their own handles; tell them to end. The
+        // background processor persists and joins in its own Drop.
+        let _ = self.stop_sender.send(true);
+        self.peer_manager.disconnect_all_peers();
     }
 }

@@ -54,20 +54,30 @@ impl Listen for ChainListeners {
     }
 }
 
-/// Polls bitcoind for the best chain and feeds new blocks to the listeners
-/// until `stop` changes. Calls `on_change` after blocks connected.
-pub(crate) async fn run_chain_sync(
+/// The SPV client that follows bitcoind's best chain for the node.
+pub(crate) type ChainClient =
+    SpvClient<ChainPoller<Arc<RpcClient>, RpcClient>, Arc<ChainListeners>>;
+
+/// A chain client starting from `tip` (where the initial sync left every
+/// listener) that notifies `listeners`.
+pub(crate) fn chain_client(
     rpc: Arc<RpcClient>,
     network: Network,
     tip: ValidatedBlockHeader,
     cache: HeaderCache,
     listeners: Arc<ChainListeners>,
+) -> ChainClient {
+    SpvClient::new(tip, ChainPoller::new(rpc, network), cache, listeners)
+}
+
+/// Polls bitcoind for the best chain and feeds new blocks to the listeners
+/// until `stop` changes. Calls `on_change` after blocks connected.
+pub(crate) async fn run_chain_sync(
+    mut client: ChainClient,
     interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
     on_change: impl Fn(),
 ) {
-    let poller = ChainPoller::new(rpc, network);
-    let mut client = SpvClient::new(tip, poller, cache, listeners);
     let mut failures = 0u32;
     loop {
         match client.poll_best_tip().await {

@@ -1,0 +1,150 @@
+//! Shared set-up for tests that run real nodes on an in-process devchain.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use bitcoin::{Address, Amount, Transaction};
+use ldk_splice::devchain::{DevChain, DevChainConfig};
+use ldk_splice::node::{Node, NodeBuilder};
+use tempfile::TempDir;
+
+/// How long any single wait in a test may take before it fails.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// The block subsidy below height 150 on regtest.
+pub const SUBSIDY: Amount = Amount::from_sat(50 * 100_000_000);
+
+/// Routes `log` output to the test harness when `RUST_LOG` is set.
+pub fn init_logging() {
+    let _ = env_logger::builder().is_test(true).try_init();
+}
+
+/// A devchain on a free loopback port.
+pub async fn start_chain() -> DevChain {
+    init_logging();
+    DevChain::start(DevChainConfig::default())
+        .await
+        .expect("devchain starts")
+}
+
+/// A node builder for `dir` that talks to `chain` and polls it quickly.
+pub fn builder(chain: &DevChain, dir: &std::path::Path) -> NodeBuilder {
+    NodeBuilder::new(dir)
+        .bitcoind_rpc(chain.rpc_url(), chain.rpc_user(), chain.rpc_password())
+        .chain_poll_interval(Duration::from_millis(50))
+        .reconnect_interval(Duration::from_millis(200))
+}
+
+/// A node with its own temporary data directory.
+pub struct TestNode {
+    pub node: Node,
+    pub dir: TempDir,
+}
+
+pub async fn start_node(chain: &DevChain) -> TestNode {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = builder(chain, dir.path())
+        .start()
+        .await
+        .expect("node starts");
+    TestNode { node, dir }
+}
+
+/// Mines one coinbase to each node, then 100 blocks to burn so the coinbases
+/// mature, and waits until every wallet sees its coins confirmed.
+pub async fn fund_nodes(chain: &DevChain, nodes: &[&Node]) {
+    for node in nodes {
+        let address = node.new_address().expect("address");
+        chain.mine_blocks(1, &address);
+    }
+    chain.mine_blocks_to_burn(100);
+    for node in nodes {
+        wait_synced(chain, node).await;
+        node.wait_until(WAIT, "coinbase to mature", |n| {
+            n.onchain_balance().confirmed == SUBSIDY
+        })
+        .await
+        .expect("funded");
+    }
+}
+
+/// Waits until `node` has synced to the devchain's tip.
+pub async fn wait_synced(chain: &DevChain, node: &Node) {
+    let (height, _) = chain.tip();
+    node.wait_until(WAIT, "sync to tip", |n| {
+        n.best_block_height() == height && n.wallet().best_block().height == height
+    })
+    .await
+    .expect("synced");
+}
+
+/// Mines `n` blocks (with the mempool) and waits for every node to see them.
+pub async fn mine(chain: &DevChain, n: usize, nodes: &[&Node]) {
+    chain.mine_blocks_to_burn(n);
+    for node in nodes {
+        wait_synced(chain, node).await;
+    }
+}
+
+/// Waits until `txid` is in the devchain's mempool (it passed validation).
+pub async fn wait_in_mempool(chain: &DevChain, txid: &bitcoin::Txid) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !chain.mempool_txids().contains(txid) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{txid} never reached the mempool"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until some mempool transaction matches `pred`, and returns it.
+pub async fn wait_for_mempool_tx(
+    chain: &DevChain,
+    mut pred: impl FnMut(&Transaction) -> bool,
+) -> Transaction {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        for txid in chain.mempool_txids() {
+            if let Some(tx) = chain.transaction(&txid) {
+                if pred(&tx) {
+                    return tx;
+                }
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no matching transaction reached the mempool"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The fee `tx` pays, from the outputs it spends as the devchain knows them.
+pub fn fee_of(chain: &DevChain, tx: &Transaction) -> Amount {
+    let inputs: Amount = tx
+        .input
+        .iter()
+        .map(|input| {
+            let prev = chain
+                .transaction(&input.previous_output.txid)
+                .expect("input's transaction is known");
+            prev.output[input.previous_output.vout as usize].value
+        })
+        .sum();
+    let outputs: Amount = tx.output.iter().map(|o| o.value).sum();
+    inputs - outputs
+}
+
+/// The value `tx` pays to `address`'s script.
+pub fn paid_to(tx: &Transaction, node: &Node) -> Amount {
+    tx.output
+        .iter()
+        .filter(|o| node.wallet().is_mine(&o.script_pubkey))
+        .map(|o| o.value)
+        .sum()
+}
+
+pub fn address_of(node: &Node) -> Address {
+    node.new_address().expect("address")
+}
