@@ -186,17 +186,74 @@ impl FeeEstimator for Bitcoind {
 
 impl BroadcasterInterface for Bitcoind {
     fn broadcast_transactions(&self, txs: &[(&Transaction, TransactionType)]) {
-        // LDK calls this from synchronous code: send in the given order
-        // (parents first) on the runtime, without blocking the caller.
-        let txs: Vec<Transaction> = txs.iter().map(|(tx, _)| (*tx).clone()).collect();
+        // LDK calls this from synchronous code: send on the runtime without
+        // blocking the caller. Several transactions are one package (a child
+        // and its parents), given in no particular order.
+        let txs = parents_first(txs.iter().map(|(tx, _)| (*tx).clone()).collect());
         let rpc = Arc::clone(&self.rpc);
         let records = Arc::clone(&self.broadcasts);
         self.runtime.spawn(async move {
+            if txs.len() > 1 && submit_package(&rpc, &records, &txs).await {
+                return;
+            }
             for tx in txs {
                 let _ = send_raw(&rpc, &records, &tx).await;
             }
         });
     }
+}
+
+/// Orders transactions so that every parent comes before its children.
+fn parents_first(mut txs: Vec<Transaction>) -> Vec<Transaction> {
+    let mut ordered = Vec::with_capacity(txs.len());
+    while !txs.is_empty() {
+        let pending: Vec<Txid> = txs.iter().map(|tx| tx.compute_txid()).collect();
+        // A transaction is ready when none of the others still pending is its parent.
+        let ready = txs
+            .iter()
+            .position(|tx| {
+                !tx.input
+                    .iter()
+                    .any(|input| pending.contains(&input.previous_output.txid))
+            })
+            .unwrap_or(0);
+        ordered.push(txs.remove(ready));
+    }
+    ordered
+}
+
+/// Sends a package with `submitpackage`; false when bitcoind does not know
+/// the call, so the caller falls back to one transaction at a time.
+async fn submit_package(
+    rpc: &RpcClient,
+    records: &Mutex<Vec<BroadcastRecord>>,
+    txs: &[Transaction],
+) -> bool {
+    let hexes: Vec<String> = txs.iter().map(serialize_hex).collect();
+    let result: Result<JsonResponse, _> = rpc.call_method("submitpackage", &[json!(hexes)]).await;
+    let error = match result {
+        Err(lightning_block_sync::rpc::RpcClientError::Rpc(e)) if e.code == -32601 => {
+            return false;
+        }
+        Err(e) => Some(e.to_string()),
+        Ok(JsonResponse(value)) => match value["package_msg"].as_str() {
+            Some("success") | None => None,
+            Some(msg) => Some(msg.to_string()),
+        },
+    };
+    let mut records = records.lock().unwrap_or_else(|e| e.into_inner());
+    for tx in txs {
+        let txid = tx.compute_txid();
+        match &error {
+            Some(e) => log::warn!("bitcoind rejected package with {txid}: {e}"),
+            None => log::debug!("broadcast {txid} in a package"),
+        }
+        records.push(BroadcastRecord {
+            txid,
+            error: error.clone(),
+        });
+    }
+    true
 }
 
 async fn send_raw(
