@@ -1,4 +1,4 @@
-//! ldk-splice: splicing as a finished capability for LDK-based Lightning nodes.
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
 #[cfg(feature = "devchain")]
