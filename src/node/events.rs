@@ -10,7 +10,7 @@ use lightning::util::ser::Writeable;
 
 use super::bitcoind::Bitcoind;
 use super::payments::{PaymentDirection, PaymentStatus, PaymentStore};
-use super::types::ChannelManager;
+use super::types::{ChannelManager, NodeCoordinator};
 use crate::wallet::{SharedStore, SpliceWallet, PERSISTENCE_NAMESPACE};
 
 const SPENDABLE_OUTPUTS_NAMESPACE: &str = "spendable_outputs";
@@ -25,11 +25,15 @@ pub(crate) struct NodeEventHandler {
     pub(crate) store: SharedStore,
     pub(crate) notify: Arc<tokio::sync::Notify>,
     pub(crate) accept_inbound_channels: bool,
+    pub(crate) coordinator: Arc<NodeCoordinator>,
 }
 
 impl NodeEventHandler {
     pub(crate) fn handle(&self, event: Event) -> Result<(), ReplayEvent> {
-        let result = self.dispatch(event);
+        let result = self
+            .coordinator
+            .handle_event(&event)
+            .and_then(|()| self.dispatch(event));
         // Anyone waiting on node state gets to look again.
         self.notify.notify_waiters();
         result

@@ -51,13 +51,17 @@ pub use self::bitcoind::{Bitcoind, BroadcastRecord};
 pub use self::keys::WalletSignerProvider;
 pub use self::payments::{PaymentDirection, PaymentInfo, PaymentStatus};
 pub use self::sync::ChainListeners;
-pub use self::types::{ChainMonitor, ChannelManager, PeerManager, Store};
+pub use self::types::{ChainMonitor, ChannelManager, NodeCoordinator, PeerManager, Store};
 
 use self::events::NodeEventHandler;
 use self::payments::PaymentStore;
 use self::peers::PeerStore;
+use crate::coordinator::{CoordinatorConfig, Destination, ResizeRequest};
+use crate::fees::{FeePolicy, SpliceQuote};
+use crate::journal::{SpliceId, SpliceRecord};
 use crate::logger::LogBridge;
 use crate::wallet::{SharedStore, SpliceWallet, WalletBalance, WalletError};
+use crate::SpliceError;
 
 /// What building, running or asking the node can fail with.
 #[derive(Debug)]
@@ -227,6 +231,7 @@ pub struct Node {
     channel_manager: Arc<ChannelManager>,
     peer_manager: Arc<PeerManager>,
     chain_listeners: Arc<ChainListeners>,
+    coordinator: Arc<NodeCoordinator>,
     payments: Arc<PaymentStore>,
     peers: Arc<PeerStore>,
     notify: Arc<tokio::sync::Notify>,
@@ -414,10 +419,24 @@ impl Node {
             synced
         };
 
+        let coordinator = Arc::new(
+            NodeCoordinator::new(
+                channel_manager.clone(),
+                wallet.clone(),
+                bitcoind.clone(),
+                shared_store.clone(),
+                CoordinatorConfig {
+                    network: config.network,
+                },
+            )
+            .map_err(|e| NodeError::Storage(format!("splice journal: {e}")))?,
+        );
+
         let chain_listeners = Arc::new(ChainListeners::default());
         chain_listeners.add(channel_manager.clone());
         chain_listeners.add(chain_monitor.clone());
         chain_listeners.add(wallet.clone());
+        chain_listeners.add(coordinator.clone());
 
         let gossip_sync = Arc::new(P2PGossipSync::new(
             graph.clone(),
@@ -441,6 +460,10 @@ impl Node {
         let payments = Arc::new(PaymentStore::load(shared_store.clone()));
         let peers = Arc::new(PeerStore::load(shared_store.clone()));
         let notify = Arc::new(tokio::sync::Notify::new());
+        {
+            let notify = notify.clone();
+            coordinator.set_event_notifier(Box::new(move || notify.notify_waiters()));
+        }
         let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
 
         let handler = NodeEventHandler {
@@ -451,6 +474,7 @@ impl Node {
             store: shared_store.clone(),
             notify: notify.clone(),
             accept_inbound_channels: config.accept_inbound_channels,
+            coordinator: coordinator.clone(),
         };
         let background = BackgroundProcessor::start(
             store.clone(),
@@ -524,6 +548,7 @@ impl Node {
             channel_manager,
             peer_manager,
             chain_listeners,
+            coordinator,
             payments,
             peers,
             notify,
@@ -678,6 +703,25 @@ impl Node {
             .find(|c| c.channel_id == *channel_id)
     }
 
+    /// Our balance in a channel, fees of the commitment transaction
+    /// included, as of the latest negotiated funding (a pending splice
+    /// counts). `None` for an unknown channel.
+    pub fn channel_balance(&self, channel_id: &ChannelId) -> Option<Amount> {
+        let monitor = self.chain_monitor.get_monitor(*channel_id).ok()?;
+        monitor
+            .get_claimable_balances()
+            .into_iter()
+            .find_map(|balance| match balance {
+                lightning::chain::channelmonitor::Balance::ClaimableOnChannelClose {
+                    balance_candidates,
+                    ..
+                } => balance_candidates
+                    .last()
+                    .map(|b| Amount::from_sat(b.amount_satoshis + b.transaction_fee_satoshis)),
+                _ => None,
+            })
+    }
+
     /// Closes a channel cooperatively.
     pub fn close_channel(
         &self,
@@ -788,6 +832,90 @@ impl Node {
         .await?;
         self.payment(hash)
             .ok_or_else(|| NodeError::InvalidInput("unknown payment".into()))
+    }
+
+    /// The splice coordinator.
+    pub fn coordinator(&self) -> &Arc<NodeCoordinator> {
+        &self.coordinator
+    }
+
+    /// Adds `amount` from the on-chain wallet to a channel.
+    pub fn splice_in(
+        &self,
+        channel_id: &ChannelId,
+        counterparty: &PublicKey,
+        amount: Amount,
+        fee: FeePolicy,
+    ) -> Result<SpliceId, SpliceError> {
+        self.coordinator
+            .splice_in(channel_id, counterparty, amount, fee)
+    }
+
+    /// Pays `amount` out of a channel to `to`.
+    pub fn splice_out(
+        &self,
+        channel_id: &ChannelId,
+        counterparty: &PublicKey,
+        amount: Amount,
+        to: Destination,
+        fee: FeePolicy,
+    ) -> Result<SpliceId, SpliceError> {
+        self.coordinator
+            .splice_out(channel_id, counterparty, amount, to, fee)
+    }
+
+    /// Adds wallet funds and pays channel funds out in one splice.
+    pub fn resize(
+        &self,
+        channel_id: &ChannelId,
+        counterparty: &PublicKey,
+        request: ResizeRequest,
+        fee: FeePolicy,
+    ) -> Result<SpliceId, SpliceError> {
+        self.coordinator
+            .resize(channel_id, counterparty, request, fee)
+    }
+
+    /// What a splice would cost, without reserving or sending anything.
+    pub fn quote_splice(
+        &self,
+        channel_id: &ChannelId,
+        counterparty: &PublicKey,
+        request: &ResizeRequest,
+        fee: FeePolicy,
+    ) -> Result<SpliceQuote, SpliceError> {
+        self.coordinator
+            .quote(channel_id, counterparty, request, fee)
+    }
+
+    /// Cancels a splice that has not been signed yet.
+    pub fn cancel_splice(&self, id: SpliceId) -> Result<(), SpliceError> {
+        self.coordinator.cancel(id)
+    }
+
+    /// The record of a splice.
+    pub fn splice_status(&self, id: SpliceId) -> Option<SpliceRecord> {
+        self.coordinator.status(id)
+    }
+
+    /// Every splice, oldest first.
+    pub fn list_splices(&self) -> Vec<SpliceRecord> {
+        self.coordinator.list()
+    }
+
+    /// Waits until splice `id` is in a state `done` accepts.
+    pub async fn wait_for_splice(
+        &self,
+        id: SpliceId,
+        timeout: Duration,
+        mut done: impl FnMut(&crate::SpliceState) -> bool,
+    ) -> Result<SpliceRecord, NodeError> {
+        self.wait_until(timeout, &format!("{id} to progress"), |node| {
+            node.splice_status(id).is_some_and(|r| done(&r.state))
+        })
+        .await?;
+        self.splice_status(id)
+            .ok_or_else(|| NodeError::InvalidInput(format!("no splice {id}")))
     }
 
     /// Stops the node: stops syncing and accepting peers, disconnects every

@@ -95,3 +95,7 @@ pub type NoSweeper = lightning::util::sweep::OutputSweeperSync<
     Arc<LogBridge>,
     Arc<KeysManager>,
 >;
+
+/// The splice coordinator as the node runs it.
+pub type NodeCoordinator =
+    crate::coordinator::SpliceCoordinator<Arc<ChannelManager>, Arc<Bitcoind>>;

@@ -148,3 +148,64 @@ pub fn paid_to(tx: &Transaction, node: &Node) -> Amount {
 pub fn address_of(node: &Node) -> Address {
     node.new_address().expect("address")
 }
+
+/// Connects `a` to `b`, opens a channel of `capacity` from `a` pushing
+/// `push` to `b`, confirms it and waits until both sides can use it.
+/// Returns the channel id and the funding transaction.
+pub async fn open_channel(
+    chain: &DevChain,
+    a: &Node,
+    b: &Node,
+    capacity: Amount,
+    push: Amount,
+) -> (lightning::ln::types::ChannelId, Transaction) {
+    a.connect(b.node_id(), b.listen_addr())
+        .await
+        .expect("connects");
+    a.open_channel(b.node_id(), capacity, push)
+        .expect("open accepted");
+    let funding_tx =
+        wait_for_mempool_tx(chain, |tx| tx.output.iter().any(|o| o.value == capacity)).await;
+    mine(chain, 6, &[a, b]).await;
+    let funding_txid = funding_tx.compute_txid();
+    for node in [a, b] {
+        node.wait_until(WAIT, "channel usable", |n| {
+            n.list_channels()
+                .iter()
+                .any(|c| c.is_usable && c.funding_txo.map(|o| o.txid) == Some(funding_txid))
+        })
+        .await
+        .expect("channel usable");
+    }
+    let channel = a
+        .list_channels()
+        .into_iter()
+        .find(|c| c.funding_txo.map(|o| o.txid) == Some(funding_txid))
+        .expect("channel listed");
+    (channel.channel_id, funding_tx)
+}
+
+/// Pays `amount_msat` from `from` to `to` over their channel and waits for
+/// both sides to see it settle.
+pub async fn pay(from: &Node, to: &Node, amount_msat: u64) {
+    use ldk_splice::node::PaymentStatus;
+    let invoice = to
+        .create_invoice(Some(amount_msat), "test", Duration::from_secs(3600))
+        .expect("invoice");
+    let hash = from.pay_invoice(&invoice).expect("payment starts");
+    let sent = from
+        .wait_for_payment(&hash, WAIT)
+        .await
+        .expect("payment settles");
+    assert_eq!(
+        sent.status,
+        PaymentStatus::Succeeded,
+        "payment {hash} failed"
+    );
+    to.wait_until(WAIT, "payment received", |n| {
+        n.payment(&hash)
+            .is_some_and(|p| p.status == PaymentStatus::Succeeded)
+    })
+    .await
+    .expect("payment received");
+}

@@ -1,8 +1,19 @@
 //! The on-chain wallet: a BDK wallet whose state lives in the node's `KVStore`.
 //!
 //! It is fed blocks through [`lightning::chain::Listen`] (the same blocks the
-//! channel manager sees), funds channel opens, and hands out addresses for
-//! channel close outputs so that closed-channel funds come back here.
+//! channel manager sees), funds channel opens, hands out addresses for
+//! channel close outputs so that closed-channel funds come back here, selects
+//! and reserves coins for splices, and signs its own splice inputs.
+
+mod coin_source;
+mod reservations;
+mod selection;
+mod signing;
+
+pub use coin_source::SpliceCoinSource;
+
+pub use reservations::Reservations;
+pub use selection::{select, Candidate, Selection, Target};
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -81,6 +92,7 @@ impl WalletBalance {
 
 struct State {
     wallet: Wallet,
+    reservations: Reservations,
     /// Everything ever staged, merged: what is written to the store.
     persisted: ChangeSet,
 }
@@ -148,8 +160,13 @@ impl SpliceWallet {
                 (wallet, ChangeSet::default())
             }
         };
+        let reservations = Reservations::load(&store)?;
         let this = SpliceWallet {
-            state: Mutex::new(State { wallet, persisted }),
+            state: Mutex::new(State {
+                wallet,
+                persisted,
+                reservations,
+            }),
             master_key: xprv,
             store,
             network,

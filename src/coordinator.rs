@@ -1,0 +1,970 @@
+//! `SpliceCoordinator`: the one-call splice API, driving LDK's splice
+//! primitives and following each splice to lock.
+
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bitcoin::address::NetworkUnchecked;
+use bitcoin::secp256k1::PublicKey;
+use bitcoin::{Address, Amount, FeeRate, Network, OutPoint, ScriptBuf, Transaction, TxOut};
+use lightning::chain::chaininterface::FeeEstimator;
+use lightning::events::{Event, FundingInfo, ReplayEvent};
+use lightning::ln::channel_state::{ChannelDetails, ChannelShutdownState, SpliceCandidateStatus};
+use lightning::ln::channelmanager::AChannelManager;
+use lightning::ln::funding::{FundingContribution, FundingContributionError};
+use lightning::ln::types::ChannelId;
+
+use crate::error::SpliceError;
+use crate::events::{EventQueue, SpliceEvent};
+use crate::fees::{weights, FeePolicy, SpliceQuote};
+use crate::journal::{unix_now, Journal, SpliceId, SpliceOutput, SpliceRecord, SpliceState};
+use crate::tracker::ConfirmationTracker;
+use crate::wallet::{SharedStore, SpliceWallet};
+
+/// Where a splice-out sends its funds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// An address; checked against the node's network.
+    Address(Address<NetworkUnchecked>),
+    /// A fresh address of our own wallet.
+    Wallet,
+}
+
+/// One payment out of the channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payout {
+    /// Where it goes.
+    pub to: Destination,
+    /// How much.
+    pub amount: Amount,
+}
+
+/// A splice that adds wallet funds and pays channel funds out, in one
+/// transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResizeRequest {
+    /// Wallet funds to add to the channel.
+    pub add: Amount,
+    /// Channel funds to pay out.
+    pub outputs: Vec<Payout>,
+}
+
+/// Settings of a [`SpliceCoordinator`].
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// The network addresses must belong to.
+    pub network: Network,
+}
+
+/// The splice API of an LDK node. Build it next to the `ChannelManager`,
+/// pass every LDK event to [`SpliceCoordinator::handle_event`], and add it to
+/// the chain listeners (it implements `chain::Listen`).
+pub struct SpliceCoordinator<CM: Deref, F: Deref>
+where
+    CM::Target: AChannelManager,
+    F::Target: FeeEstimator,
+{
+    channel_manager: CM,
+    wallet: Arc<SpliceWallet>,
+    fee_estimator: F,
+    config: CoordinatorConfig,
+    state: Mutex<State>,
+    events: EventQueue,
+}
+
+struct State {
+    journal: Journal,
+    tracker: ConfirmationTracker,
+}
+
+/// A checked request, ready to be built into an LDK contribution.
+struct Plan {
+    channel: ChannelDetails,
+    add: Amount,
+    outputs: Vec<TxOut>,
+    feerate: FeeRate,
+}
+
+impl<CM: Deref, F: Deref> SpliceCoordinator<CM, F>
+where
+    CM::Target: AChannelManager,
+    F::Target: FeeEstimator,
+{
+    /// Builds the coordinator, loads its journal from `store`, and settles
+    /// splices that a restart interrupted: those LDK no longer knows fail
+    /// and release their coins; the rest go on.
+    pub fn new(
+        channel_manager: CM,
+        wallet: Arc<SpliceWallet>,
+        fee_estimator: F,
+        store: SharedStore,
+        config: CoordinatorConfig,
+    ) -> Result<Self, SpliceError> {
+        let journal = Journal::load(store.clone())?;
+        let events = EventQueue::load(store);
+        let this = SpliceCoordinator {
+            channel_manager,
+            wallet,
+            fee_estimator,
+            config,
+            state: Mutex::new(State {
+                journal,
+                tracker: ConfirmationTracker::default(),
+            }),
+            events,
+        };
+        this.reconcile()?;
+        Ok(this)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // ---- requests -------------------------------------------------------
+
+    /// Adds `amount` from the wallet to the channel.
+    pub fn splice_in(
+        &self,
+        channel_id: &ChannelId,
+        counterparty: &PublicKey,
+        amount: Amount,
+        fee: FeePolicy,
+    ) -> Result<SpliceId, SpliceError> {
+        let request = ResizeRequest {
+            add: amount,
+            outputs: Vec::new(),
+        };
+        self.resize(channel_id, counterparty, request, fee)
+    }
+
+    /// Pays `amount` out of the channel to `to`; the fee comes out of the
+    /// channel balance too.
+    pub fn splice_out(
+        &self,
+        channel_id: &ChannelId,
+        counterparty: &PublicKey,
+        amount: Amount,
+        to: Destination,
+        fee: FeePolicy,
+    ) -> Result<SpliceId, SpliceError> {
+        let request = ResizeRequest {
+            add: Amount::ZERO,
+            outputs: vec![Payout { to, amount }],
+        };
+        self.resize(channel_id, counterparty, request, fee)
+    }
+
+    /// Adds wallet funds and pays channel funds out in one splice. When
+    /// `add` is non-zero the wallet pays the fee; otherwise the channel does.
+    pub fn resize(
+        &self,
+        channel_id: &ChannelId,
+        counterparty: &PublicKey,
+        request: ResizeRequest,
+        fee: FeePolicy,
+    ) -> Result<SpliceId, SpliceError> {
+        let mut state = self.lock();
+        let plan = self.plan(&state, channel_id, counterparty, &request, &fee, false)?;
+        let id = state.journal.next_id();
+        let template = self
+            .channel_manager
+            .get_cm()
+            .splice_channel(channel_id, counterparty)
+            .map_err(|e| SpliceError::Lightning(format!("{e:?}")))?;
+        let contribution = match self.build(template, &plan, &fee, Some(id)) {
+            Ok(contribution) => contribution,
+            Err(e) => {
+                self.release_quietly(id);
+                return Err(e);
+            }
+        };
+        let record = self.new_record(id, &plan, &contribution);
+        if let Err(e) = state.journal.put(record.clone()) {
+            self.release_quietly(id);
+            return Err(e);
+        }
+        if let Err(e) = self.channel_manager.get_cm().funding_contributed(
+            channel_id,
+            counterparty,
+            contribution,
+            None,
+        ) {
+            // Nothing reached the peer: forget the request entirely.
+            self.release_quietly(id);
+            let _ = state.journal.remove(id);
+            return Err(SpliceError::Lightning(e.to_string()));
+        }
+        self.transition(&mut state, id, SpliceState::Negotiating);
+        log::info!(
+            "{id}: splicing channel {channel_id}: +{} sat, -{} sat out, fee {} sat",
+            record.add.to_sat(),
+            record.outputs.iter().map(|o| o.value.to_sat()).sum::<u64>(),
+            record.fee.to_sat()
+        );
+        Ok(id)
+    }
+
+    /// What [`SpliceCoordinator::resize`] would do, without reserving or
+    /// sending anything.
+    pub fn quote(
+        &self,
+        channel_id: &ChannelId,
+        counterparty: &PublicKey,
+        request: &ResizeRequest,
+        fee: FeePolicy,
+    ) -> Result<SpliceQuote, SpliceError> {
+        let state = self.lock();
+        let plan = self.plan(&state, channel_id, counterparty, request, &fee, true)?;
+        drop(state);
+        let template = self
+            .channel_manager
+            .get_cm()
+            .splice_channel(channel_id, counterparty)
+            .map_err(|e| SpliceError::Lightning(format!("{e:?}")))?;
+        let contribution = self.build(template, &plan, &fee, None)?;
+        let net_value = contribution.net_value().to_sat();
+        let capacity_before = Amount::from_sat(plan.channel.channel_value_satoshis);
+        let outputs_total: Amount = plan.outputs.iter().map(|o| o.value).sum();
+        let capacity_after = capacity_before + contribution.value_added() - outputs_total;
+        Ok(SpliceQuote {
+            feerate_sat_per_kwu: plan.feerate.to_sat_per_kwu(),
+            fee: contribution.estimated_fee(),
+            weight_wu: contribution_weight(&contribution).to_wu(),
+            inputs: contribution.inputs().iter().map(|i| i.outpoint()).collect(),
+            change: contribution.change_output().map(|c| c.value),
+            capacity_before,
+            capacity_after,
+            net_value_sat: net_value,
+        })
+    }
+
+    /// [`SpliceCoordinator::quote`] for a splice-in.
+    pub fn quote_splice_in(
+        &self,
+        channel_id: &ChannelId,
+        counterparty: &PublicKey,
+        amount: Amount,
+        fee: FeePolicy,
+    ) -> Result<SpliceQuote, SpliceError> {
+        let request = ResizeRequest {
+            add: amount,
+            outputs: Vec::new(),
+        };
+        self.quote(channel_id, counterparty, &request, fee)
+    }
+
+    /// [`SpliceCoordinator::quote`] for a splice-out.
+    pub fn quote_splice_out(
+        &self,
+        channel_id: &ChannelId,
+        counterparty: &PublicKey,
+        amount: Amount,
+        to: Destination,
+        fee: FeePolicy,
+    ) -> Result<SpliceQuote, SpliceError> {
+        let request = ResizeRequest {
+            add: Amount::ZERO,
+            outputs: vec![Payout { to, amount }],
+        };
+        self.quote(channel_id, counterparty, &request, fee)
+    }
+
+    /// Cancels a splice that has not been signed yet and releases its coins.
+    pub fn cancel(&self, id: SpliceId) -> Result<(), SpliceError> {
+        let mut state = self.lock();
+        let record = state
+            .journal
+            .get(id)
+            .cloned()
+            .ok_or(SpliceError::UnknownSplice(id))?;
+        if record.state.is_final() || record.state.is_broadcast() {
+            return Err(SpliceError::NotCancellable {
+                id,
+                state: record.state,
+            });
+        }
+        match self
+            .channel_manager
+            .get_cm()
+            .cancel_funding_contributed(&record.channel_id, &record.counterparty)
+        {
+            Ok(()) => {}
+            // Already gone on LDK's side (failed or never started): still ours to end.
+            Err(e) => log::info!("{id}: LDK had nothing to cancel: {e:?}"),
+        }
+        self.transition(&mut state, id, SpliceState::Cancelled);
+        self.release_quietly(id);
+        Ok(())
+    }
+
+    // ---- reading ----------------------------------------------------------
+
+    /// The record of splice `id`.
+    pub fn status(&self, id: SpliceId) -> Option<SpliceRecord> {
+        self.lock().journal.get(id).cloned()
+    }
+
+    /// Every splice, oldest first.
+    pub fn list(&self) -> Vec<SpliceRecord> {
+        self.lock().journal.all().cloned().collect()
+    }
+
+    /// The oldest unacknowledged event.
+    pub fn next_event(&self) -> Option<SpliceEvent> {
+        self.events.next()
+    }
+
+    /// Waits up to `timeout` for an event.
+    pub fn wait_next_event(&self, timeout: Duration) -> Option<SpliceEvent> {
+        self.events.wait_next(timeout)
+    }
+
+    /// Acknowledges the event [`SpliceCoordinator::next_event`] returned.
+    pub fn event_handled(&self) {
+        self.events.handled()
+    }
+
+    /// Calls `f` whenever a new event is queued.
+    pub fn set_event_notifier(&self, f: Box<dyn Fn() + Send + Sync>) {
+        self.events.set_notifier(f)
+    }
+
+    // ---- LDK events -------------------------------------------------------
+
+    /// Handles the LDK events that concern splices; ignores the rest.
+    /// Returns `ReplayEvent` when it could not record what happened, so LDK
+    /// hands the event over again.
+    pub fn handle_event(&self, event: &Event) -> Result<(), ReplayEvent> {
+        match event {
+            Event::FundingTransactionReadyForSigning {
+                channel_id,
+                counterparty_node_id,
+                unsigned_transaction,
+                ..
+            } => self.sign(channel_id, counterparty_node_id, unsigned_transaction),
+            Event::SpliceNegotiated {
+                channel_id,
+                new_funding_txo,
+                ..
+            } => {
+                let mut state = self.lock();
+                let Some(id) = state.journal.active_on(channel_id).map(|r| r.id) else {
+                    return Ok(());
+                };
+                self.update(&mut state, id, |r| r.txid = Some(new_funding_txo.txid))
+                    .map_err(|_| ReplayEvent())?;
+                state.tracker.watch(new_funding_txo.txid);
+                self.transition(&mut state, id, SpliceState::Broadcast);
+                Ok(())
+            }
+            Event::SpliceNegotiationFailed {
+                channel_id, reason, ..
+            } => {
+                let mut state = self.lock();
+                if let Some(id) = state.journal.active_on(channel_id).map(|r| r.id) {
+                    if !state
+                        .journal
+                        .get(id)
+                        .is_some_and(|r| r.state.is_broadcast())
+                    {
+                        self.transition(
+                            &mut state,
+                            id,
+                            SpliceState::Failed {
+                                reason: reason.to_string(),
+                            },
+                        );
+                        self.release_quietly(id);
+                    }
+                }
+                Ok(())
+            }
+            Event::DiscardFunding { funding_info, .. } => {
+                let outpoints: Vec<OutPoint> = match funding_info {
+                    FundingInfo::Tx { transaction } => transaction
+                        .input
+                        .iter()
+                        .map(|i| i.previous_output)
+                        .collect(),
+                    FundingInfo::Contribution { inputs, .. } => inputs.clone(),
+                    FundingInfo::OutPoint { .. } => Vec::new(),
+                };
+                self.wallet
+                    .release_outpoints(&outpoints)
+                    .map_err(|_| ReplayEvent())
+            }
+            Event::ChannelReady {
+                channel_id,
+                funding_txo: Some(funding_txo),
+                ..
+            } => {
+                let mut state = self.lock();
+                let Some(record) = state.journal.active_on(channel_id).cloned() else {
+                    return Ok(());
+                };
+                if record.txid == Some(funding_txo.txid) {
+                    state.tracker.forget(&funding_txo.txid);
+                    self.transition(&mut state, record.id, SpliceState::Locked);
+                    // The coins are spent by a locked transaction: no longer ours to hold.
+                    self.release_quietly(record.id);
+                }
+                Ok(())
+            }
+            Event::ChannelClosed {
+                channel_id, reason, ..
+            } => {
+                let mut state = self.lock();
+                if let Some(id) = state.journal.active_on(channel_id).map(|r| r.id) {
+                    self.transition(
+                        &mut state,
+                        id,
+                        SpliceState::Failed {
+                            reason: format!("channel closed: {reason}"),
+                        },
+                    );
+                    // Coins of a broadcast splice stay held until LDK discards them.
+                    if state.journal.get(id).is_none_or(|r| r.txid.is_none()) {
+                        self.release_quietly(id);
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn sign(
+        &self,
+        channel_id: &ChannelId,
+        counterparty: &PublicKey,
+        unsigned: &Transaction,
+    ) -> Result<(), ReplayEvent> {
+        let mut state = self.lock();
+        let Some(record) = state.journal.active_on(channel_id).cloned() else {
+            log::warn!("asked to sign a funding transaction on {channel_id} we did not ask for");
+            return Ok(());
+        };
+        self.transition(&mut state, record.id, SpliceState::AwaitingSignatures);
+        // LDK may have adjusted our contribution (acceptor fees, RBF): take its view.
+        if let Some(contribution) = self.current_contribution(channel_id, unsigned) {
+            let _ = self.update(&mut state, record.id, |r| {
+                r.fee = contribution.estimated_fee();
+                r.inputs = contribution.inputs().iter().map(|i| i.outpoint()).collect();
+                r.change = contribution.change_output().map(|c| SpliceOutput {
+                    script_pubkey: c.script_pubkey.clone(),
+                    value: c.value,
+                });
+                r.net_value_sat = contribution.net_value().to_sat();
+            });
+        }
+        let record = state.journal.get(record.id).cloned().unwrap_or(record);
+        let cm = self.channel_manager.get_cm();
+        let signed = self.check_negotiated(&record, unsigned).and_then(|()| {
+            self.wallet
+                .sign_inputs(unsigned.clone(), &record.inputs)
+                .map_err(|e| e.to_string())
+        });
+        match signed {
+            Ok(tx) => {
+                if let Err(e) = cm.funding_transaction_signed(channel_id, counterparty, tx) {
+                    log::warn!("{}: LDK refused our signatures: {e:?}", record.id);
+                }
+            }
+            Err(why) => {
+                log::error!("{}: refusing to sign: {why}", record.id);
+                let _ = cm.cancel_funding_contributed(channel_id, counterparty);
+                self.transition(
+                    &mut state,
+                    record.id,
+                    SpliceState::Failed {
+                        reason: format!("refused to sign: {why}"),
+                    },
+                );
+                self.release_quietly(record.id);
+            }
+        }
+        Ok(())
+    }
+
+    /// The negotiated transaction must spend exactly the wallet coins we
+    /// contributed and pay every output we asked for.
+    fn check_negotiated(&self, record: &SpliceRecord, tx: &Transaction) -> Result<(), String> {
+        for input in &tx.input {
+            let outpoint = input.previous_output;
+            if self.wallet.owns_outpoint(&outpoint) && !record.inputs.contains(&outpoint) {
+                return Err(format!(
+                    "it spends wallet coin {outpoint} we did not contribute"
+                ));
+            }
+        }
+        for outpoint in &record.inputs {
+            if !tx.input.iter().any(|i| i.previous_output == *outpoint) {
+                return Err(format!("it leaves out our input {outpoint}"));
+            }
+        }
+        let mut unmatched: Vec<&TxOut> = tx.output.iter().collect();
+        for wanted in &record.outputs {
+            let position = unmatched
+                .iter()
+                .position(|o| o.script_pubkey == wanted.script_pubkey && o.value == wanted.value);
+            match position {
+                Some(i) => {
+                    unmatched.swap_remove(i);
+                }
+                None => {
+                    return Err(format!(
+                        "it does not pay {} sat to {}",
+                        wanted.value.to_sat(),
+                        wanted.script_pubkey
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn current_contribution(
+        &self,
+        channel_id: &ChannelId,
+        unsigned: &Transaction,
+    ) -> Option<FundingContribution> {
+        let txid = unsigned.compute_txid();
+        let channel = self
+            .channel_manager
+            .get_cm()
+            .list_channels()
+            .into_iter()
+            .find(|c| c.channel_id == *channel_id)?;
+        channel
+            .splice_details?
+            .candidates
+            .into_iter()
+            .find(|c| matches!(c.status, SpliceCandidateStatus::AwaitingSignatures { txid: t, .. } if t == txid))
+            .and_then(|c| c.contribution)
+    }
+
+    // ---- internals --------------------------------------------------------
+
+    /// Checks a request against the channel, the wallet and the fee policy.
+    fn plan(
+        &self,
+        state: &State,
+        channel_id: &ChannelId,
+        counterparty: &PublicKey,
+        request: &ResizeRequest,
+        fee: &FeePolicy,
+        quote_only: bool,
+    ) -> Result<Plan, SpliceError> {
+        if request.add == Amount::ZERO && request.outputs.is_empty() {
+            return Err(SpliceError::ZeroAmount);
+        }
+        let funding_dust = ScriptBuf::new_p2wsh(&bitcoin::WScriptHash::from_raw_hash(
+            bitcoin::hashes::Hash::all_zeros(),
+        ))
+        .minimal_non_dust();
+        if request.add > Amount::ZERO && request.add < funding_dust {
+            return Err(SpliceError::DustAmount {
+                amount: request.add,
+                dust_limit: funding_dust,
+            });
+        }
+        let mut outputs = Vec::with_capacity(request.outputs.len());
+        for payout in &request.outputs {
+            if payout.amount == Amount::ZERO {
+                return Err(SpliceError::ZeroAmount);
+            }
+            let script = self.destination_script(&payout.to, quote_only)?;
+            let dust_limit = script.minimal_non_dust();
+            if payout.amount < dust_limit {
+                return Err(SpliceError::DustAmount {
+                    amount: payout.amount,
+                    dust_limit,
+                });
+            }
+            outputs.push(TxOut {
+                value: payout.amount,
+                script_pubkey: script,
+            });
+        }
+
+        let channel = self
+            .channel_manager
+            .get_cm()
+            .list_channels_with_counterparty(counterparty)
+            .into_iter()
+            .find(|c| c.channel_id == *channel_id)
+            .ok_or(SpliceError::UnknownChannel(*channel_id))?;
+        let shutting_down = channel
+            .channel_shutdown_state
+            .is_some_and(|s| s != ChannelShutdownState::NotShuttingDown);
+        if !channel.is_channel_ready || shutting_down {
+            return Err(SpliceError::ChannelNotReady(*channel_id));
+        }
+        if !channel.is_usable {
+            return Err(SpliceError::PeerDisconnected(*counterparty));
+        }
+        let features = &channel.counterparty.features;
+        if !features.supports_splicing() || !features.supports_quiescence() {
+            return Err(SpliceError::PeerWithoutSpliceSupport(*counterparty));
+        }
+        if let Some(existing) = state.journal.active_on(channel_id) {
+            return Err(SpliceError::SpliceInFlight {
+                channel_id: *channel_id,
+                existing: Some(existing.id),
+            });
+        }
+        if channel
+            .splice_details
+            .as_ref()
+            .is_some_and(|d| !d.candidates.is_empty())
+        {
+            return Err(SpliceError::SpliceInFlight {
+                channel_id: *channel_id,
+                existing: None,
+            });
+        }
+
+        let paid_out: Amount = outputs.iter().map(|o| o.value).sum();
+        let maximum = Amount::from_sat(channel.next_splice_out_maximum_sat);
+        if paid_out > maximum {
+            return Err(SpliceError::ExceedsSpliceOutMaximum {
+                requested: paid_out,
+                maximum,
+            });
+        }
+        let feerate = fee.feerate(&*self.fee_estimator)?;
+        if request.add > Amount::ZERO {
+            let available = self.wallet.available_balance();
+            if request.add > available {
+                return Err(SpliceError::InsufficientFunds {
+                    needed: request.add,
+                    available,
+                });
+            }
+        }
+        Ok(Plan {
+            channel,
+            add: request.add,
+            outputs,
+            feerate,
+        })
+    }
+
+    fn destination_script(
+        &self,
+        to: &Destination,
+        quote_only: bool,
+    ) -> Result<ScriptBuf, SpliceError> {
+        match to {
+            Destination::Address(address) => {
+                let text = address.assume_checked_ref().to_string();
+                let checked = address
+                    .clone()
+                    .require_network(self.config.network)
+                    .map_err(|_| SpliceError::WrongNetwork {
+                        address: text,
+                        expected: self.config.network,
+                    })?;
+                Ok(checked.script_pubkey())
+            }
+            // A quote only needs the script's size: do not use up an address.
+            Destination::Wallet if quote_only => Ok(ScriptBuf::new_p2wpkh(
+                &bitcoin::WPubkeyHash::from_raw_hash(bitcoin::hashes::Hash::all_zeros()),
+            )),
+            Destination::Wallet => Ok(self.wallet.new_address()?.script_pubkey()),
+        }
+    }
+
+    /// Builds LDK's contribution; with an id, the wallet coins it picks are
+    /// reserved for that splice.
+    fn build(
+        &self,
+        template: lightning::ln::funding::FundingTemplate,
+        plan: &Plan,
+        fee: &FeePolicy,
+        id: Option<SpliceId>,
+    ) -> Result<FundingContribution, SpliceError> {
+        let source = self.wallet.coin_source(id);
+        let result = if plan.add == Amount::ZERO {
+            template.splice_out(plan.outputs.clone(), plan.feerate, fee.max_feerate)
+        } else if plan.outputs.is_empty() {
+            template.splice_in_sync(plan.add, plan.feerate, fee.max_feerate, &source)
+        } else {
+            template
+                .without_prior_contribution(plan.feerate, fee.max_feerate)
+                .with_coin_selection_source_sync(&source)
+                .add_value(plan.add)
+                .map(|builder| builder.add_outputs(plan.outputs.clone()))
+                .and_then(|builder| builder.build())
+        };
+        let contribution = result.map_err(|e| self.contribution_error(e, plan))?;
+        fee.check_fee(contribution.estimated_fee())?;
+        if contribution.net_value().is_negative() {
+            let taken = contribution.net_value().unsigned_abs();
+            let maximum = Amount::from_sat(plan.channel.next_splice_out_maximum_sat);
+            if taken > maximum {
+                return Err(SpliceError::ExceedsSpliceOutMaximum {
+                    requested: taken,
+                    maximum,
+                });
+            }
+        }
+        Ok(contribution)
+    }
+
+    fn contribution_error(&self, e: FundingContributionError, plan: &Plan) -> SpliceError {
+        match e {
+            FundingContributionError::CoinSelectionFailed => SpliceError::InsufficientFunds {
+                needed: plan.add,
+                available: self.wallet.available_balance(),
+            },
+            FundingContributionError::FeeRateExceedsMaximum {
+                feerate,
+                max_feerate,
+            } => SpliceError::FeeRateTooHigh {
+                feerate,
+                max_feerate,
+            },
+            FundingContributionError::InvalidSpliceValue => {
+                let paid_out: Amount = plan.outputs.iter().map(|o| o.value).sum();
+                SpliceError::ExceedsSpliceOutMaximum {
+                    requested: paid_out,
+                    maximum: Amount::from_sat(plan.channel.next_splice_out_maximum_sat),
+                }
+            }
+            e => SpliceError::Lightning(e.to_string()),
+        }
+    }
+
+    fn new_record(
+        &self,
+        id: SpliceId,
+        plan: &Plan,
+        contribution: &FundingContribution,
+    ) -> SpliceRecord {
+        let now = unix_now();
+        SpliceRecord {
+            id,
+            channel_id: plan.channel.channel_id,
+            counterparty: plan.channel.counterparty.node_id,
+            state: SpliceState::Requested,
+            add: plan.add,
+            outputs: plan
+                .outputs
+                .iter()
+                .map(|o| SpliceOutput {
+                    script_pubkey: o.script_pubkey.clone(),
+                    value: o.value,
+                })
+                .collect(),
+            feerate_sat_per_kwu: plan.feerate.to_sat_per_kwu(),
+            fee: contribution.estimated_fee(),
+            inputs: contribution.inputs().iter().map(|i| i.outpoint()).collect(),
+            change: contribution.change_output().map(|c| SpliceOutput {
+                script_pubkey: c.script_pubkey.clone(),
+                value: c.value,
+            }),
+            capacity_before: Amount::from_sat(plan.channel.channel_value_satoshis),
+            net_value_sat: contribution.net_value().to_sat(),
+            txid: None,
+            confirmation_height: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn release_quietly(&self, id: SpliceId) {
+        if let Err(e) = self.wallet.release(id) {
+            log::error!("{id}: could not release its coins: {e}");
+        }
+    }
+
+    fn update(
+        &self,
+        state: &mut State,
+        id: SpliceId,
+        change: impl FnOnce(&mut SpliceRecord),
+    ) -> Result<(), SpliceError> {
+        let Some(mut record) = state.journal.get(id).cloned() else {
+            return Err(SpliceError::UnknownSplice(id));
+        };
+        change(&mut record);
+        state.journal.put(record)
+    }
+
+    /// Moves a splice to `new_state`: journal first, then the event.
+    fn transition(&self, state: &mut State, id: SpliceId, new_state: SpliceState) {
+        let Some(record) = state.journal.get(id).cloned() else {
+            return;
+        };
+        if record.state == new_state {
+            return;
+        }
+        if record.state.is_final() {
+            log::debug!("{id}: ignoring {new_state} after {}", record.state);
+            return;
+        }
+        if let Err(e) = self.update(state, id, |r| r.state = new_state.clone()) {
+            log::error!("{id}: could not journal {new_state}: {e}");
+            return;
+        }
+        log::info!("{id}: {new_state}");
+        self.events.push(SpliceEvent::StateChanged {
+            id,
+            channel_id: record.channel_id,
+            counterparty: record.counterparty,
+            state: new_state,
+            txid: record.txid,
+        });
+    }
+
+    /// After a restart: splices LDK no longer knows of end, the rest go on.
+    fn reconcile(&self) -> Result<(), SpliceError> {
+        let mut state = self.lock();
+        let channels = self.channel_manager.get_cm().list_channels();
+        let active: Vec<SpliceRecord> = state
+            .journal
+            .all()
+            .filter(|r| !r.state.is_final())
+            .cloned()
+            .collect();
+        for record in active {
+            let channel = channels.iter().find(|c| c.channel_id == record.channel_id);
+            let Some(channel) = channel else {
+                self.transition(
+                    &mut state,
+                    record.id,
+                    SpliceState::Failed {
+                        reason: "the channel is gone".into(),
+                    },
+                );
+                if record.txid.is_none() {
+                    self.release_quietly(record.id);
+                }
+                continue;
+            };
+            let candidates = channel
+                .splice_details
+                .as_ref()
+                .map(|d| d.candidates.clone())
+                .unwrap_or_default();
+            let signed_or_later = candidates.iter().any(|c| {
+                matches!(
+                    c.status,
+                    SpliceCandidateStatus::AwaitingSignatures { .. }
+                        | SpliceCandidateStatus::Negotiated { .. }
+                )
+            });
+            match &record.state {
+                SpliceState::Requested | SpliceState::Negotiating if !signed_or_later => {
+                    // LDK keeps negotiation state in memory only.
+                    self.transition(
+                        &mut state,
+                        record.id,
+                        SpliceState::Failed {
+                            reason: "the node restarted before the splice was negotiated".into(),
+                        },
+                    );
+                    self.release_quietly(record.id);
+                }
+                _ => {
+                    if let Some(txid) = record.txid {
+                        state.tracker.watch(txid);
+                        let confirmed = channel
+                            .splice_details
+                            .as_ref()
+                            .and_then(|d| d.confirmed_candidate.as_ref())
+                            .filter(|c| c.txid == txid);
+                        if let Some(confirmed) = confirmed {
+                            self.transition(
+                                &mut state,
+                                record.id,
+                                SpliceState::Confirmed {
+                                    depth: confirmed.confirmations,
+                                },
+                            );
+                        } else if channel.funding_txo.map(|o| o.txid) == Some(txid) {
+                            // Locked while we were down.
+                            self.transition(&mut state, record.id, SpliceState::Locked);
+                            self.release_quietly(record.id);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies confirmation depths from the tracker to the records.
+    fn apply_depths(&self, state: &mut State) {
+        let tracked: Vec<(SpliceId, Option<bitcoin::Txid>, SpliceState)> = state
+            .journal
+            .all()
+            .filter(|r| r.state.is_broadcast() && r.state != SpliceState::Locked)
+            .map(|r| (r.id, r.txid, r.state.clone()))
+            .collect();
+        for (id, txid, current) in tracked {
+            let Some(txid) = txid else { continue };
+            let new_state = match state.tracker.depth(&txid) {
+                Some((height, depth)) => {
+                    let _ = self.update(state, id, |r| r.confirmation_height = Some(height));
+                    SpliceState::Confirmed { depth }
+                }
+                None => {
+                    let _ = self.update(state, id, |r| r.confirmation_height = None);
+                    SpliceState::Broadcast
+                }
+            };
+            if new_state != current {
+                self.transition(state, id, new_state);
+            }
+        }
+    }
+}
+
+/// The weight of the transaction as far as our contribution builds it:
+/// our inputs and outputs, plus the shared parts when we initiate.
+fn contribution_weight(contribution: &FundingContribution) -> bitcoin::Weight {
+    let inputs: u64 = contribution
+        .inputs()
+        .iter()
+        .map(|_| {
+            // Low-R signatures: one byte under the P2WPKH witness maximum.
+            (weights::BASE_INPUT + weights::EMPTY_SCRIPT_SIG + weights::P2WPKH_WITNESS).to_wu() - 1
+        })
+        .sum();
+    let outputs: u64 = contribution
+        .outputs()
+        .iter()
+        .chain(contribution.change_output())
+        .map(|o| o.weight().to_wu())
+        .sum();
+    bitcoin::Weight::from_wu(inputs + outputs) + weights::initiator_shared()
+}
+
+impl<CM: Deref, F: Deref> lightning::chain::Listen for SpliceCoordinator<CM, F>
+where
+    CM::Target: AChannelManager,
+    F::Target: FeeEstimator,
+{
+    fn filtered_block_connected(
+        &self,
+        _header: &bitcoin::block::Header,
+        txdata: &lightning::chain::transaction::TransactionData,
+        height: u32,
+    ) {
+        let mut state = self.lock();
+        state
+            .tracker
+            .block_connected(txdata.iter().map(|(_, tx)| tx.compute_txid()), height);
+        self.apply_depths(&mut state);
+    }
+
+    fn blocks_disconnected(&self, fork_point: lightning::chain::BlockLocator) {
+        let mut state = self.lock();
+        state.tracker.blocks_disconnected(fork_point.height);
+        self.apply_depths(&mut state);
+    }
+}

@@ -1,0 +1,169 @@
+//! Fee policies and quotes.
+
+use bitcoin::{Amount, FeeRate, OutPoint, Weight};
+use lightning::chain::chaininterface::{ConfirmationTarget, FeeEstimator};
+use serde::{Deserialize, Serialize};
+
+use crate::error::SpliceError;
+
+/// Where a splice's feerate comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeeRateSource {
+    /// Exactly this feerate.
+    Fixed(FeeRate),
+    /// Whatever the node's `FeeEstimator` says for this target.
+    Estimate(ConfirmationTarget),
+}
+
+/// How much a splice may pay in fees: a feerate (fixed or estimated),
+/// always capped by a maximum feerate and a maximum absolute fee.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeePolicy {
+    /// Where the feerate comes from.
+    pub source: FeeRateSource,
+    /// Never pay a higher feerate than this, nor accept one as the acceptor
+    /// of a splice the peer starts on the same channel.
+    pub max_feerate: FeeRate,
+    /// Never pay more than this in fees for our share of the transaction.
+    pub max_fee: Amount,
+}
+
+impl FeePolicy {
+    /// Default cap on the feerate: 100 sat/vB.
+    pub const DEFAULT_MAX_FEERATE: FeeRate = FeeRate::from_sat_per_kwu(25_000);
+    /// Default cap on the fee: 50 000 sat.
+    pub const DEFAULT_MAX_FEE: Amount = Amount::from_sat(50_000);
+
+    /// A fixed feerate with the default caps.
+    pub fn fixed(feerate: FeeRate) -> Self {
+        FeePolicy {
+            source: FeeRateSource::Fixed(feerate),
+            max_feerate: Self::DEFAULT_MAX_FEERATE,
+            max_fee: Self::DEFAULT_MAX_FEE,
+        }
+    }
+
+    /// The estimator's feerate for `target`, with the default caps.
+    pub fn estimate(target: ConfirmationTarget) -> Self {
+        FeePolicy {
+            source: FeeRateSource::Estimate(target),
+            max_feerate: Self::DEFAULT_MAX_FEERATE,
+            max_fee: Self::DEFAULT_MAX_FEE,
+        }
+    }
+
+    /// Sets the feerate cap.
+    pub fn with_max_feerate(mut self, max_feerate: FeeRate) -> Self {
+        self.max_feerate = max_feerate;
+        self
+    }
+
+    /// Sets the absolute fee cap.
+    pub fn with_max_fee(mut self, max_fee: Amount) -> Self {
+        self.max_fee = max_fee;
+        self
+    }
+
+    /// The feerate to use now, checked against the cap.
+    pub fn feerate<F: FeeEstimator + ?Sized>(&self, estimator: &F) -> Result<FeeRate, SpliceError> {
+        let feerate = match self.source {
+            FeeRateSource::Fixed(rate) => rate,
+            FeeRateSource::Estimate(target) => {
+                FeeRate::from_sat_per_kwu(u64::from(estimator.get_est_sat_per_1000_weight(target)))
+            }
+        };
+        if feerate > self.max_feerate {
+            return Err(SpliceError::FeeRateTooHigh {
+                feerate,
+                max_feerate: self.max_feerate,
+            });
+        }
+        // LDK's floor: 253 sat/kwu, just above 1 sat/vB.
+        Ok(feerate.max(FeeRate::from_sat_per_kwu(253)))
+    }
+
+    /// Checks our share of the fee against the cap.
+    pub fn check_fee(&self, fee: Amount) -> Result<(), SpliceError> {
+        if fee > self.max_fee {
+            return Err(SpliceError::FeeTooHigh {
+                fee,
+                max_fee: self.max_fee,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Default for FeePolicy {
+    /// The estimator's channel-funding feerate, default caps.
+    fn default() -> Self {
+        FeePolicy::estimate(ConfirmationTarget::NonAnchorChannelFee)
+    }
+}
+
+/// What a splice would cost and do, worked out without reserving or sending
+/// anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpliceQuote {
+    /// The feerate used.
+    pub feerate_sat_per_kwu: u64,
+    /// Our share of the fee.
+    #[serde(with = "bitcoin::amount::serde::as_sat")]
+    pub fee: Amount,
+    /// The weight of the splice transaction, as far as we build it (the
+    /// counterparty may add inputs and outputs of its own).
+    pub weight_wu: u64,
+    /// Wallet coins it would spend.
+    pub inputs: Vec<OutPoint>,
+    /// Change back to the wallet.
+    #[serde(with = "bitcoin::amount::serde::as_sat::opt")]
+    pub change: Option<Amount>,
+    /// Channel capacity now.
+    #[serde(with = "bitcoin::amount::serde::as_sat")]
+    pub capacity_before: Amount,
+    /// Channel capacity after the splice.
+    #[serde(with = "bitcoin::amount::serde::as_sat")]
+    pub capacity_after: Amount,
+    /// Our channel balance change (negative for a splice-out).
+    pub net_value_sat: i64,
+}
+
+impl SpliceQuote {
+    /// The transaction weight.
+    pub fn weight(&self) -> Weight {
+        Weight::from_wu(self.weight_wu)
+    }
+}
+
+/// Weights of transaction parts the splice initiator pays for, as LDK counts
+/// them when it estimates a contribution's fee.
+pub mod weights {
+    use bitcoin::{TxOut, Weight};
+
+    /// Version, locktime, input and output counts, segwit marker and flag.
+    pub const TX_COMMON_FIELDS: Weight = Weight::from_wu((4 + 4 + 1 + 1) * 4 + 2);
+    /// Outpoint and sequence of an input, without its script.
+    pub const BASE_INPUT: Weight = Weight::from_wu((32 + 4 + 4) * 4);
+    /// An empty script_sig (its length byte).
+    pub const EMPTY_SCRIPT_SIG: Weight = Weight::from_wu(4);
+    /// The witness spending a 2-of-2 funding output.
+    pub const FUNDING_WITNESS: Weight = Weight::from_wu(1 + 1 + 1 + 72 + 1 + 72 + 1 + 71);
+    /// A P2WSH output (the new funding output).
+    pub const P2WSH_OUTPUT: Weight = Weight::from_wu((8 + 1 + 34) * 4);
+    /// A P2WPKH witness (the wallet's inputs).
+    pub const P2WPKH_WITNESS: Weight = Weight::from_wu(1 + 1 + 72 + 1 + 33);
+
+    /// The weight of `output` in a transaction.
+    pub fn output(output: &TxOut) -> Weight {
+        output.weight()
+    }
+
+    /// What the initiator of a splice pays for besides its own inputs and
+    /// outputs: the common fields, the old funding input and the new
+    /// funding output.
+    pub fn initiator_shared() -> Weight {
+        // LDK counts the funding witness with low-R signatures: one less.
+        TX_COMMON_FIELDS + BASE_INPUT + EMPTY_SCRIPT_SIG + FUNDING_WITNESS + P2WSH_OUTPUT
+            - Weight::from_wu(1)
+    }
+}

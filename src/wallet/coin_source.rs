@@ -1,0 +1,233 @@
+//! The wallet as LDK's coin selection source for splice contributions.
+
+use bitcoin::{Amount, FeeRate, OutPoint, Psbt, ScriptBuf, Transaction, TxOut, Weight};
+use lightning::chain::ClaimId;
+use lightning::util::wallet_utils::{CoinSelection, CoinSelectionSourceSync, ConfirmedUtxo, Input};
+
+use super::selection::{self, Candidate, Target};
+use super::{SpliceWallet, WalletError};
+use crate::fees::weights;
+use crate::journal::SpliceId;
+
+/// A P2WPKH change output.
+const P2WPKH_OUTPUT: Weight = Weight::from_wu((8 + 1 + 22) * 4);
+
+/// Hands LDK the wallet's confirmed coins for one splice. With a splice id
+/// the picked coins are reserved for it at once; without one (a quote)
+/// nothing is reserved.
+pub struct SpliceCoinSource<'a> {
+    wallet: &'a SpliceWallet,
+    reserve_for: Option<SpliceId>,
+}
+
+impl SpliceWallet {
+    /// A coin source for splice `id` that reserves what it picks, or, with
+    /// `None`, one that only looks.
+    pub fn coin_source(&self, id: Option<SpliceId>) -> SpliceCoinSource<'_> {
+        SpliceCoinSource {
+            wallet: self,
+            reserve_for: id,
+        }
+    }
+
+    /// Confirmed coins not promised to another splice, with the
+    /// transactions that created them.
+    pub fn spendable_coins(
+        &self,
+        for_splice: Option<SpliceId>,
+    ) -> Vec<(OutPoint, TxOut, Transaction)> {
+        let state = self.lock();
+        state
+            .wallet
+            .list_unspent()
+            .filter(|utxo| utxo.chain_position.is_confirmed())
+            .filter(|utxo| utxo.txout.script_pubkey.is_p2wpkh())
+            .filter(|utxo| state.reservations.available_to(&utxo.outpoint, for_splice))
+            .filter_map(|utxo| {
+                let tx = state
+                    .wallet
+                    .get_tx(utxo.outpoint.txid)?
+                    .tx_node
+                    .tx
+                    .as_ref()
+                    .clone();
+                Some((utxo.outpoint, utxo.txout, tx))
+            })
+            .collect()
+    }
+
+    /// The confirmed balance not promised to any splice.
+    pub fn available_balance(&self) -> Amount {
+        self.spendable_coins(None)
+            .iter()
+            .map(|(_, txout, _)| txout.value)
+            .sum()
+    }
+
+    /// Reserves `outpoints` for splice `id`.
+    pub fn reserve(&self, id: SpliceId, outpoints: &[OutPoint]) -> Result<(), WalletError> {
+        let mut state = self.lock();
+        state.reservations.reserve(id, outpoints);
+        state.reservations.save(&self.store)
+    }
+
+    /// Frees every coin splice `id` holds, and returns them.
+    pub fn release(&self, id: SpliceId) -> Result<Vec<OutPoint>, WalletError> {
+        let mut state = self.lock();
+        let released = state.reservations.release(id);
+        if !released.is_empty() {
+            state.reservations.save(&self.store)?;
+        }
+        Ok(released)
+    }
+
+    /// Frees these coins, whoever holds them.
+    pub fn release_outpoints(&self, outpoints: &[OutPoint]) -> Result<(), WalletError> {
+        let mut state = self.lock();
+        state.reservations.release_outpoints(outpoints);
+        state.reservations.save(&self.store)
+    }
+
+    /// The coins splice `id` holds.
+    pub fn reserved_for(&self, id: SpliceId) -> Vec<OutPoint> {
+        self.lock().reservations.held_by(id)
+    }
+
+    /// Every reservation: coin and the splice holding it.
+    pub fn reservations(&self) -> Vec<(OutPoint, SpliceId)> {
+        self.lock()
+            .reservations
+            .iter()
+            .map(|(outpoint, id)| (*outpoint, *id))
+            .collect()
+    }
+
+    /// Whether `outpoint` is (or was) an output of this wallet.
+    pub fn owns_outpoint(&self, outpoint: &OutPoint) -> bool {
+        let state = self.lock();
+        state
+            .wallet
+            .get_tx(outpoint.txid)
+            .and_then(|tx| tx.tx_node.tx.output.get(outpoint.vout as usize).cloned())
+            .is_some_and(|txout| state.wallet.is_mine(txout.script_pubkey))
+    }
+
+    fn change_script(&self) -> Result<ScriptBuf, WalletError> {
+        let mut state = self.lock();
+        let script = state
+            .wallet
+            .next_unused_address(bdk_wallet::KeychainKind::Internal)
+            .address
+            .script_pubkey();
+        self.persist(&mut state)?;
+        Ok(script)
+    }
+}
+
+impl CoinSelectionSourceSync for SpliceCoinSource<'_> {
+    fn select_confirmed_utxos(
+        &self,
+        _claim_id: Option<ClaimId>,
+        must_spend: Vec<Input>,
+        must_pay_to: &[TxOut],
+        target_feerate_sat_per_1000_weight: u32,
+        max_tx_weight: u64,
+    ) -> Result<CoinSelection, ()> {
+        let coins: Vec<ConfirmedUtxo> = self
+            .wallet
+            .spendable_coins(self.reserve_for)
+            .into_iter()
+            .filter_map(|(outpoint, _, prevtx)| {
+                ConfirmedUtxo::new_p2wpkh(prevtx, outpoint.vout).ok()
+            })
+            .collect();
+        // Spending weights exactly as LDK will count them in its fee estimate.
+        let input_weight = |coin: &ConfirmedUtxo| {
+            weights::BASE_INPUT + Weight::from_wu(coin.clone().into_utxo().satisfaction_weight)
+        };
+        let candidates: Vec<Candidate> = coins
+            .iter()
+            .map(|coin| Candidate {
+                value: coin.output().value,
+                input_weight: input_weight(coin),
+            })
+            .collect();
+        let fixed_inputs: Amount = must_spend.iter().map(|i| i.previous_utxo.value).sum();
+        let outputs: Amount = must_pay_to.iter().map(|o| o.value).sum();
+        // Same accounting as LDK's fee estimate for the contribution: marker
+        // and flag, the fixed inputs, and the base transaction with every
+        // output it must pay. LDK counts the shared funding input one weight
+        // unit lighter than its satisfaction weight (it grinds for low-R
+        // signatures); doing the same makes the change come out so that the
+        // channel gets exactly the amount asked for.
+        let fixed_weight = Weight::from_wu(2)
+            + must_spend
+                .iter()
+                .map(|i| {
+                    weights::BASE_INPUT + Weight::from_wu(i.satisfaction_weight.saturating_sub(1))
+                })
+                .sum::<Weight>()
+            + Weight::from_wu(10 * 4)
+            + must_pay_to.iter().map(weights::output).sum::<Weight>();
+        let change_script = self.wallet.change_script().map_err(|e| {
+            log::error!("no change script: {e}");
+        })?;
+        let target = Target {
+            value: outputs.checked_sub(fixed_inputs).unwrap_or(Amount::ZERO),
+            fixed_weight,
+            feerate: FeeRate::from_sat_per_kwu(u64::from(target_feerate_sat_per_1000_weight)),
+            change_weight: P2WPKH_OUTPUT,
+            dust_limit: change_script.minimal_non_dust(),
+            change_spend_weight: candidates
+                .first()
+                .map_or(Weight::from_wu(272), |c| c.input_weight),
+        };
+        let picked = selection::select(&candidates, &target).ok_or_else(|| {
+            log::info!(
+                "coin selection: {} sat needed, {} coins available",
+                target.value.to_sat(),
+                coins.len()
+            );
+        })?;
+        let confirmed_utxos: Vec<ConfirmedUtxo> =
+            picked.picked.iter().map(|i| coins[*i].clone()).collect();
+        let weight = fixed_weight
+            + confirmed_utxos.iter().map(input_weight).sum::<Weight>()
+            + if picked.change.is_some() {
+                P2WPKH_OUTPUT
+            } else {
+                Weight::ZERO
+            };
+        if weight.to_wu() > max_tx_weight {
+            return Err(());
+        }
+        if let Some(id) = self.reserve_for {
+            let outpoints: Vec<OutPoint> = confirmed_utxos.iter().map(|u| u.outpoint()).collect();
+            self.wallet.reserve(id, &outpoints).map_err(|e| {
+                log::error!("could not reserve coins for {id}: {e}");
+            })?;
+        }
+        Ok(CoinSelection {
+            confirmed_utxos,
+            change_output: picked.change.map(|value| TxOut {
+                value,
+                script_pubkey: change_script,
+            }),
+        })
+    }
+
+    fn sign_psbt(&self, psbt: Psbt) -> Result<Transaction, ()> {
+        // LDK signs nothing through this for splices (the coordinator signs
+        // on FundingTransactionReadyForSigning); sign what is ours anyway.
+        let tx = psbt.unsigned_tx.clone();
+        let ours: Vec<OutPoint> = tx
+            .input
+            .iter()
+            .map(|i| i.previous_output)
+            .filter(|o| self.wallet.owns_outpoint(o))
+            .collect();
+        self.wallet.sign_inputs(tx, &ours).map_err(|e| {
+            log::error!("signing failed: {e}");
+        })
+    }
+}

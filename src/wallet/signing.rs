@@ -1,0 +1,94 @@
+//! Signing the wallet's own inputs of a negotiated splice transaction.
+
+use bdk_wallet::KeychainKind;
+use bitcoin::bip32::{ChildNumber, DerivationPath};
+use bitcoin::ecdsa;
+use bitcoin::secp256k1::Message;
+use bitcoin::sighash::{EcdsaSighashType, SighashCache};
+use bitcoin::{CompressedPublicKey, Network, OutPoint, ScriptBuf, Transaction, Witness};
+
+use super::{SpliceWallet, WalletError};
+
+impl SpliceWallet {
+    /// Signs, with SIGHASH_ALL, exactly the inputs of `tx` that spend
+    /// `ours`, and returns the transaction with those witnesses filled in.
+    /// Every outpoint in `ours` must be an unspent P2WPKH coin of this
+    /// wallet and appear in `tx`.
+    pub fn sign_inputs(
+        &self,
+        mut tx: Transaction,
+        ours: &[OutPoint],
+    ) -> Result<Transaction, WalletError> {
+        let state = self.lock();
+        let secp = state.wallet.secp_ctx();
+        let mut to_sign = Vec::with_capacity(ours.len());
+        for outpoint in ours {
+            let index = tx
+                .input
+                .iter()
+                .position(|input| input.previous_output == *outpoint)
+                .ok_or_else(|| {
+                    WalletError::Build(format!("{outpoint} is not spent by the transaction"))
+                })?;
+            let utxo = state.wallet.get_utxo(*outpoint).ok_or_else(|| {
+                WalletError::Build(format!("{outpoint} is not an unspent coin of the wallet"))
+            })?;
+            to_sign.push((index, utxo));
+        }
+        let mut signatures = Vec::with_capacity(to_sign.len());
+        {
+            let mut cache = SighashCache::new(&tx);
+            for (index, utxo) in &to_sign {
+                let path = bip84_path(self.network, utxo.keychain, utxo.derivation_index);
+                let key = self
+                    .master_key
+                    .derive_priv(secp, &path)
+                    .map_err(|e| WalletError::Build(e.to_string()))?
+                    .to_priv();
+                let public = CompressedPublicKey::from_private_key(secp, &key)
+                    .map_err(|e| WalletError::Build(e.to_string()))?;
+                if ScriptBuf::new_p2wpkh(&public.wpubkey_hash()) != utxo.txout.script_pubkey {
+                    return Err(WalletError::Build(format!(
+                        "{} is not a P2WPKH coin this wallet can sign",
+                        utxo.outpoint
+                    )));
+                }
+                let sighash = cache
+                    .p2wpkh_signature_hash(
+                        *index,
+                        &utxo.txout.script_pubkey,
+                        utxo.txout.value,
+                        EcdsaSighashType::All,
+                    )
+                    .map_err(|e| WalletError::Build(e.to_string()))?;
+                // Low-R signatures are what LDK's fee estimate assumes.
+                let signature = secp.sign_ecdsa_low_r(&Message::from(sighash), &key.inner);
+                let signature = ecdsa::Signature {
+                    signature,
+                    sighash_type: EcdsaSighashType::All,
+                };
+                signatures.push((*index, Witness::p2wpkh(&signature, &public.0)));
+            }
+        }
+        for (index, witness) in signatures {
+            tx.input[index].witness = witness;
+        }
+        Ok(tx)
+    }
+}
+
+/// m/84'/coin'/0'/change/index, as the BIP84 templates derive.
+fn bip84_path(network: Network, keychain: KeychainKind, index: u32) -> DerivationPath {
+    let coin = if network == Network::Bitcoin { 0 } else { 1 };
+    let change = match keychain {
+        KeychainKind::External => 0,
+        KeychainKind::Internal => 1,
+    };
+    DerivationPath::from(vec![
+        ChildNumber::Hardened { index: 84 },
+        ChildNumber::Hardened { index: coin },
+        ChildNumber::Hardened { index: 0 },
+        ChildNumber::Normal { index: change },
+        ChildNumber::Normal { index },
+    ])
+}
