@@ -687,17 +687,35 @@ where
         id: Option<SpliceId>,
     ) -> Result<FundingContribution, SpliceError> {
         let source = self.wallet.coin_source(id);
+        let paid_out: Amount = plan.outputs.iter().map(|o| o.value).sum();
         let result = if plan.add == Amount::ZERO {
+            // Fees come out of the channel.
             template.splice_out(plan.outputs.clone(), plan.feerate, fee.max_feerate)
         } else if plan.outputs.is_empty() {
             template.splice_in_sync(plan.add, plan.feerate, fee.max_feerate, &source)
-        } else {
+        } else if plan.add > paid_out {
+            // The wallet adds `add` and pays the fee; part of what it adds
+            // funds the outputs directly, the rest grows the channel.
             template
                 .without_prior_contribution(plan.feerate, fee.max_feerate)
                 .with_coin_selection_source_sync(&source)
-                .add_value(plan.add)
+                .add_value(plan.add - paid_out)
                 .map(|builder| builder.add_outputs(plan.outputs.clone()))
                 .and_then(|builder| builder.build())
+        } else {
+            // The channel shrinks: LDK cannot add a negative value, so pick
+            // the wallet's coins here and hand them over with an explicit
+            // change output that leaves exactly `add` plus the fee in.
+            self.select_for_shrinking_resize(plan, &source)
+                .and_then(|(inputs, change)| {
+                    let mut outputs = plan.outputs.clone();
+                    outputs.extend(change);
+                    template
+                        .without_prior_contribution(plan.feerate, fee.max_feerate)
+                        .add_inputs(inputs)
+                        .map(|builder| builder.add_outputs(outputs))
+                        .and_then(|builder| builder.build())
+                })
         };
         let contribution = result.map_err(|e| self.contribution_error(e, plan))?;
         fee.check_fee(contribution.estimated_fee())?;
@@ -712,6 +730,62 @@ where
             }
         }
         Ok(contribution)
+    }
+
+    /// Coins covering `plan.add` and our whole fee for a resize whose
+    /// outputs exceed what it adds, with the change that makes the
+    /// contribution come out at exactly `add - outputs`. The selection is
+    /// asked for the transaction as LDK will count it: the old funding input,
+    /// the new funding output, our outputs.
+    fn select_for_shrinking_resize(
+        &self,
+        plan: &Plan,
+        source: &crate::wallet::SpliceCoinSource<'_>,
+    ) -> Result<
+        (
+            Vec<lightning::util::wallet_utils::ConfirmedUtxo>,
+            Option<TxOut>,
+        ),
+        FundingContributionError,
+    > {
+        use lightning::util::wallet_utils::{CoinSelectionSourceSync, Input};
+        let funding_script = ScriptBuf::new_p2wsh(&bitcoin::WScriptHash::from_raw_hash(
+            bitcoin::hashes::Hash::all_zeros(),
+        ));
+        let capacity = Amount::from_sat(plan.channel.channel_value_satoshis);
+        let funding_outpoint = plan
+            .channel
+            .funding_txo
+            .map(|o| o.into_bitcoin_outpoint())
+            .ok_or(FundingContributionError::InvalidSpliceValue)?;
+        let old_funding = Input {
+            outpoint: funding_outpoint,
+            previous_utxo: TxOut {
+                value: capacity,
+                script_pubkey: funding_script.clone(),
+            },
+            satisfaction_weight: (weights::EMPTY_SCRIPT_SIG + weights::FUNDING_WITNESS).to_wu(),
+        };
+        let paid_out: Amount = plan.outputs.iter().map(|o| o.value).sum();
+        // Values only need to make the target come out at `add`.
+        let new_funding_value = (capacity + plan.add)
+            .checked_sub(paid_out)
+            .ok_or(FundingContributionError::InvalidSpliceValue)?;
+        let mut must_pay_to = vec![TxOut {
+            value: new_funding_value,
+            script_pubkey: funding_script,
+        }];
+        must_pay_to.extend(plan.outputs.iter().cloned());
+        let selection = source
+            .select_confirmed_utxos(
+                None,
+                vec![old_funding],
+                &must_pay_to,
+                plan.feerate.to_sat_per_kwu() as u32,
+                u64::MAX,
+            )
+            .map_err(|()| FundingContributionError::CoinSelectionFailed)?;
+        Ok((selection.confirmed_utxos, selection.change_output))
     }
 
     fn contribution_error(&self, e: FundingContributionError, plan: &Plan) -> SpliceError {
@@ -762,10 +836,19 @@ where
             feerate_sat_per_kwu: plan.feerate.to_sat_per_kwu(),
             fee: contribution.estimated_fee(),
             inputs: contribution.inputs().iter().map(|i| i.outpoint()).collect(),
-            change: contribution.change_output().map(|c| SpliceOutput {
-                script_pubkey: c.script_pubkey.clone(),
-                value: c.value,
-            }),
+            // A shrinking resize carries its change as an explicit output.
+            change: contribution
+                .change_output()
+                .or_else(|| {
+                    contribution
+                        .outputs()
+                        .iter()
+                        .find(|o| !plan.outputs.contains(o))
+                })
+                .map(|c| SpliceOutput {
+                    script_pubkey: c.script_pubkey.clone(),
+                    value: c.value,
+                }),
             capacity_before: Amount::from_sat(plan.channel.channel_value_satoshis),
             net_value_sat: contribution.net_value().to_sat(),
             txid: None,
