@@ -961,6 +961,10 @@ where
                             .and_then(|d| d.confirmed_candidate.as_ref())
                             .filter(|c| c.txid == txid);
                         if let Some(confirmed) = confirmed {
+                            let tip = self.channel_manager.get_cm().current_best_block().height;
+                            state
+                                .tracker
+                                .watch_confirmed(txid, confirmed.confirmations, tip);
                             self.transition(
                                 &mut state,
                                 record.id,

@@ -19,6 +19,14 @@ impl ConfirmationTracker {
         self.watched.entry(txid).or_insert(None);
     }
 
+    /// Watches `txid`, known to have `confirmations` at a tip of `tip`
+    /// (what LDK reports after a restart).
+    pub fn watch_confirmed(&mut self, txid: Txid, confirmations: u32, tip: u32) {
+        self.tip = self.tip.max(tip);
+        let height = (confirmations > 0).then(|| tip.saturating_sub(confirmations) + 1);
+        self.watched.insert(txid, height);
+    }
+
     /// Stops watching `txid`.
     pub fn forget(&mut self, txid: &Txid) {
         self.watched.remove(txid);

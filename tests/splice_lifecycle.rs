@@ -1,0 +1,313 @@
+//! A splice's life around other activity: payments before and after lock
+//! and in flight, splices on two channels at once, a counterparty splicing
+//! at the same moment, a restart before lock, and a reorg.
+
+mod common;
+
+use bitcoin::{Amount, FeeRate};
+use common::*;
+use ldk_splice::{FeePolicy, SpliceEvent, SpliceState};
+
+const CAPACITY: Amount = Amount::from_sat(1_000_000);
+const FEERATE: FeeRate = FeeRate::from_sat_per_kwu(500);
+
+fn fee() -> FeePolicy {
+    FeePolicy::fixed(FEERATE)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn payments_flow_before_and_after_lock_and_an_inflight_one_completes() {
+    let chain = start_chain().await;
+    let alice = start_node(&chain).await;
+    let bob = start_node(&chain).await;
+    fund_nodes(&chain, &[&alice.node, &bob.node]).await;
+    let (a, b) = (&alice.node, &bob.node);
+    let (channel_id, _) = open_channel(&chain, a, b, CAPACITY, Amount::ZERO).await;
+    pay(a, b, 100_000_000).await;
+
+    // A payment is in flight when the splice is asked for.
+    let invoice = b
+        .create_invoice(
+            Some(20_000_000),
+            "in flight",
+            std::time::Duration::from_secs(600),
+        )
+        .unwrap();
+    let hash = a.pay_invoice(&invoice).unwrap();
+    let id = a
+        .splice_in(&channel_id, &b.node_id(), Amount::from_sat(200_000), fee())
+        .expect("splice accepted while a payment is in flight");
+    let sent = a.wait_for_payment(&hash, WAIT).await.unwrap();
+    assert_eq!(sent.status, ldk_splice::node::PaymentStatus::Succeeded);
+
+    let record = a
+        .wait_for_splice(id, WAIT, |s| *s == SpliceState::Broadcast)
+        .await
+        .unwrap();
+    // Before lock, the channel keeps working both ways.
+    pay(a, b, 30_000_000).await;
+    pay(b, a, 5_000_000).await;
+    mine(&chain, 6, &[a, b]).await;
+    a.wait_for_splice(id, WAIT, |s| *s == SpliceState::Locked)
+        .await
+        .unwrap();
+    // After lock too, and Bob's side adds up: 100k + 20k + 30k - 5k.
+    pay(a, b, 1_000_000).await;
+    assert_eq!(
+        b.channel_balance(&channel_id).unwrap(),
+        Amount::from_sat(146_000)
+    );
+    assert_eq!(
+        a.channel(&channel_id).unwrap().channel_value_satoshis,
+        (CAPACITY + Amount::from_sat(200_000)).to_sat()
+    );
+    assert_eq!(record.net_value_sat, 200_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn splices_on_two_channels_at_once() {
+    let chain = start_chain().await;
+    let alice = start_node(&chain).await;
+    let bob = start_node(&chain).await;
+    let carol = start_node(&chain).await;
+    fund_nodes(&chain, &[&alice.node, &bob.node, &carol.node]).await;
+    let (a, b, c) = (&alice.node, &bob.node, &carol.node);
+    let (ab, _) = open_channel(&chain, a, b, CAPACITY, Amount::ZERO).await;
+    let (ac, _) = open_channel(&chain, a, c, CAPACITY, Amount::ZERO).await;
+    pay(a, b, 10_000_000).await;
+    pay(a, c, 10_000_000).await;
+    let wallet_before = a.onchain_balance().confirmed;
+
+    let in_b = a
+        .splice_in(&ab, &b.node_id(), Amount::from_sat(100_000), fee())
+        .unwrap();
+    let out_c = a
+        .splice_out(
+            &ac,
+            &c.node_id(),
+            Amount::from_sat(100_000),
+            ldk_splice::Destination::Wallet,
+            fee(),
+        )
+        .unwrap();
+    for id in [in_b, out_c] {
+        a.wait_for_splice(id, WAIT, |s| *s == SpliceState::Broadcast)
+            .await
+            .unwrap();
+    }
+    let in_record = a.splice_status(in_b).unwrap();
+    let out_record = a.splice_status(out_c).unwrap();
+    assert_ne!(
+        in_record.txid, out_record.txid,
+        "one transaction per channel"
+    );
+    mine(&chain, 6, &[a, b, c]).await;
+    for id in [in_b, out_c] {
+        a.wait_for_splice(id, WAIT, |s| *s == SpliceState::Locked)
+            .await
+            .unwrap();
+    }
+    assert_eq!(a.channel(&ab).unwrap().channel_value_satoshis, 1_100_000);
+    assert_eq!(
+        a.channel(&ac).unwrap().channel_value_satoshis,
+        1_000_000 - 100_000 - out_record.fee.to_sat()
+    );
+    a.wait_until(WAIT, "wallet settles", |n| {
+        n.onchain_balance().confirmed
+            == wallet_before - Amount::from_sat(100_000) - in_record.fee + Amount::from_sat(100_000)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("wallet {:?}", a.onchain_balance()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn both_sides_splicing_at_once_ends_cleanly() {
+    let chain = start_chain().await;
+    let alice = start_node(&chain).await;
+    let bob = start_node(&chain).await;
+    fund_nodes(&chain, &[&alice.node, &bob.node]).await;
+    let (a, b) = (&alice.node, &bob.node);
+    let (channel_id, _) = open_channel(&chain, a, b, CAPACITY, Amount::ZERO).await;
+    pay(a, b, 200_000_000).await;
+
+    // Both ask at the same moment; LDK's quiescence tie-break picks an
+    // initiator and the other's contribution joins as acceptor, or fails
+    // cleanly.
+    let alice_add = Amount::from_sat(100_000);
+    let bob_add = Amount::from_sat(50_000);
+    let ia = a
+        .splice_in(&channel_id, &b.node_id(), alice_add, fee())
+        .unwrap();
+    let ib = b
+        .splice_in(&channel_id, &a.node_id(), bob_add, fee())
+        .unwrap();
+    let settled = |s: &SpliceState| s.is_broadcast() || s.is_final();
+    let ra = a.wait_for_splice(ia, WAIT, settled).await.unwrap();
+    let rb = b.wait_for_splice(ib, WAIT, settled).await.unwrap();
+    let mut expected = CAPACITY;
+    match (ra.state.is_broadcast(), rb.state.is_broadcast()) {
+        (true, true) => {
+            assert_eq!(ra.txid, rb.txid, "both contributions in one transaction");
+            expected += alice_add + bob_add;
+        }
+        (true, false) | (false, true) => {
+            // The one that failed must have let go of everything and can retry.
+            let (loser, loser_id, winner_add) = if ra.state.is_broadcast() {
+                (b, ib, alice_add)
+            } else {
+                (a, ia, bob_add)
+            };
+            assert!(matches!(
+                loser.splice_status(loser_id).unwrap().state,
+                SpliceState::Failed { .. }
+            ));
+            assert!(loser.wallet().reservations().is_empty());
+            expected += winner_add;
+        }
+        (false, false) => panic!("neither splice went through: {ra:?} {rb:?}"),
+    }
+    mine(&chain, 6, &[a, b]).await;
+    for (node, id) in [(a, ia), (b, ib)] {
+        let record = node.splice_status(id).unwrap();
+        if record.state.is_broadcast() {
+            node.wait_for_splice(id, WAIT, |s| *s == SpliceState::Locked)
+                .await
+                .unwrap();
+        }
+    }
+    a.wait_until(WAIT, "capacity", |n| {
+        n.channel(&channel_id).unwrap().channel_value_satoshis == expected.to_sat()
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "capacity {}",
+            a.channel(&channel_id).unwrap().channel_value_satoshis
+        )
+    });
+    pay(a, b, 1_000_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restart_between_broadcast_and_lock_still_locks() {
+    let chain = start_chain().await;
+    let alice = start_node(&chain).await;
+    let bob = start_node(&chain).await;
+    fund_nodes(&chain, &[&alice.node, &bob.node]).await;
+    let (channel_id, _) =
+        open_channel(&chain, &alice.node, &bob.node, CAPACITY, Amount::ZERO).await;
+    pay(&alice.node, &bob.node, 10_000_000).await;
+
+    let id = alice
+        .node
+        .splice_in(
+            &channel_id,
+            &bob.node.node_id(),
+            Amount::from_sat(200_000),
+            fee(),
+        )
+        .unwrap();
+    let broadcast = alice
+        .node
+        .wait_for_splice(id, WAIT, |s| *s == SpliceState::Broadcast)
+        .await
+        .unwrap();
+    wait_in_mempool(&chain, &broadcast.txid.unwrap()).await;
+    alice.node.stop().await.unwrap();
+    let TestNode { node, dir } = alice;
+    drop(node);
+
+    // Blocks arrive while Alice is down.
+    mine(&chain, 6, &[&bob.node]).await;
+    let alice_node = builder(&chain, dir.path()).start().await.unwrap();
+    let after_restart = alice_node
+        .splice_status(id)
+        .expect("journal kept the splice");
+    assert_eq!(after_restart.txid, broadcast.txid);
+    assert!(
+        after_restart.state.is_broadcast(),
+        "restart keeps a broadcast splice alive: {}",
+        after_restart.state
+    );
+    let locked = alice_node
+        .wait_for_splice(id, WAIT, |s| *s == SpliceState::Locked)
+        .await
+        .expect("locks after the restart");
+    assert_eq!(locked.net_value_sat, 200_000);
+    assert_eq!(alice_node.list_splices().len(), 1);
+    assert_eq!(
+        alice_node
+            .channel(&channel_id)
+            .unwrap()
+            .channel_value_satoshis,
+        1_200_000
+    );
+    assert!(alice_node.wallet().reservations().is_empty());
+    pay(&alice_node, &bob.node, 1_000_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reorg_takes_confirmation_depth_back() {
+    let chain = start_chain().await;
+    let alice = start_node(&chain).await;
+    let bob = start_node(&chain).await;
+    fund_nodes(&chain, &[&alice.node, &bob.node]).await;
+    let (a, b) = (&alice.node, &bob.node);
+    let (channel_id, _) = open_channel(&chain, a, b, CAPACITY, Amount::ZERO).await;
+    pay(a, b, 10_000_000).await;
+    while a.coordinator().next_event().is_some() {
+        a.coordinator().event_handled();
+    }
+
+    let id = a
+        .splice_in(&channel_id, &b.node_id(), Amount::from_sat(100_000), fee())
+        .unwrap();
+    let txid = a
+        .wait_for_splice(id, WAIT, |s| *s == SpliceState::Broadcast)
+        .await
+        .unwrap()
+        .txid
+        .unwrap();
+    wait_in_mempool(&chain, &txid).await;
+    mine(&chain, 2, &[a, b]).await;
+    a.wait_for_splice(id, WAIT, |s| *s == SpliceState::Confirmed { depth: 2 })
+        .await
+        .unwrap();
+    let first_height = a.splice_status(id).unwrap().confirmation_height.unwrap();
+
+    // Take both blocks away; the splice goes back to the mempool and a
+    // longer branch confirms it again.
+    let back = chain.invalidate_tip(2);
+    assert!(back.contains(&txid));
+    mine(&chain, 3, &[a, b]).await;
+    a.wait_for_splice(id, WAIT, |s| *s == SpliceState::Confirmed { depth: 3 })
+        .await
+        .unwrap();
+    assert_eq!(
+        a.splice_status(id).unwrap().confirmation_height,
+        Some(first_height)
+    );
+
+    let states: Vec<SpliceState> = std::iter::from_fn(|| {
+        let event = a.coordinator().next_event();
+        a.coordinator().event_handled();
+        event
+    })
+    .filter_map(|e| match e {
+        SpliceEvent::StateChanged { id: i, state, .. } if i == id => Some(state),
+        _ => None,
+    })
+    .collect();
+    let two_deep = states
+        .iter()
+        .position(|s| *s == SpliceState::Confirmed { depth: 2 })
+        .expect("reached depth 2");
+    assert!(
+        states[two_deep..].contains(&SpliceState::Broadcast),
+        "the reorg took the depth back: {states:?}"
+    );
+    mine(&chain, 3, &[a, b]).await;
+    a.wait_for_splice(id, WAIT, |s| *s == SpliceState::Locked)
+        .await
+        .unwrap();
+}
