@@ -224,10 +224,15 @@ where
             .splice_channel(channel_id, counterparty)
             .map_err(|e| SpliceError::Lightning(format!("{e:?}")))?;
         let contribution = self.build(template, &plan, &fee, None)?;
-        let net_value = contribution.net_value().to_sat();
+        let net_value = contribution.net_value();
         let capacity_before = Amount::from_sat(plan.channel.channel_value_satoshis);
-        let outputs_total: Amount = plan.outputs.iter().map(|o| o.value).sum();
-        let capacity_after = capacity_before + contribution.value_added() - outputs_total;
+        let capacity_after = capacity_before
+            .to_signed()
+            .ok()
+            .and_then(|c| c.checked_add(net_value))
+            .and_then(|c| c.to_unsigned().ok())
+            .ok_or_else(|| SpliceError::InvalidRequest("capacity out of range".into()))?;
+        let net_value = net_value.to_sat();
         Ok(SpliceQuote {
             feerate_sat_per_kwu: plan.feerate.to_sat_per_kwu(),
             fee: contribution.estimated_fee(),
@@ -791,7 +796,7 @@ where
     fn contribution_error(&self, e: FundingContributionError, plan: &Plan) -> SpliceError {
         match e {
             FundingContributionError::CoinSelectionFailed => SpliceError::InsufficientFunds {
-                needed: plan.add,
+                needed: plan.add + estimated_fee(plan, 1),
                 available: self.wallet.available_balance(),
             },
             FundingContributionError::FeeRateExceedsMaximum {
@@ -804,7 +809,7 @@ where
             FundingContributionError::InvalidSpliceValue => {
                 let paid_out: Amount = plan.outputs.iter().map(|o| o.value).sum();
                 SpliceError::ExceedsSpliceOutMaximum {
-                    requested: paid_out,
+                    requested: paid_out + estimated_fee(plan, 0),
                     maximum: Amount::from_sat(plan.channel.next_splice_out_maximum_sat),
                 }
             }
@@ -1009,6 +1014,21 @@ where
             }
         }
     }
+}
+
+/// Our fee for `plan` as the splice initiator with `inputs` wallet inputs
+/// and a change output when there are inputs: for error messages, where no
+/// contribution exists to ask.
+fn estimated_fee(plan: &Plan, inputs: u64) -> Amount {
+    let input = weights::BASE_INPUT + weights::EMPTY_SCRIPT_SIG + weights::P2WPKH_WITNESS;
+    let change = if inputs > 0 {
+        bitcoin::Weight::from_wu((8 + 1 + 22) * 4)
+    } else {
+        bitcoin::Weight::ZERO
+    };
+    let outputs: bitcoin::Weight = plan.outputs.iter().map(|o| o.weight()).sum();
+    let weight = weights::initiator_shared() + input * inputs + change + outputs;
+    plan.feerate.fee_wu(weight).unwrap_or(Amount::MAX_MONEY)
 }
 
 /// The weight of the transaction as far as our contribution builds it:

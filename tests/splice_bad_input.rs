@@ -767,7 +767,7 @@ async fn refused_requests_reserve_nothing_and_send_nothing() {
 /// The fee does not fit in the wallet: the error says how much is needed,
 /// fee included, which is more than the wallet has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "bug: coordinator.rs contribution_error maps CoinSelectionFailed to InsufficientFunds { needed: plan.add } without the fee, so the message reads: has N sat, needs N sat"]
+
 async fn insufficient_funds_reports_what_the_fee_makes_it_need() {
     let setup = two_nodes_with_channel().await;
     let (chain, a, b, channel_id) = (
@@ -807,7 +807,7 @@ async fn insufficient_funds_reports_what_the_fee_makes_it_need() {
 /// takes it over, and the error says so (requested, fee included, above the
 /// maximum).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "bug: coordinator.rs contribution_error maps InvalidSpliceValue to ExceedsSpliceOutMaximum { requested: payouts } without the fee, so the message reads: cannot take N sat, at most N sat"]
+
 async fn splice_out_of_the_maximum_reports_the_fee_on_top() {
     let setup = two_nodes_with_channel().await;
     let (chain, a, b, channel_id) = (
@@ -1154,7 +1154,7 @@ async fn quote_matches_the_splice_in_that_follows() {
 
 /// The same for a splice-out, where the fee comes out of the channel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "bug: coordinator.rs quote() computes capacity_after as before + value_added - payouts, which leaves out the fee a splice-out takes from the channel"]
+
 async fn quote_matches_the_splice_out_that_follows() {
     let setup = two_nodes_with_channel().await;
     let request = splice_out_request(Amount::from_sat(300_000), to(&external_p2wpkh()));
@@ -1163,7 +1163,7 @@ async fn quote_matches_the_splice_out_that_follows() {
 
 /// The same for a resize that adds and pays out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "bug: coordinator.rs quote() computes capacity_after as before + value_added - payouts, and value_added already nets out the payouts: they are subtracted twice"]
+
 async fn quote_matches_the_resize_that_follows() {
     let setup = two_nodes_with_channel().await;
     let request = ResizeRequest {
