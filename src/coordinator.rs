@@ -15,6 +15,7 @@ use lightning::ln::channelmanager::AChannelManager;
 use lightning::ln::funding::{FundingContribution, FundingContributionError};
 use lightning::ln::types::ChannelId;
 
+use crate::batch::{BatchBook, BatchId};
 use crate::error::SpliceError;
 use crate::events::{EventQueue, SpliceEvent};
 use crate::fees::{weights, FeePolicy, SpliceQuote};
@@ -65,25 +66,26 @@ where
     CM::Target: AChannelManager,
     F::Target: FeeEstimator,
 {
-    channel_manager: CM,
-    wallet: Arc<SpliceWallet>,
-    fee_estimator: F,
-    config: CoordinatorConfig,
-    state: Mutex<State>,
-    events: EventQueue,
+    pub(crate) channel_manager: CM,
+    pub(crate) wallet: Arc<SpliceWallet>,
+    pub(crate) fee_estimator: F,
+    pub(crate) config: CoordinatorConfig,
+    pub(crate) state: Mutex<State>,
+    pub(crate) events: EventQueue,
 }
 
-struct State {
-    journal: Journal,
-    tracker: ConfirmationTracker,
+pub(crate) struct State {
+    pub(crate) journal: Journal,
+    pub(crate) tracker: ConfirmationTracker,
+    pub(crate) batches: BatchBook,
 }
 
 /// A checked request, ready to be built into an LDK contribution.
-struct Plan {
-    channel: ChannelDetails,
-    add: Amount,
-    outputs: Vec<TxOut>,
-    feerate: FeeRate,
+pub(crate) struct Plan {
+    pub(crate) channel: ChannelDetails,
+    pub(crate) add: Amount,
+    pub(crate) outputs: Vec<TxOut>,
+    pub(crate) feerate: FeeRate,
 }
 
 impl<CM: Deref, F: Deref> SpliceCoordinator<CM, F>
@@ -102,6 +104,7 @@ where
         config: CoordinatorConfig,
     ) -> Result<Self, SpliceError> {
         let journal = Journal::load(store.clone())?;
+        let batches = BatchBook::load(store.clone())?;
         let events = EventQueue::load(store);
         let this = SpliceCoordinator {
             channel_manager,
@@ -111,6 +114,7 @@ where
             state: Mutex::new(State {
                 journal,
                 tracker: ConfirmationTracker::default(),
+                batches,
             }),
             events,
         };
@@ -118,7 +122,7 @@ where
         Ok(this)
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -168,42 +172,74 @@ where
         let mut state = self.lock();
         let plan = self.plan(&state, channel_id, counterparty, &request, &fee, false)?;
         let id = state.journal.next_id();
+        let contribution = self.prepare(&mut state, id, &plan, &fee, None)?;
+        self.contribute(&mut state, id, contribution)?;
+        Ok(id)
+    }
+
+    /// Builds the contribution for `plan` as splice `id` (reserving its
+    /// coins) and journals it as `Requested`. On error nothing stays
+    /// reserved or journaled.
+    pub(crate) fn prepare(
+        &self,
+        state: &mut State,
+        id: SpliceId,
+        plan: &Plan,
+        fee: &FeePolicy,
+        batch: Option<BatchId>,
+    ) -> Result<FundingContribution, SpliceError> {
         let template = self
             .channel_manager
             .get_cm()
-            .splice_channel(channel_id, counterparty)
+            .splice_channel(&plan.channel.channel_id, &plan.channel.counterparty.node_id)
             .map_err(|e| SpliceError::Lightning(format!("{e:?}")))?;
-        let contribution = match self.build(template, &plan, &fee, Some(id)) {
+        let contribution = match self.build(template, plan, fee, &self.wallet.coin_source(Some(id)))
+        {
             Ok(contribution) => contribution,
             Err(e) => {
                 self.release_quietly(id);
                 return Err(e);
             }
         };
-        let record = self.new_record(id, &plan, &contribution);
-        if let Err(e) = state.journal.put(record.clone()) {
+        let mut record = self.new_record(id, plan, &contribution);
+        record.batch = batch;
+        if let Err(e) = state.journal.put(record) {
             self.release_quietly(id);
             return Err(e);
         }
+        Ok(contribution)
+    }
+
+    /// Hands a prepared contribution to LDK. If LDK refuses it, nothing
+    /// reached the peer: the request is forgotten and its coins released.
+    pub(crate) fn contribute(
+        &self,
+        state: &mut State,
+        id: SpliceId,
+        contribution: FundingContribution,
+    ) -> Result<(), SpliceError> {
+        let Some(record) = state.journal.get(id).cloned() else {
+            return Err(SpliceError::UnknownSplice(id));
+        };
         if let Err(e) = self.channel_manager.get_cm().funding_contributed(
-            channel_id,
-            counterparty,
+            &record.channel_id,
+            &record.counterparty,
             contribution,
             None,
         ) {
-            // Nothing reached the peer: forget the request entirely.
             self.release_quietly(id);
             let _ = state.journal.remove(id);
             return Err(SpliceError::Lightning(e.to_string()));
         }
-        self.transition(&mut state, id, SpliceState::Negotiating);
+        self.transition(state, id, SpliceState::Negotiating);
         log::info!(
-            "{id}: splicing channel {channel_id}: +{} sat, -{} sat out, fee {} sat",
+            "{id}: splicing channel {}: +{} sat, -{} sat out, fee {} sat",
+            record.channel_id,
             record.add.to_sat(),
             record.outputs.iter().map(|o| o.value.to_sat()).sum::<u64>(),
             record.fee.to_sat()
         );
-        Ok(id)
+        Ok(())
     }
 
     /// What [`SpliceCoordinator::resize`] would do, without reserving or
@@ -218,12 +254,22 @@ where
         let state = self.lock();
         let plan = self.plan(&state, channel_id, counterparty, request, &fee, true)?;
         drop(state);
+        self.quote_plan(&plan, &fee, &self.wallet.coin_source(None))
+    }
+
+    /// Quotes a checked plan with coins from `source`.
+    pub(crate) fn quote_plan(
+        &self,
+        plan: &Plan,
+        fee: &FeePolicy,
+        source: &crate::wallet::SpliceCoinSource<'_>,
+    ) -> Result<SpliceQuote, SpliceError> {
         let template = self
             .channel_manager
             .get_cm()
-            .splice_channel(channel_id, counterparty)
+            .splice_channel(&plan.channel.channel_id, &plan.channel.counterparty.node_id)
             .map_err(|e| SpliceError::Lightning(format!("{e:?}")))?;
-        let contribution = self.build(template, &plan, &fee, None)?;
+        let contribution = self.build(template, plan, fee, source)?;
         let net_value = contribution.net_value();
         let capacity_before = Amount::from_sat(plan.channel.channel_value_satoshis);
         let capacity_after = capacity_before
@@ -232,7 +278,6 @@ where
             .and_then(|c| c.checked_add(net_value))
             .and_then(|c| c.to_unsigned().ok())
             .ok_or_else(|| SpliceError::InvalidRequest("capacity out of range".into()))?;
-        let net_value = net_value.to_sat();
         Ok(SpliceQuote {
             feerate_sat_per_kwu: plan.feerate.to_sat_per_kwu(),
             fee: contribution.estimated_fee(),
@@ -241,7 +286,7 @@ where
             change: contribution.change_output().map(|c| c.value),
             capacity_before,
             capacity_after,
-            net_value_sat: net_value,
+            net_value_sat: net_value.to_sat(),
         })
     }
 
@@ -289,6 +334,11 @@ where
                 id,
                 state: record.state,
             });
+        }
+        if let Some(batch) = record.batch {
+            // A leg cannot leave its batch alone: the whole batch goes.
+            self.fail_batch(&mut state, batch, crate::batch::BatchState::Cancelled);
+            return Ok(());
         }
         match self
             .channel_manager
@@ -345,10 +395,9 @@ where
         match event {
             Event::FundingTransactionReadyForSigning {
                 channel_id,
-                counterparty_node_id,
                 unsigned_transaction,
                 ..
-            } => self.sign(channel_id, counterparty_node_id, unsigned_transaction),
+            } => self.sign(channel_id, unsigned_transaction),
             Event::SpliceNegotiated {
                 channel_id,
                 new_funding_txo,
@@ -382,6 +431,9 @@ where
                             },
                         );
                         self.release_quietly(id);
+                        if let Some(batch) = state.journal.get(id).and_then(|r| r.batch) {
+                            self.leg_failed(&mut state, batch, id, &reason.to_string());
+                        }
                     }
                 }
                 Ok(())
@@ -433,6 +485,14 @@ where
                     if state.journal.get(id).is_none_or(|r| r.txid.is_none()) {
                         self.release_quietly(id);
                     }
+                    if let Some(batch) = state.journal.get(id).and_then(|r| r.batch) {
+                        self.leg_failed(
+                            &mut state,
+                            batch,
+                            id,
+                            &format!("channel closed: {reason}"),
+                        );
+                    }
                 }
                 Ok(())
             }
@@ -440,12 +500,7 @@ where
         }
     }
 
-    fn sign(
-        &self,
-        channel_id: &ChannelId,
-        counterparty: &PublicKey,
-        unsigned: &Transaction,
-    ) -> Result<(), ReplayEvent> {
+    fn sign(&self, channel_id: &ChannelId, unsigned: &Transaction) -> Result<(), ReplayEvent> {
         let mut state = self.lock();
         let Some(record) = state.journal.active_on(channel_id).cloned() else {
             log::warn!("asked to sign a funding transaction on {channel_id} we did not ask for");
@@ -465,37 +520,64 @@ where
             });
         }
         let record = state.journal.get(record.id).cloned().unwrap_or(record);
-        let cm = self.channel_manager.get_cm();
-        let signed = self.check_negotiated(&record, unsigned).and_then(|()| {
-            self.wallet
-                .sign_inputs(unsigned.clone(), &record.inputs)
-                .map_err(|e| e.to_string())
-        });
-        match signed {
-            Ok(tx) => {
-                if let Err(e) = cm.funding_transaction_signed(channel_id, counterparty, tx) {
-                    log::warn!("{}: LDK refused our signatures: {e:?}", record.id);
-                }
-            }
-            Err(why) => {
-                log::error!("{}: refusing to sign: {why}", record.id);
-                let _ = cm.cancel_funding_contributed(channel_id, counterparty);
-                self.transition(
-                    &mut state,
-                    record.id,
-                    SpliceState::Failed {
-                        reason: format!("refused to sign: {why}"),
-                    },
-                );
-                self.release_quietly(record.id);
-            }
+        if let Some(batch) = record.batch {
+            // Batch legs are signed together once every leg is ready.
+            self.hold_for_batch(&mut state, batch, record.id, unsigned.clone());
+            return Ok(());
+        }
+        if let Err(why) = self.sign_now(&mut state, &record, unsigned) {
+            self.refuse(&mut state, &record, &why);
         }
         Ok(())
     }
 
+    /// Checks and signs our inputs of `unsigned` and hands them to LDK.
+    pub(crate) fn sign_now(
+        &self,
+        _state: &mut State,
+        record: &SpliceRecord,
+        unsigned: &Transaction,
+    ) -> Result<(), String> {
+        self.check_negotiated(record, unsigned)?;
+        let tx = self
+            .wallet
+            .sign_inputs(unsigned.clone(), &record.inputs)
+            .map_err(|e| e.to_string())?;
+        if let Err(e) = self.channel_manager.get_cm().funding_transaction_signed(
+            &record.channel_id,
+            &record.counterparty,
+            tx,
+        ) {
+            log::warn!("{}: LDK refused our signatures: {e:?}", record.id);
+        }
+        Ok(())
+    }
+
+    /// Backs out of a splice before signing: LDK drops the contribution, the
+    /// record fails with `why`, the coins are freed.
+    pub(crate) fn refuse(&self, state: &mut State, record: &SpliceRecord, why: &str) {
+        log::error!("{}: not signing: {why}", record.id);
+        let _ = self
+            .channel_manager
+            .get_cm()
+            .cancel_funding_contributed(&record.channel_id, &record.counterparty);
+        self.transition(
+            state,
+            record.id,
+            SpliceState::Failed {
+                reason: why.to_string(),
+            },
+        );
+        self.release_quietly(record.id);
+    }
+
     /// The negotiated transaction must spend exactly the wallet coins we
     /// contributed and pay every output we asked for.
-    fn check_negotiated(&self, record: &SpliceRecord, tx: &Transaction) -> Result<(), String> {
+    pub(crate) fn check_negotiated(
+        &self,
+        record: &SpliceRecord,
+        tx: &Transaction,
+    ) -> Result<(), String> {
         for input in &tx.input {
             let outpoint = input.previous_output;
             if self.wallet.owns_outpoint(&outpoint) && !record.inputs.contains(&outpoint) {
@@ -553,7 +635,7 @@ where
     // ---- internals --------------------------------------------------------
 
     /// Checks a request against the channel, the wallet and the fee policy.
-    fn plan(
+    pub(crate) fn plan(
         &self,
         state: &State,
         channel_id: &ChannelId,
@@ -684,26 +766,25 @@ where
 
     /// Builds LDK's contribution; with an id, the wallet coins it picks are
     /// reserved for that splice.
-    fn build(
+    pub(crate) fn build(
         &self,
         template: lightning::ln::funding::FundingTemplate,
         plan: &Plan,
         fee: &FeePolicy,
-        id: Option<SpliceId>,
+        source: &crate::wallet::SpliceCoinSource<'_>,
     ) -> Result<FundingContribution, SpliceError> {
-        let source = self.wallet.coin_source(id);
         let paid_out: Amount = plan.outputs.iter().map(|o| o.value).sum();
         let result = if plan.add == Amount::ZERO {
             // Fees come out of the channel.
             template.splice_out(plan.outputs.clone(), plan.feerate, fee.max_feerate)
         } else if plan.outputs.is_empty() {
-            template.splice_in_sync(plan.add, plan.feerate, fee.max_feerate, &source)
+            template.splice_in_sync(plan.add, plan.feerate, fee.max_feerate, source)
         } else if plan.add > paid_out {
             // The wallet adds `add` and pays the fee; part of what it adds
             // funds the outputs directly, the rest grows the channel.
             template
                 .without_prior_contribution(plan.feerate, fee.max_feerate)
-                .with_coin_selection_source_sync(&source)
+                .with_coin_selection_source_sync(source)
                 .add_value(plan.add - paid_out)
                 .map(|builder| builder.add_outputs(plan.outputs.clone()))
                 .and_then(|builder| builder.build())
@@ -711,7 +792,7 @@ where
             // The channel shrinks: LDK cannot add a negative value, so pick
             // the wallet's coins here and hand them over with an explicit
             // change output that leaves exactly `add` plus the fee in.
-            self.select_for_shrinking_resize(plan, &source)
+            self.select_for_shrinking_resize(plan, source)
                 .and_then(|(inputs, change)| {
                     let mut outputs = plan.outputs.clone();
                     outputs.extend(change);
@@ -817,7 +898,7 @@ where
         }
     }
 
-    fn new_record(
+    pub(crate) fn new_record(
         &self,
         id: SpliceId,
         plan: &Plan,
@@ -858,18 +939,19 @@ where
             net_value_sat: contribution.net_value().to_sat(),
             txid: None,
             confirmation_height: None,
+            batch: None,
             created_at: now,
             updated_at: now,
         }
     }
 
-    fn release_quietly(&self, id: SpliceId) {
+    pub(crate) fn release_quietly(&self, id: SpliceId) {
         if let Err(e) = self.wallet.release(id) {
             log::error!("{id}: could not release its coins: {e}");
         }
     }
 
-    fn update(
+    pub(crate) fn update(
         &self,
         state: &mut State,
         id: SpliceId,
@@ -883,7 +965,7 @@ where
     }
 
     /// Moves a splice to `new_state`: journal first, then the event.
-    fn transition(&self, state: &mut State, id: SpliceId, new_state: SpliceState) {
+    pub(crate) fn transition(&self, state: &mut State, id: SpliceId, new_state: SpliceState) {
         let Some(record) = state.journal.get(id).cloned() else {
             return;
         };
@@ -906,6 +988,9 @@ where
             state: new_state,
             txid: record.txid,
         });
+        if let Some(batch) = record.batch {
+            self.batch_leg_changed(state, batch);
+        }
     }
 
     /// After a restart: splices LDK no longer knows of end, the rest go on.
@@ -986,6 +1071,7 @@ where
                 }
             }
         }
+        self.reconcile_batches(&mut state);
         Ok(())
     }
 
@@ -1019,7 +1105,7 @@ where
 /// Our fee for `plan` as the splice initiator with `inputs` wallet inputs
 /// and a change output when there are inputs: for error messages, where no
 /// contribution exists to ask.
-fn estimated_fee(plan: &Plan, inputs: u64) -> Amount {
+pub(crate) fn estimated_fee(plan: &Plan, inputs: u64) -> Amount {
     let input = weights::BASE_INPUT + weights::EMPTY_SCRIPT_SIG + weights::P2WPKH_WITNESS;
     let change = if inputs > 0 {
         bitcoin::Weight::from_wu((8 + 1 + 22) * 4)
@@ -1067,6 +1153,8 @@ where
             .tracker
             .block_connected(txdata.iter().map(|(_, tx)| tx.compute_txid()), height);
         self.apply_depths(&mut state);
+        self.check_deadlines(&mut state);
+        self.start_queued(&mut state);
     }
 
     fn blocks_disconnected(&self, fork_point: lightning::chain::BlockLocator) {

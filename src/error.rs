@@ -82,6 +82,15 @@ pub enum SpliceError {
         /// Where it stands.
         state: SpliceState,
     },
+    /// One leg of a batch is wrong; nothing of the batch was started.
+    BatchLeg {
+        /// The leg's position in the plan.
+        leg: usize,
+        /// What is wrong with it.
+        error: Box<SpliceError>,
+    },
+    /// No batch with this id.
+    UnknownBatch(crate::batch::BatchId),
     /// LDK refused the splice.
     Lightning(String),
     /// The wallet failed.
@@ -150,6 +159,8 @@ impl std::fmt::Display for SpliceError {
             SpliceError::NotCancellable { id, state } => {
                 write!(f, "splice {id} is {state} and can no longer be cancelled")
             }
+            SpliceError::BatchLeg { leg, error } => write!(f, "batch leg {leg}: {error}"),
+            SpliceError::UnknownBatch(id) => write!(f, "no batch {id}"),
             SpliceError::Lightning(why) => write!(f, "LDK refused the splice: {why}"),
             SpliceError::Wallet(e) => write!(f, "{e}"),
             SpliceError::Persistence(e) => write!(f, "could not write the splice journal: {e}"),

@@ -32,13 +32,21 @@ pub enum SpliceEvent {
         /// The splice transaction, once known.
         txid: Option<Txid>,
     },
+    /// A batch reached a new state.
+    BatchStateChanged {
+        /// The batch.
+        batch: crate::batch::BatchId,
+        /// The state it reached.
+        state: crate::batch::BatchState,
+    },
 }
 
 impl SpliceEvent {
-    /// The splice the event is about.
-    pub fn splice_id(&self) -> SpliceId {
+    /// The splice the event is about, if it is about one.
+    pub fn splice_id(&self) -> Option<SpliceId> {
         match self {
-            SpliceEvent::StateChanged { id, .. } => *id,
+            SpliceEvent::StateChanged { id, .. } => Some(*id),
+            SpliceEvent::BatchStateChanged { .. } => None,
         }
     }
 }

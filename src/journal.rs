@@ -151,6 +151,9 @@ pub struct SpliceRecord {
     pub txid: Option<Txid>,
     /// Height of the block that confirmed it, while it is confirmed.
     pub confirmation_height: Option<u32>,
+    /// The batch this splice is a leg of, if any.
+    #[serde(default)]
+    pub batch: Option<crate::batch::BatchId>,
     /// Unix time of the request.
     pub created_at: u64,
     /// Unix time of the last change.

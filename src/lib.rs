@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 pub mod coordinator;
+pub mod batch;
 #[cfg(feature = "devchain")]
 pub mod devchain;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod node;
 pub mod tracker;
 pub mod wallet;
 
+pub use batch::{BatchId, BatchPlan, BatchQuote, BatchRecord, BatchState, ChannelRef, Leg};
 pub use coordinator::{CoordinatorConfig, Destination, Payout, ResizeRequest, SpliceCoordinator};
 pub use error::SpliceError;
 pub use events::SpliceEvent;

@@ -56,6 +56,7 @@ pub use self::types::{ChainMonitor, ChannelManager, NodeCoordinator, PeerManager
 use self::events::NodeEventHandler;
 use self::payments::PaymentStore;
 use self::peers::PeerStore;
+use crate::batch::{BatchId, BatchPlan, BatchQuote, BatchRecord, BatchState};
 use crate::coordinator::{CoordinatorConfig, Destination, ResizeRequest};
 use crate::fees::{FeePolicy, SpliceQuote};
 use crate::journal::{SpliceId, SpliceRecord};
@@ -521,6 +522,10 @@ impl Node {
                 move || notify.notify_waiters(),
             )));
         }
+        tasks.push(tokio::spawn(tick_coordinator(
+            coordinator.clone(),
+            stop_receiver.clone(),
+        )));
         tasks.push(tokio::spawn(update_fees(
             bitcoind.clone(),
             config.fee_update_interval,
@@ -903,6 +908,41 @@ impl Node {
         self.coordinator.list()
     }
 
+    /// Starts a batch of splices over several channels.
+    pub fn batch(&self, plan: BatchPlan) -> Result<BatchId, SpliceError> {
+        self.coordinator.execute_batch(plan)
+    }
+
+    /// What a batch would cost, without reserving or sending anything.
+    pub fn quote_batch(&self, plan: &BatchPlan) -> Result<BatchQuote, SpliceError> {
+        self.coordinator.quote_batch(plan)
+    }
+
+    /// The record of a batch.
+    pub fn batch_status(&self, id: BatchId) -> Option<BatchRecord> {
+        self.coordinator.batch_status(id)
+    }
+
+    /// Cancels a batch that is not signed yet.
+    pub fn cancel_batch(&self, id: BatchId) -> Result<(), SpliceError> {
+        self.coordinator.cancel_batch(id)
+    }
+
+    /// Waits until batch `id` is in a state `done` accepts.
+    pub async fn wait_for_batch(
+        &self,
+        id: BatchId,
+        timeout: Duration,
+        mut done: impl FnMut(&BatchState) -> bool,
+    ) -> Result<BatchRecord, NodeError> {
+        self.wait_until(timeout, &format!("{id} to progress"), |node| {
+            node.batch_status(id).is_some_and(|r| done(&r.state))
+        })
+        .await?;
+        self.batch_status(id)
+            .ok_or_else(|| NodeError::InvalidInput(format!("no batch {id}")))
+    }
+
     /// Waits until splice `id` is in a state `done` accepts.
     pub async fn wait_for_splice(
         &self,
@@ -1056,6 +1096,18 @@ async fn accept_peers(
                 },
                 Err(e) => log::warn!("accept failed: {e}"),
             },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn tick_coordinator(
+    coordinator: Arc<NodeCoordinator>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => coordinator.timer_tick(),
             _ = stop.changed() => return,
         }
     }

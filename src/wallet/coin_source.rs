@@ -18,6 +18,9 @@ const P2WPKH_OUTPUT: Weight = Weight::from_wu((8 + 1 + 22) * 4);
 pub struct SpliceCoinSource<'a> {
     wallet: &'a SpliceWallet,
     reserve_for: Option<SpliceId>,
+    /// Coins this source already handed out: a quote over several legs
+    /// must not count one coin twice.
+    picked: std::sync::Mutex<std::collections::BTreeSet<OutPoint>>,
 }
 
 impl SpliceWallet {
@@ -27,6 +30,7 @@ impl SpliceWallet {
         SpliceCoinSource {
             wallet: self,
             reserve_for: id,
+            picked: Default::default(),
         }
     }
 
@@ -133,10 +137,12 @@ impl CoinSelectionSourceSync for SpliceCoinSource<'_> {
         target_feerate_sat_per_1000_weight: u32,
         max_tx_weight: u64,
     ) -> Result<CoinSelection, ()> {
+        let already_picked = self.picked.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let coins: Vec<ConfirmedUtxo> = self
             .wallet
             .spendable_coins(self.reserve_for)
             .into_iter()
+            .filter(|(outpoint, _, _)| !already_picked.contains(outpoint))
             .filter_map(|(outpoint, _, prevtx)| {
                 ConfirmedUtxo::new_p2wpkh(prevtx, outpoint.vout).ok()
             })
@@ -201,8 +207,12 @@ impl CoinSelectionSourceSync for SpliceCoinSource<'_> {
         if weight.to_wu() > max_tx_weight {
             return Err(());
         }
+        let outpoints: Vec<OutPoint> = confirmed_utxos.iter().map(|u| u.outpoint()).collect();
+        self.picked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(outpoints.iter().copied());
         if let Some(id) = self.reserve_for {
-            let outpoints: Vec<OutPoint> = confirmed_utxos.iter().map(|u| u.outpoint()).collect();
             self.wallet.reserve(id, &outpoints).map_err(|e| {
                 log::error!("could not reserve coins for {id}: {e}");
             })?;
