@@ -18,7 +18,7 @@ use lightning::ln::channelmanager::AChannelManager;
 use lightning::ln::types::ChannelId;
 use serde::{Deserialize, Serialize};
 
-use crate::coordinator::{Destination, Payout, ResizeRequest, SpliceCoordinator, State};
+use crate::coordinator::{Destination, Payout, PlanMode, ResizeRequest, SpliceCoordinator, State};
 use crate::error::SpliceError;
 use crate::events::SpliceEvent;
 use crate::fees::{weights, FeePolicy};
@@ -407,43 +407,17 @@ where
     CM::Target: AChannelManager,
     F::Target: FeeEstimator,
 {
-    /// Which move splice-ins the wallet's float covers now; the others wait
-    /// for their splice-out to confirm.
-    fn queue_moves(&self, parts: &[Part]) -> Vec<bool> {
-        let mut float = self.wallet.available_balance();
-        // Plain splice-ins come first: they have no other source of funds.
-        for part in parts.iter().filter(|p| p.role == LegRole::SpliceIn) {
-            float = float.checked_sub(part.amount).unwrap_or(Amount::ZERO);
-        }
-        parts
-            .iter()
-            .map(|part| {
-                if part.role != LegRole::MoveIn {
-                    return false;
-                }
-                // Keep a margin for the fees the legs pay.
-                let needed = part.amount + Amount::from_sat(10_000);
-                match float.checked_sub(needed) {
-                    Some(rest) => {
-                        float = rest;
-                        false
-                    }
-                    None => true,
-                }
-            })
-            .collect()
-    }
-
     /// What a batch would cost: every leg's fee, weight and wallet coins
     /// (selected jointly, no coin twice), the total, and the weight one
     /// transaction carrying the whole batch would have. Nothing is reserved
     /// or sent.
     pub fn quote_batch(&self, plan: &BatchPlan) -> Result<BatchQuote, SpliceError> {
         let parts = expand(plan)?;
-        let queued = self.queue_moves(&parts);
         let source = self.wallet.coin_source(None);
         let mut legs = Vec::with_capacity(parts.len());
-        for (part, queued) in parts.iter().zip(queued) {
+        // Splice-ins of moves come last: they take what coins are left, and
+        // wait for their splice-out when none are.
+        for part in funding_order(&parts) {
             let checked = {
                 let state = self.lock();
                 self.plan(
@@ -452,36 +426,54 @@ where
                     &part.channel.counterparty,
                     &part.request,
                     &plan.fee,
-                    true,
+                    PlanMode::Quote,
                 )
-            }
-            .map_err(leg_error(part.leg))?;
-            let quote = if queued {
-                // Funded later by the splice-out's output: estimate alone.
-                let fee = crate::coordinator::estimated_fee(&checked, 1);
-                LegQuote {
-                    leg: part.leg,
-                    role: part.role,
-                    fee,
-                    weight_wu: weight_for_fee(fee, checked.feerate),
-                    inputs: Vec::new(),
-                    queued: true,
-                }
-            } else {
-                let quote = self
-                    .quote_plan(&checked, &plan.fee, &source)
-                    .map_err(leg_error(part.leg))?;
-                LegQuote {
+            };
+            let quoted = checked.and_then(|checked| {
+                self.quote_plan(&checked, &plan.fee, &source)
+                    .map(|quote| (checked, quote))
+            });
+            let leg = match quoted {
+                Ok((_, quote)) => LegQuote {
                     leg: part.leg,
                     role: part.role,
                     fee: quote.fee,
                     weight_wu: quote.weight_wu,
                     inputs: quote.inputs,
                     queued: false,
+                },
+                Err(SpliceError::InsufficientFunds { .. }) if part.role == LegRole::MoveIn => {
+                    // Funded later by the splice-out's output: estimate alone.
+                    let state = self.lock();
+                    let request = ResizeRequest {
+                        add: part.amount,
+                        outputs: Vec::new(),
+                    };
+                    let checked = self
+                        .plan(
+                            &state,
+                            &part.channel.channel_id,
+                            &part.channel.counterparty,
+                            &request,
+                            &plan.fee,
+                            PlanMode::Unfunded,
+                        )
+                        .map_err(leg_error(part.leg))?;
+                    let fee = crate::coordinator::estimated_fee(&checked, 1);
+                    LegQuote {
+                        leg: part.leg,
+                        role: part.role,
+                        fee,
+                        weight_wu: weight_for_fee(fee, checked.feerate),
+                        inputs: Vec::new(),
+                        queued: true,
+                    }
                 }
+                Err(e) => return Err(leg_error(part.leg)(e)),
             };
-            legs.push(quote);
+            legs.push(leg);
         }
+        legs.sort_by_key(|l| (l.leg, l.role == LegRole::MoveIn));
         let total_fee = legs.iter().map(|l| l.fee).sum();
         let total_weight_wu: u64 = legs.iter().map(|l| l.weight_wu).sum();
         // One transaction would carry the common fields once and a single
@@ -505,57 +497,57 @@ where
     /// the error names the leg.
     pub fn execute_batch(&self, plan: BatchPlan) -> Result<BatchId, SpliceError> {
         let parts = expand(&plan)?;
-        let queued = self.queue_moves(&parts);
         let mut state = self.lock();
 
+        // Check every leg before anything is reserved. A move's splice-in
+        // that the wallet cannot fund now is checked without its funds: it
+        // waits for the splice-out.
         let mut checked = Vec::new();
-        for (part, queued) in parts.iter().zip(&queued) {
-            if *queued {
-                continue;
-            }
-            let p = self
-                .plan(
-                    &state,
-                    &part.channel.channel_id,
-                    &part.channel.counterparty,
-                    &part.request,
-                    &plan.fee,
-                    false,
-                )
-                .map_err(leg_error(part.leg))?;
-            checked.push((part, p));
-        }
-        // Queued splice-ins are checked now too, except for the funds they
-        // will only have later.
-        for (part, queued) in parts.iter().zip(&queued) {
-            if *queued {
-                let request = ResizeRequest {
-                    add: Amount::ZERO,
-                    outputs: Vec::new(),
-                };
-                match self.plan(
-                    &state,
-                    &part.channel.channel_id,
-                    &part.channel.counterparty,
-                    &request,
-                    &plan.fee,
-                    true,
-                ) {
-                    Err(SpliceError::ZeroAmount) => {}
-                    Err(e) => return Err(leg_error(part.leg)(e)),
-                    Ok(_) => {}
+        for part in funding_order(&parts) {
+            let p = self.plan(
+                &state,
+                &part.channel.channel_id,
+                &part.channel.counterparty,
+                &part.request,
+                &plan.fee,
+                PlanMode::Execute,
+            );
+            match p {
+                Ok(p) => checked.push((part, Some(p))),
+                Err(SpliceError::InsufficientFunds { .. }) if part.role == LegRole::MoveIn => {
+                    self.plan(
+                        &state,
+                        &part.channel.channel_id,
+                        &part.channel.counterparty,
+                        &part.request,
+                        &plan.fee,
+                        PlanMode::Unfunded,
+                    )
+                    .map_err(leg_error(part.leg))?;
+                    checked.push((part, None));
                 }
+                Err(e) => return Err(leg_error(part.leg)(e)),
             }
         }
 
+        // Build every contribution, coins selected jointly: each leg's coins
+        // are reserved before the next leg selects.
         let batch_id = state.batches.next_id();
         let mut prepared = Vec::new();
+        let mut queued: Vec<usize> = Vec::new();
         for (part, p) in &checked {
+            let Some(p) = p else {
+                queued.push(part_key(part));
+                continue;
+            };
             let id = state.journal.next_id();
             match self.prepare(&mut state, id, p, &plan.fee, Some(batch_id)) {
-                Ok(contribution) => prepared.push((part.leg, id, contribution)),
+                Ok(contribution) => prepared.push((part_key(part), part.leg, id, contribution)),
+                Err(SpliceError::InsufficientFunds { .. }) if part.role == LegRole::MoveIn => {
+                    queued.push(part_key(part));
+                }
                 Err(e) => {
-                    for (_, id, _) in &prepared {
+                    for (_, _, id, _) in &prepared {
                         self.release_quietly(*id);
                         let _ = state.journal.remove(*id);
                     }
@@ -563,38 +555,32 @@ where
                 }
             }
         }
-        let started: HashMap<usize, SpliceId> = checked
-            .iter()
-            .zip(&prepared)
-            .map(|((part, _), (_, id, _))| (part_key(part), *id))
-            .collect();
+        let started: HashMap<usize, SpliceId> =
+            prepared.iter().map(|(key, _, id, _)| (*key, *id)).collect();
         let now = unix_now();
         let record = BatchRecord {
             id: batch_id,
             state: BatchState::Negotiating,
             parts: parts
                 .iter()
-                .zip(&queued)
-                .map(|(part, queued)| BatchPart {
+                .map(|part| BatchPart {
                     leg: part.leg,
                     role: part.role,
                     channel_id: part.channel.channel_id,
                     counterparty: part.channel.counterparty,
                     amount: part.amount,
                     splice: started.get(&part_key(part)).copied(),
-                    queued: *queued,
+                    queued: queued.contains(&part_key(part)),
                 })
                 .collect(),
             max_feerate_sat_per_kwu: plan.fee.max_feerate.to_sat_per_kwu(),
             max_fee_sat: plan.fee.max_fee.to_sat(),
-            feerate_sat_per_kwu: checked
-                .first()
-                .map_or(0, |(_, p)| p.feerate.to_sat_per_kwu()),
+            feerate_sat_per_kwu: plan.fee.feerate(&*self.fee_estimator)?.to_sat_per_kwu(),
             deadline: now + plan.deadline.as_secs().max(1),
             created_at: now,
         };
         if let Err(e) = state.batches.put(record) {
-            for (_, id, _) in &prepared {
+            for (_, _, id, _) in &prepared {
                 self.release_quietly(*id);
                 let _ = state.journal.remove(*id);
             }
@@ -603,7 +589,7 @@ where
         self.emit_batch(batch_id, BatchState::Negotiating);
 
         let mut failure = None;
-        for (leg, id, contribution) in prepared {
+        for (_, leg, id, contribution) in prepared {
             if failure.is_some() {
                 // An earlier leg was refused: this one never reaches LDK.
                 self.release_quietly(id);
@@ -916,7 +902,7 @@ where
                     &part.counterparty,
                     &request,
                     &fee,
-                    false,
+                    PlanMode::Execute,
                 )
                 .and_then(|p| {
                     let id = state.journal.next_id();
@@ -965,6 +951,15 @@ where
             );
         }
     }
+}
+
+/// Parts in the order their coins are selected: everything but the
+/// splice-ins of moves first, so a move waits rather than starving a leg
+/// that has no other source of funds.
+fn funding_order(parts: &[Part]) -> Vec<&Part> {
+    let mut ordered: Vec<&Part> = parts.iter().filter(|p| p.role != LegRole::MoveIn).collect();
+    ordered.extend(parts.iter().filter(|p| p.role == LegRole::MoveIn));
+    ordered
 }
 
 /// Distinguishes the two splices of a move in a map keyed by part.

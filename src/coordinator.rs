@@ -80,6 +80,17 @@ pub(crate) struct State {
     pub(crate) batches: BatchBook,
 }
 
+/// What a request is checked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PlanMode {
+    /// To run it now: everything, and wallet addresses are handed out.
+    Execute,
+    /// To quote it: everything, but no address is used up.
+    Quote,
+    /// A splice-in funded later (a queued move): everything but the funds.
+    Unfunded,
+}
+
 /// A checked request, ready to be built into an LDK contribution.
 pub(crate) struct Plan {
     pub(crate) channel: ChannelDetails,
@@ -170,7 +181,14 @@ where
         fee: FeePolicy,
     ) -> Result<SpliceId, SpliceError> {
         let mut state = self.lock();
-        let plan = self.plan(&state, channel_id, counterparty, &request, &fee, false)?;
+        let plan = self.plan(
+            &state,
+            channel_id,
+            counterparty,
+            &request,
+            &fee,
+            PlanMode::Execute,
+        )?;
         let id = state.journal.next_id();
         let contribution = self.prepare(&mut state, id, &plan, &fee, None)?;
         self.contribute(&mut state, id, contribution)?;
@@ -252,7 +270,14 @@ where
         fee: FeePolicy,
     ) -> Result<SpliceQuote, SpliceError> {
         let state = self.lock();
-        let plan = self.plan(&state, channel_id, counterparty, request, &fee, true)?;
+        let plan = self.plan(
+            &state,
+            channel_id,
+            counterparty,
+            request,
+            &fee,
+            PlanMode::Quote,
+        )?;
         drop(state);
         self.quote_plan(&plan, &fee, &self.wallet.coin_source(None))
     }
@@ -642,7 +667,7 @@ where
         counterparty: &PublicKey,
         request: &ResizeRequest,
         fee: &FeePolicy,
-        quote_only: bool,
+        mode: PlanMode,
     ) -> Result<Plan, SpliceError> {
         if request.add == Amount::ZERO && request.outputs.is_empty() {
             return Err(SpliceError::ZeroAmount);
@@ -662,7 +687,7 @@ where
             if payout.amount == Amount::ZERO {
                 return Err(SpliceError::ZeroAmount);
             }
-            let script = self.destination_script(&payout.to, quote_only)?;
+            let script = self.destination_script(&payout.to, mode != PlanMode::Execute)?;
             let dust_limit = script.minimal_non_dust();
             if payout.amount < dust_limit {
                 return Err(SpliceError::DustAmount {
@@ -722,7 +747,7 @@ where
             });
         }
         let feerate = fee.feerate(&*self.fee_estimator)?;
-        if request.add > Amount::ZERO {
+        if request.add > Amount::ZERO && mode != PlanMode::Unfunded {
             let available = self.wallet.available_balance();
             if request.add > available {
                 return Err(SpliceError::InsufficientFunds {
