@@ -15,33 +15,26 @@
 //! node has no switch for either, so those tests stop Bob's node and put
 //! Bob's own `ChannelManager` behind a `PeerManager` of the test's making,
 //! whose channel handler forwards everything to it except what the case
-//! changes. Alice then reconnects to that `PeerManager` over TCP as usual.
+//! changes (`common::fake_peer`). Alice then reconnects to that
+//! `PeerManager` over TCP as usual.
 
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
 use bitcoin::address::NetworkUnchecked;
-use bitcoin::constants::ChainHash;
 use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
 use bitcoin::{Address, Amount, FeeRate, Network, OutPoint, Transaction, Txid};
+use common::fake_peer::{Behaviour, FakeBob};
 use common::*;
 use ldk_splice::devchain::DevChain;
-use ldk_splice::logger::LogBridge;
-use ldk_splice::node::{ChannelManager, Node};
+use ldk_splice::node::Node;
 use ldk_splice::{
     Destination, FeePolicy, Payout, ResizeRequest, SpliceError, SpliceId, SpliceQuote, SpliceState,
 };
 use lightning::chain::chaininterface::ConfirmationTarget;
-use lightning::ln::msgs::{self, BaseMessageHandler, ChannelMessageHandler, MessageSendEvent};
-use lightning::ln::peer_handler::{IgnoringMessageHandler, MessageHandler};
 use lightning::ln::types::ChannelId;
-use lightning::sign::{EntropySource, KeysManager};
-use lightning::types::features::{InitFeatures, NodeFeatures};
 
 const CAPACITY: Amount = Amount::from_sat(1_000_000);
 const FEERATE: FeeRate = FeeRate::from_sat_per_kwu(500);
@@ -1296,236 +1289,4 @@ async fn cancel_before_signing_releases_the_coins() {
     assert_eq!(again.inputs, quote.inputs);
     assert!(a.wallet().reservations().is_empty());
     assert_eq!(a.splice_status(id).unwrap().state, SpliceState::Cancelled);
-}
-
-// ---- a counterparty of the test's own making ------------------------------
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Behaviour {
-    /// Advertise neither splicing nor quiescence.
-    HideSplicing,
-    /// Swallow every `stfu` (so a splice never gets past quiescence).
-    IgnoreStfu,
-}
-
-/// Bob's `ChannelManager`, as a channel message handler that forwards every
-/// call to it, except for what `behaviour` changes.
-struct Counterparty {
-    cm: Arc<ChannelManager>,
-    behaviour: Behaviour,
-    stfu_seen: AtomicUsize,
-    connections: AtomicUsize,
-}
-
-impl Counterparty {
-    fn adjust_init(&self, mut features: InitFeatures) -> InitFeatures {
-        if self.behaviour == Behaviour::HideSplicing {
-            features.clear_splicing();
-            features.clear_quiescence();
-        }
-        features
-    }
-}
-
-impl BaseMessageHandler for Counterparty {
-    fn get_and_clear_pending_msg_events(&self) -> Vec<MessageSendEvent> {
-        self.cm.get_and_clear_pending_msg_events()
-    }
-    fn peer_disconnected(&self, their_node_id: PublicKey) {
-        self.cm.peer_disconnected(their_node_id)
-    }
-    fn provided_node_features(&self) -> NodeFeatures {
-        let mut features = self.cm.provided_node_features();
-        if self.behaviour == Behaviour::HideSplicing {
-            features.clear_splicing();
-            features.clear_quiescence();
-        }
-        features
-    }
-    fn provided_init_features(&self, their_node_id: PublicKey) -> InitFeatures {
-        self.adjust_init(self.cm.provided_init_features(their_node_id))
-    }
-    fn peer_connected(
-        &self,
-        their_node_id: PublicKey,
-        msg: &msgs::Init,
-        inbound: bool,
-    ) -> Result<(), ()> {
-        self.connections.fetch_add(1, Ordering::SeqCst);
-        self.cm.peer_connected(their_node_id, msg, inbound)
-    }
-}
-
-macro_rules! forward {
-    ($($name:ident($msg:ty);)*) => {
-        $(
-            fn $name(&self, their_node_id: PublicKey, msg: $msg) {
-                self.cm.$name(their_node_id, msg)
-            }
-        )*
-    };
-}
-
-impl ChannelMessageHandler for Counterparty {
-    forward! {
-        handle_open_channel(&msgs::OpenChannel);
-        handle_open_channel_v2(&msgs::OpenChannelV2);
-        handle_accept_channel(&msgs::AcceptChannel);
-        handle_accept_channel_v2(&msgs::AcceptChannelV2);
-        handle_funding_created(&msgs::FundingCreated);
-        handle_funding_signed(&msgs::FundingSigned);
-        handle_channel_ready(&msgs::ChannelReady);
-        handle_peer_storage(msgs::PeerStorage);
-        handle_peer_storage_retrieval(msgs::PeerStorageRetrieval);
-        handle_shutdown(&msgs::Shutdown);
-        handle_closing_signed(&msgs::ClosingSigned);
-        handle_splice_init(&msgs::SpliceInit);
-        handle_splice_ack(&msgs::SpliceAck);
-        handle_splice_locked(&msgs::SpliceLocked);
-        handle_tx_add_input(&msgs::TxAddInput);
-        handle_tx_add_output(&msgs::TxAddOutput);
-        handle_tx_remove_input(&msgs::TxRemoveInput);
-        handle_tx_remove_output(&msgs::TxRemoveOutput);
-        handle_tx_complete(&msgs::TxComplete);
-        handle_tx_signatures(&msgs::TxSignatures);
-        handle_tx_init_rbf(&msgs::TxInitRbf);
-        handle_tx_ack_rbf(&msgs::TxAckRbf);
-        handle_tx_abort(&msgs::TxAbort);
-        handle_update_add_htlc(&msgs::UpdateAddHTLC);
-        handle_update_fulfill_htlc(msgs::UpdateFulfillHTLC);
-        handle_update_fail_htlc(&msgs::UpdateFailHTLC);
-        handle_update_fail_malformed_htlc(&msgs::UpdateFailMalformedHTLC);
-        handle_commitment_signed(&msgs::CommitmentSigned);
-        handle_revoke_and_ack(&msgs::RevokeAndACK);
-        handle_update_fee(&msgs::UpdateFee);
-        handle_announcement_signatures(&msgs::AnnouncementSignatures);
-        handle_channel_reestablish(&msgs::ChannelReestablish);
-        handle_channel_update(&msgs::ChannelUpdate);
-        handle_error(&msgs::ErrorMessage);
-    }
-
-    fn handle_stfu(&self, their_node_id: PublicKey, msg: &msgs::Stfu) {
-        self.stfu_seen.fetch_add(1, Ordering::SeqCst);
-        if self.behaviour != Behaviour::IgnoreStfu {
-            self.cm.handle_stfu(their_node_id, msg)
-        }
-    }
-
-    fn handle_commitment_signed_batch(
-        &self,
-        their_node_id: PublicKey,
-        channel_id: ChannelId,
-        batch: Vec<msgs::CommitmentSigned>,
-    ) {
-        self.cm
-            .handle_commitment_signed_batch(their_node_id, channel_id, batch)
-    }
-
-    fn get_chain_hashes(&self) -> Option<Vec<ChainHash>> {
-        self.cm.get_chain_hashes()
-    }
-
-    fn message_received(&self) {
-        self.cm.message_received()
-    }
-}
-
-type FakePeerManager = lightning::ln::peer_handler::PeerManager<
-    lightning_net_tokio::SocketDescriptor,
-    Arc<Counterparty>,
-    IgnoringMessageHandler,
-    IgnoringMessageHandler,
-    Arc<LogBridge>,
-    IgnoringMessageHandler,
-    Arc<KeysManager>,
-    IgnoringMessageHandler,
->;
-
-/// Bob's channel manager (Bob's node stopped) reachable on a loopback port
-/// of its own, through [`Counterparty`].
-struct FakeBob {
-    handler: Arc<Counterparty>,
-    peer_manager: Arc<FakePeerManager>,
-    addr: SocketAddr,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    stopped: Arc<AtomicBool>,
-}
-
-impl FakeBob {
-    async fn start(bob: &Node, behaviour: Behaviour) -> FakeBob {
-        let handler = Arc::new(Counterparty {
-            cm: bob.channel_manager().clone(),
-            behaviour,
-            stfu_seen: AtomicUsize::new(0),
-            connections: AtomicUsize::new(0),
-        });
-        let keys = bob.keys().clone();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as u32;
-        let peer_manager: Arc<FakePeerManager> = Arc::new(FakePeerManager::new(
-            MessageHandler {
-                chan_handler: handler.clone(),
-                route_handler: IgnoringMessageHandler {},
-                onion_message_handler: IgnoringMessageHandler {},
-                custom_message_handler: IgnoringMessageHandler {},
-                send_only_message_handler: IgnoringMessageHandler {},
-            },
-            now,
-            &keys.get_secure_random_bytes(),
-            Arc::new(LogBridge),
-            keys,
-        ));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("listen");
-        let addr = listener.local_addr().unwrap();
-        let stopped = Arc::new(AtomicBool::new(false));
-        let accept = {
-            let peer_manager = peer_manager.clone();
-            tokio::spawn(async move {
-                while let Ok((stream, _)) = listener.accept().await {
-                    let stream = stream.into_std().expect("std stream");
-                    tokio::spawn(lightning_net_tokio::setup_inbound(
-                        peer_manager.clone(),
-                        stream,
-                    ));
-                }
-            })
-        };
-        // What Bob's background processor did for his own peer manager:
-        // flush the channel manager's messages when it has some.
-        let driver = {
-            let peer_manager = peer_manager.clone();
-            let cm = bob.channel_manager().clone();
-            let stopped = stopped.clone();
-            tokio::spawn(async move {
-                while !stopped.load(Ordering::SeqCst) {
-                    tokio::select! {
-                        _ = cm.get_event_or_persistence_needed_future() => {}
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    }
-                    peer_manager.process_events();
-                }
-            })
-        };
-        FakeBob {
-            handler,
-            peer_manager,
-            addr,
-            tasks: vec![accept, driver],
-            stopped,
-        }
-    }
-}
-
-impl Drop for FakeBob {
-    fn drop(&mut self) {
-        self.stopped.store(true, Ordering::SeqCst);
-        for task in &self.tasks {
-            task.abort();
-        }
-        self.peer_manager.disconnect_all_peers();
-    }
 }

@@ -7,6 +7,7 @@ use bitcoin::{Address, Amount, Transaction};
 use ldk_splice::devchain::{DevChain, DevChainConfig};
 use ldk_splice::node::{Node, NodeBuilder};
 use tempfile::TempDir;
+pub mod fake_peer;
 
 /// How long any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(30);
