@@ -13,7 +13,6 @@ use crate::journal::{SpliceId, SpliceState};
 use crate::wallet::{SharedStore, PERSISTENCE_NAMESPACE};
 
 const EVENTS_SECONDARY_NAMESPACE: &str = "events";
-const EVENTS_KEY: &str = "queue";
 
 /// Something that happened to a splice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,9 +51,10 @@ impl SpliceEvent {
 }
 
 /// Events waiting for the application, oldest first, persisted so none is
-/// lost across a restart.
+/// lost across a restart: one store entry per event, keyed by a sequence
+/// number, so queueing or acknowledging one writes only that one.
 pub struct EventQueue {
-    queue: Mutex<VecDeque<SpliceEvent>>,
+    queue: Mutex<VecDeque<(u64, SpliceEvent)>>,
     ready: Condvar,
     store: SharedStore,
     on_push: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
@@ -63,17 +63,27 @@ pub struct EventQueue {
 impl EventQueue {
     /// Reads the queue from `store`.
     pub fn load(store: SharedStore) -> Self {
-        let queue = store
-            .read(
-                PERSISTENCE_NAMESPACE,
-                EVENTS_SECONDARY_NAMESPACE,
-                EVENTS_KEY,
-            )
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default();
+        let mut entries: Vec<(u64, SpliceEvent)> = store
+            .list(PERSISTENCE_NAMESPACE, EVENTS_SECONDARY_NAMESPACE)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|key| {
+                let sequence = key.parse::<u64>().ok()?;
+                let bytes = store
+                    .read(PERSISTENCE_NAMESPACE, EVENTS_SECONDARY_NAMESPACE, &key)
+                    .ok()?;
+                match serde_json::from_slice(&bytes) {
+                    Ok(event) => Some((sequence, event)),
+                    Err(e) => {
+                        log::warn!("skipping unreadable splice event {key}: {e}");
+                        None
+                    }
+                }
+            })
+            .collect();
+        entries.sort_by_key(|(sequence, _)| *sequence);
         EventQueue {
-            queue: Mutex::new(queue),
+            queue: Mutex::new(entries.into()),
             ready: Condvar::new(),
             store,
             on_push: Mutex::new(None),
@@ -85,28 +95,27 @@ impl EventQueue {
         *self.on_push.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
     }
 
-    fn save(&self, queue: &VecDeque<SpliceEvent>) {
-        match serde_json::to_vec(queue) {
-            Ok(bytes) => {
-                if let Err(e) = self.store.write(
-                    PERSISTENCE_NAMESPACE,
-                    EVENTS_SECONDARY_NAMESPACE,
-                    EVENTS_KEY,
-                    bytes,
-                ) {
-                    log::error!("could not persist splice events: {e}");
-                }
-            }
-            Err(e) => log::error!("could not encode splice events: {e}"),
-        }
-    }
-
     /// Appends an event.
     pub fn push(&self, event: SpliceEvent) {
         {
             let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            queue.push_back(event);
-            self.save(&queue);
+            let sequence = queue
+                .back()
+                .map_or(unix_nanos(), |(last, _)| (last + 1).max(unix_nanos()));
+            match serde_json::to_vec(&event) {
+                Ok(bytes) => {
+                    if let Err(e) = self.store.write(
+                        PERSISTENCE_NAMESPACE,
+                        EVENTS_SECONDARY_NAMESPACE,
+                        &format!("{sequence:020}"),
+                        bytes,
+                    ) {
+                        log::error!("could not persist a splice event: {e}");
+                    }
+                }
+                Err(e) => log::error!("could not encode a splice event: {e}"),
+            }
+            queue.push_back((sequence, event));
         }
         self.ready.notify_all();
         if let Some(f) = self
@@ -125,7 +134,7 @@ impl EventQueue {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .front()
-            .cloned()
+            .map(|(_, event)| event.clone())
     }
 
     /// Waits up to `timeout` for an event and returns the oldest one.
@@ -135,14 +144,21 @@ impl EventQueue {
             .ready
             .wait_timeout_while(queue, timeout, |q| q.is_empty())
             .unwrap_or_else(|e| e.into_inner());
-        queue.front().cloned()
+        queue.front().map(|(_, event)| event.clone())
     }
 
     /// Acknowledges the oldest event, so [`EventQueue::next`] moves on.
     pub fn handled(&self) {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if queue.pop_front().is_some() {
-            self.save(&queue);
+        if let Some((sequence, _)) = queue.pop_front() {
+            if let Err(e) = self.store.remove(
+                PERSISTENCE_NAMESPACE,
+                EVENTS_SECONDARY_NAMESPACE,
+                &format!("{sequence:020}"),
+                false,
+            ) {
+                log::error!("could not forget a handled splice event: {e}");
+            }
         }
     }
 
@@ -152,7 +168,16 @@ impl EventQueue {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .cloned()
+            .map(|(_, event)| event.clone())
             .collect()
     }
+}
+
+/// Nanoseconds since the Unix epoch: keeps sequence numbers increasing
+/// across restarts.
+fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }

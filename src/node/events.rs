@@ -10,7 +10,7 @@ use lightning::util::ser::Writeable;
 
 use super::bitcoind::Bitcoind;
 use super::payments::{PaymentDirection, PaymentStatus, PaymentStore};
-use super::types::{ChannelManager, NodeCoordinator};
+use super::types::{ChannelManager, NodeCoordinator, PeerManager};
 use crate::wallet::{SharedStore, SpliceWallet, PERSISTENCE_NAMESPACE};
 
 const SPENDABLE_OUTPUTS_NAMESPACE: &str = "spendable_outputs";
@@ -26,6 +26,7 @@ pub(crate) struct NodeEventHandler {
     pub(crate) notify: Arc<tokio::sync::Notify>,
     pub(crate) accept_inbound_channels: bool,
     pub(crate) coordinator: Arc<NodeCoordinator>,
+    pub(crate) peer_manager: Arc<PeerManager>,
 }
 
 impl NodeEventHandler {
@@ -34,6 +35,9 @@ impl NodeEventHandler {
             .coordinator
             .handle_event(&event)
             .and_then(|()| self.dispatch(event));
+        // Messages our handling queued (signatures, funding) go out now,
+        // not on the background processor's next round.
+        self.peer_manager.process_events();
         // Anyone waiting on node state gets to look again.
         self.notify.notify_waiters();
         result

@@ -476,6 +476,7 @@ impl Node {
             notify: notify.clone(),
             accept_inbound_channels: config.accept_inbound_channels,
             coordinator: coordinator.clone(),
+            peer_manager: peer_manager.clone(),
         };
         let background = BackgroundProcessor::start(
             store.clone(),
@@ -852,8 +853,11 @@ impl Node {
         amount: Amount,
         fee: FeePolicy,
     ) -> Result<SpliceId, SpliceError> {
-        self.coordinator
-            .splice_in(channel_id, counterparty, amount, fee)
+        let result = self
+            .coordinator
+            .splice_in(channel_id, counterparty, amount, fee);
+        self.send_queued_messages();
+        result
     }
 
     /// Pays `amount` out of a channel to `to`.
@@ -865,8 +869,11 @@ impl Node {
         to: Destination,
         fee: FeePolicy,
     ) -> Result<SpliceId, SpliceError> {
-        self.coordinator
-            .splice_out(channel_id, counterparty, amount, to, fee)
+        let result = self
+            .coordinator
+            .splice_out(channel_id, counterparty, amount, to, fee);
+        self.send_queued_messages();
+        result
     }
 
     /// Adds wallet funds and pays channel funds out in one splice.
@@ -877,8 +884,11 @@ impl Node {
         request: ResizeRequest,
         fee: FeePolicy,
     ) -> Result<SpliceId, SpliceError> {
-        self.coordinator
-            .resize(channel_id, counterparty, request, fee)
+        let result = self
+            .coordinator
+            .resize(channel_id, counterparty, request, fee);
+        self.send_queued_messages();
+        result
     }
 
     /// What a splice would cost, without reserving or sending anything.
@@ -895,7 +905,9 @@ impl Node {
 
     /// Cancels a splice that has not been signed yet.
     pub fn cancel_splice(&self, id: SpliceId) -> Result<(), SpliceError> {
-        self.coordinator.cancel(id)
+        let result = self.coordinator.cancel(id);
+        self.send_queued_messages();
+        result
     }
 
     /// The record of a splice.
@@ -910,7 +922,9 @@ impl Node {
 
     /// Starts a batch of splices over several channels.
     pub fn batch(&self, plan: BatchPlan) -> Result<BatchId, SpliceError> {
-        self.coordinator.execute_batch(plan)
+        let result = self.coordinator.execute_batch(plan);
+        self.send_queued_messages();
+        result
     }
 
     /// What a batch would cost, without reserving or sending anything.
@@ -925,7 +939,15 @@ impl Node {
 
     /// Cancels a batch that is not signed yet.
     pub fn cancel_batch(&self, id: BatchId) -> Result<(), SpliceError> {
-        self.coordinator.cancel_batch(id)
+        let result = self.coordinator.cancel_batch(id);
+        self.send_queued_messages();
+        result
+    }
+
+    /// Sends the messages our calls into LDK queued for peers now, rather
+    /// than on the background processor's next round.
+    fn send_queued_messages(&self) {
+        self.peer_manager.process_events();
     }
 
     /// Waits until batch `id` is in a state `done` accepts.

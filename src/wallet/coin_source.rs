@@ -34,12 +34,8 @@ impl SpliceWallet {
         }
     }
 
-    /// Confirmed coins not promised to another splice, with the
-    /// transactions that created them.
-    pub fn spendable_coins(
-        &self,
-        for_splice: Option<SpliceId>,
-    ) -> Vec<(OutPoint, TxOut, Transaction)> {
+    /// Confirmed P2WPKH coins not promised to another splice.
+    pub fn spendable_coins(&self, for_splice: Option<SpliceId>) -> Vec<(OutPoint, TxOut)> {
         let state = self.lock();
         state
             .wallet
@@ -47,24 +43,22 @@ impl SpliceWallet {
             .filter(|utxo| utxo.chain_position.is_confirmed())
             .filter(|utxo| utxo.txout.script_pubkey.is_p2wpkh())
             .filter(|utxo| state.reservations.available_to(&utxo.outpoint, for_splice))
-            .filter_map(|utxo| {
-                let tx = state
-                    .wallet
-                    .get_tx(utxo.outpoint.txid)?
-                    .tx_node
-                    .tx
-                    .as_ref()
-                    .clone();
-                Some((utxo.outpoint, utxo.txout, tx))
-            })
+            .map(|utxo| (utxo.outpoint, utxo.txout))
             .collect()
+    }
+
+    /// The transaction that created `outpoint`, as LDK wants it for an input.
+    pub fn previous_transaction(&self, outpoint: &OutPoint) -> Option<Transaction> {
+        let state = self.lock();
+        let tx = state.wallet.get_tx(outpoint.txid)?;
+        Some(tx.tx_node.tx.as_ref().clone())
     }
 
     /// The confirmed balance not promised to any splice.
     pub fn available_balance(&self) -> Amount {
         self.spendable_coins(None)
             .iter()
-            .map(|(_, txout, _)| txout.value)
+            .map(|(_, txout)| txout.value)
             .sum()
     }
 
@@ -128,6 +122,26 @@ impl SpliceWallet {
     }
 }
 
+/// The weight of spending a P2WPKH coin as LDK counts it: outpoint and
+/// sequence plus LDK's satisfaction weight for P2WPKH.
+fn p2wpkh_input_weight() -> Weight {
+    let probe = Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: Vec::new(),
+        output: vec![TxOut {
+            value: Amount::from_sat(1_000),
+            script_pubkey: ScriptBuf::new_p2wpkh(&bitcoin::WPubkeyHash::from_raw_hash(
+                bitcoin::hashes::Hash::all_zeros(),
+            )),
+        }],
+    };
+    let satisfaction = ConfirmedUtxo::new_p2wpkh(probe, 0)
+        .map(|utxo| utxo.into_utxo().satisfaction_weight)
+        .unwrap_or(4 + 108);
+    weights::BASE_INPUT + Weight::from_wu(satisfaction)
+}
+
 impl CoinSelectionSourceSync for SpliceCoinSource<'_> {
     fn select_confirmed_utxos(
         &self,
@@ -137,25 +151,25 @@ impl CoinSelectionSourceSync for SpliceCoinSource<'_> {
         target_feerate_sat_per_1000_weight: u32,
         max_tx_weight: u64,
     ) -> Result<CoinSelection, ()> {
-        let already_picked = self.picked.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let coins: Vec<ConfirmedUtxo> = self
+        let already_picked = self
+            .picked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let coins: Vec<(OutPoint, TxOut)> = self
             .wallet
             .spendable_coins(self.reserve_for)
             .into_iter()
-            .filter(|(outpoint, _, _)| !already_picked.contains(outpoint))
-            .filter_map(|(outpoint, _, prevtx)| {
-                ConfirmedUtxo::new_p2wpkh(prevtx, outpoint.vout).ok()
-            })
+            .filter(|(outpoint, _)| !already_picked.contains(outpoint))
             .collect();
-        // Spending weights exactly as LDK will count them in its fee estimate.
-        let input_weight = |coin: &ConfirmedUtxo| {
-            weights::BASE_INPUT + Weight::from_wu(coin.clone().into_utxo().satisfaction_weight)
-        };
+        // Every coin is P2WPKH: one spending weight, exactly as LDK will
+        // count it in its fee estimate.
+        let input_weight = p2wpkh_input_weight();
         let candidates: Vec<Candidate> = coins
             .iter()
-            .map(|coin| Candidate {
-                value: coin.output().value,
-                input_weight: input_weight(coin),
+            .map(|(_, txout)| Candidate {
+                value: txout.value,
+                input_weight,
             })
             .collect();
         let fixed_inputs: Amount = must_spend.iter().map(|i| i.previous_utxo.value).sum();
@@ -184,9 +198,7 @@ impl CoinSelectionSourceSync for SpliceCoinSource<'_> {
             feerate: FeeRate::from_sat_per_kwu(u64::from(target_feerate_sat_per_1000_weight)),
             change_weight: P2WPKH_OUTPUT,
             dust_limit: change_script.minimal_non_dust(),
-            change_spend_weight: candidates
-                .first()
-                .map_or(Weight::from_wu(272), |c| c.input_weight),
+            change_spend_weight: input_weight,
         };
         let picked = selection::select(&candidates, &target).ok_or_else(|| {
             log::info!(
@@ -195,10 +207,8 @@ impl CoinSelectionSourceSync for SpliceCoinSource<'_> {
                 coins.len()
             );
         })?;
-        let confirmed_utxos: Vec<ConfirmedUtxo> =
-            picked.picked.iter().map(|i| coins[*i].clone()).collect();
         let weight = fixed_weight
-            + confirmed_utxos.iter().map(input_weight).sum::<Weight>()
+            + input_weight * picked.picked.len() as u64
             + if picked.change.is_some() {
                 P2WPKH_OUTPUT
             } else {
@@ -206,6 +216,12 @@ impl CoinSelectionSourceSync for SpliceCoinSource<'_> {
             };
         if weight.to_wu() > max_tx_weight {
             return Err(());
+        }
+        let mut confirmed_utxos = Vec::with_capacity(picked.picked.len());
+        for index in &picked.picked {
+            let (outpoint, _) = &coins[*index];
+            let prevtx = self.wallet.previous_transaction(outpoint).ok_or(())?;
+            confirmed_utxos.push(ConfirmedUtxo::new_p2wpkh(prevtx, outpoint.vout)?);
         }
         let outpoints: Vec<OutPoint> = confirmed_utxos.iter().map(|u| u.outpoint()).collect();
         self.picked

@@ -1,0 +1,400 @@
+//! Benchmarks batch splicing against one splice at a time.
+//!
+//! ```text
+//! cargo run --release --example bench -- batch [--sizes 1,8,32,128]
+//! ```
+//!
+//! A hub with N peers over TCP loopback on an in-process devchain, one
+//! channel each. For N splice-outs and for N splice-ins it measures the time
+//! from `execute_batch` until every leg is broadcast, and the time the same
+//! N splices take one after another (each started when the previous one is
+//! broadcast). Prints one JSON line per case:
+//! `kind, n, batch_ms, sequential_ms, speedup, peak_rss_bytes, total_weight,
+//! single_tx_weight`.
+
+use std::time::{Duration, Instant};
+
+use bitcoin::secp256k1::{Secp256k1, SecretKey};
+use bitcoin::sighash::{EcdsaSighashType, SighashCache};
+use bitcoin::{
+    Address, Amount, CompressedPublicKey, FeeRate, Network, OutPoint, ScriptBuf, Sequence,
+    Transaction, TxIn, TxOut, Witness,
+};
+use clap::{Parser, Subcommand};
+use ldk_splice::devchain::{DevChain, DevChainConfig};
+use ldk_splice::node::{Node, NodeBuilder};
+use ldk_splice::{
+    BatchPlan, BatchState, ChannelRef, Destination, FeePolicy, Leg, SpliceId, SpliceState,
+};
+
+#[derive(Parser)]
+#[command(about = "ldk-splice benchmarks")]
+struct Args {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Batch splices against sequential ones, over N channels.
+    Batch {
+        /// Channel counts to measure.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 8, 32, 128])]
+        sizes: Vec<usize>,
+    },
+}
+
+const CAPACITY: Amount = Amount::from_sat(1_000_000);
+const PUSH: Amount = Amount::from_sat(500_000);
+const SPLICE: Amount = Amount::from_sat(20_000);
+const COIN: Amount = Amount::from_sat(100_000);
+const FEERATE: FeeRate = FeeRate::from_sat_per_kwu(500);
+const WAIT: Duration = Duration::from_secs(600);
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let Args {
+        bench: Bench::Batch { sizes },
+    } = Args::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_millis()
+        .init();
+    let max = sizes.iter().copied().max().unwrap_or(1);
+    // Each size runs a batch and a sequential round of splice-ins: one coin each.
+    let coins_needed = sizes.iter().sum::<usize>() * 2;
+    let bench = Setup::new(max, coins_needed).await?;
+    for n in sizes {
+        for kind in ["splice_out", "splice_in"] {
+            let line = bench.measure(kind, n).await?;
+            println!("{line}");
+        }
+    }
+    bench.stop().await;
+    Ok(())
+}
+
+struct Setup {
+    chain: DevChain,
+    hub: Node,
+    peers: Vec<Node>,
+    channels: Vec<ChannelRef>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Setup {
+    async fn new(peers: usize, coins: usize) -> Result<Self, Box<dyn std::error::Error>> {
+        let chain = DevChain::start(DevChainConfig::default()).await?;
+        let mut dirs = Vec::new();
+        let start = |dirs: &mut Vec<tempfile::TempDir>, poll_ms: u64| {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let builder = NodeBuilder::new(dir.path())
+                .bitcoind_rpc(chain.rpc_url(), chain.rpc_user(), chain.rpc_password())
+                .chain_poll_interval(Duration::from_millis(poll_ms))
+                .reconnect_interval(Duration::from_secs(1));
+            dirs.push(dir);
+            builder
+        };
+        let hub = start(&mut dirs, 50).start().await?;
+        let mut peer_nodes = Vec::with_capacity(peers);
+        for _ in 0..peers {
+            peer_nodes.push(start(&mut dirs, 250).start().await?);
+        }
+        eprintln!("bench: {} nodes up", peers + 1);
+
+        // Peers get a coinbase each; the hub gets one coin per splice-in.
+        for peer in &peer_nodes {
+            chain.mine_blocks(1, &peer.new_address()?);
+        }
+        let faucet = Faucet::new(&chain);
+        chain.mine_blocks_to_burn(100);
+        let hub_outputs: Vec<Address> = (0..coins)
+            .map(|_| hub.new_address())
+            .collect::<Result<_, _>>()?;
+        faucet.fan_out(&chain, &hub_outputs, COIN);
+        chain.mine_blocks_to_burn(1);
+        let everyone: Vec<&Node> = std::iter::once(&hub).chain(peer_nodes.iter()).collect();
+        wait_synced(&chain, &everyone).await?;
+
+        // Every peer opens a channel to the hub, pushing half to it.
+        for peer in &peer_nodes {
+            peer.connect(hub.node_id(), hub.listen_addr()).await?;
+            peer.open_channel(hub.node_id(), CAPACITY, PUSH)?;
+        }
+        let deadline = Instant::now() + WAIT;
+        while chain.mempool_txids().len() < peers {
+            if Instant::now() > deadline {
+                return Err("funding transactions did not arrive".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        chain.mine_blocks_to_burn(6);
+        wait_synced(&chain, &everyone).await?;
+        hub.wait_until(WAIT, "channels usable", |n| {
+            n.list_channels().iter().filter(|c| c.is_usable).count() == peers
+        })
+        .await?;
+        let channels = peer_nodes
+            .iter()
+            .map(|peer| {
+                let channel = hub
+                    .list_channels()
+                    .into_iter()
+                    .find(|c| c.counterparty.node_id == peer.node_id())
+                    .expect("channel with every peer");
+                ChannelRef {
+                    channel_id: channel.channel_id,
+                    counterparty: peer.node_id(),
+                }
+            })
+            .collect();
+        eprintln!("bench: {peers} channels open, hub has {coins} coins");
+        Ok(Setup {
+            chain,
+            hub,
+            peers: peer_nodes,
+            channels,
+            _dirs: dirs,
+        })
+    }
+
+    fn leg(&self, kind: &str, channel: ChannelRef) -> Leg {
+        match kind {
+            "splice_in" => Leg::SpliceIn {
+                channel,
+                amount: SPLICE,
+            },
+            _ => Leg::SpliceOut {
+                channel,
+                amount: SPLICE,
+                to: Destination::Wallet,
+            },
+        }
+    }
+
+    async fn measure(&self, kind: &str, n: usize) -> Result<String, Box<dyn std::error::Error>> {
+        let channels = &self.channels[..n];
+        let fee = FeePolicy::fixed(FEERATE);
+        let plan = channels
+            .iter()
+            .fold(BatchPlan::new(fee).with_deadline(WAIT), |plan, c| {
+                plan.leg(self.leg(kind, *c))
+            });
+        let quote = self.hub.quote_batch(&plan)?;
+
+        // The batch.
+        let started = Instant::now();
+        let id = self.hub.batch(plan)?;
+        self.hub
+            .wait_for_batch(id, WAIT, |s| *s != BatchState::Negotiating)
+            .await?;
+        let record = self.hub.batch_status(id).ok_or("batch vanished")?;
+        if record.state != BatchState::Signed {
+            return Err(format!("batch ended {}", record.state).into());
+        }
+        let splices: Vec<SpliceId> = record.parts.iter().filter_map(|p| p.splice).collect();
+        self.wait_broadcast(&splices).await?;
+        let batch_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let total_weight: u64 = splices
+            .iter()
+            .map(|id| {
+                let txid = self.hub.splice_status(*id).and_then(|r| r.txid);
+                txid.and_then(|t| self.chain.transaction(&t))
+                    .map_or(0, |tx| tx.weight().to_wu())
+            })
+            .sum();
+        self.lock(&splices).await?;
+
+        // The same splices, one after another.
+        let started = Instant::now();
+        let mut sequential = Vec::with_capacity(n);
+        for channel in channels {
+            let id = match kind {
+                "splice_in" => {
+                    self.hub
+                        .splice_in(&channel.channel_id, &channel.counterparty, SPLICE, fee)?
+                }
+                _ => self.hub.splice_out(
+                    &channel.channel_id,
+                    &channel.counterparty,
+                    SPLICE,
+                    Destination::Wallet,
+                    fee,
+                )?,
+            };
+            self.wait_broadcast(&[id]).await?;
+            sequential.push(id);
+        }
+        let sequential_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.lock(&sequential).await?;
+
+        Ok(serde_json::json!({
+            "kind": kind,
+            "n": n,
+            "batch_ms": (batch_ms * 10.0).round() / 10.0,
+            "sequential_ms": (sequential_ms * 10.0).round() / 10.0,
+            "speedup": ((sequential_ms / batch_ms) * 100.0).round() / 100.0,
+            "peak_rss_bytes": peak_rss_bytes(),
+            "total_weight": total_weight,
+            "single_tx_weight": quote.single_tx_weight_wu,
+        })
+        .to_string())
+    }
+
+    async fn wait_broadcast(&self, splices: &[SpliceId]) -> Result<(), Box<dyn std::error::Error>> {
+        self.hub
+            .wait_until(WAIT, "splices broadcast", |n| {
+                splices
+                    .iter()
+                    .all(|id| n.splice_status(*id).is_some_and(|r| r.state.is_broadcast()))
+            })
+            .await?;
+        // Broadcast means handed to bitcoind: wait until it has them all.
+        let txids: Vec<_> = splices
+            .iter()
+            .filter_map(|id| self.hub.splice_status(*id).and_then(|r| r.txid))
+            .collect();
+        let deadline = Instant::now() + WAIT;
+        while !txids.iter().all(|t| self.chain.confirmations(t).is_some()) {
+            if Instant::now() > deadline {
+                return Err("splice transactions never reached the devchain".into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    /// Mines until every splice is locked, so the channels can splice again.
+    async fn lock(&self, splices: &[SpliceId]) -> Result<(), Box<dyn std::error::Error>> {
+        let everyone: Vec<&Node> = std::iter::once(&self.hub)
+            .chain(self.peers.iter())
+            .collect();
+        for _ in 0..20 {
+            let locked = splices.iter().all(|id| {
+                self.hub
+                    .splice_status(*id)
+                    .is_some_and(|r| r.state == SpliceState::Locked)
+            });
+            if locked {
+                return Ok(());
+            }
+            self.chain.mine_blocks_to_burn(1);
+            wait_synced(&self.chain, &everyone).await?;
+            // Give splice_locked messages a moment to cross before mining more.
+            let _ = self
+                .hub
+                .wait_until(Duration::from_millis(500), "locks", |n| {
+                    splices.iter().all(|id| {
+                        n.splice_status(*id)
+                            .is_some_and(|r| r.state == SpliceState::Locked)
+                    })
+                })
+                .await;
+        }
+        Err("splices did not lock".into())
+    }
+
+    async fn stop(self) {
+        for node in self.peers.iter().chain(std::iter::once(&self.hub)) {
+            let _ = node.stop().await;
+        }
+        self.chain.shutdown();
+    }
+}
+
+async fn wait_synced(chain: &DevChain, nodes: &[&Node]) -> Result<(), Box<dyn std::error::Error>> {
+    let (height, _) = chain.tip();
+    for node in nodes {
+        node.wait_until(WAIT, "sync", |n| {
+            n.best_block_height() == height && n.wallet().best_block().height == height
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// The process's peak resident set size, from /proc (0 where unavailable).
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// A coinbase the benchmark holds, to give the hub many coins in one go.
+struct Faucet {
+    key: SecretKey,
+    public: CompressedPublicKey,
+    coin: (OutPoint, TxOut),
+}
+
+impl Faucet {
+    fn new(chain: &DevChain) -> Self {
+        let secp = Secp256k1::new();
+        let key = SecretKey::from_slice(&[0x7b; 32]).expect("valid key");
+        let public = CompressedPublicKey(key.public_key(&secp));
+        let address = Address::p2wpkh(&public, Network::Regtest);
+        let hash = chain.mine_blocks(1, &address)[0];
+        let coinbase = chain.block(&hash).expect("block").txdata[0].clone();
+        let vout = coinbase
+            .output
+            .iter()
+            .position(|o| o.script_pubkey == address.script_pubkey())
+            .expect("coinbase pays the faucet");
+        Faucet {
+            key,
+            public,
+            coin: (
+                OutPoint {
+                    txid: coinbase.compute_txid(),
+                    vout: vout as u32,
+                },
+                coinbase.output[vout].clone(),
+            ),
+        }
+    }
+
+    /// Pays `each` to every address in one transaction.
+    fn fan_out(&self, chain: &DevChain, to: &[Address], each: Amount) {
+        let secp = Secp256k1::new();
+        let (outpoint, prevout) = &self.coin;
+        let own = ScriptBuf::new_p2wpkh(&self.public.wpubkey_hash());
+        let mut output: Vec<TxOut> = to
+            .iter()
+            .map(|a| TxOut {
+                value: each,
+                script_pubkey: a.script_pubkey(),
+            })
+            .collect();
+        let fee = Amount::from_sat(50 * (to.len() as u64 + 2) + 1_000);
+        output.push(TxOut {
+            value: prevout.value - each * to.len() as u64 - fee,
+            script_pubkey: own.clone(),
+        });
+        let mut tx = Transaction {
+            version: bitcoin::transaction::Version::TWO,
+            lock_time: bitcoin::absolute::LockTime::ZERO,
+            input: vec![TxIn {
+                previous_output: *outpoint,
+                script_sig: ScriptBuf::new(),
+                sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+                witness: Witness::new(),
+            }],
+            output,
+        };
+        let sighash = SighashCache::new(&tx)
+            .p2wpkh_signature_hash(0, &own, prevout.value, EcdsaSighashType::All)
+            .expect("sighash");
+        let signature = bitcoin::ecdsa::Signature {
+            signature: secp.sign_ecdsa(&sighash.into(), &self.key),
+            sighash_type: EcdsaSighashType::All,
+        };
+        tx.input[0].witness = Witness::p2wpkh(&signature, &self.public.0);
+        chain.send_raw_transaction(&tx).expect("fan-out accepted");
+    }
+}
