@@ -115,17 +115,25 @@ impl Setup {
         let everyone: Vec<&Node> = std::iter::once(&hub).chain(peer_nodes.iter()).collect();
         wait_synced(&chain, &everyone).await?;
 
-        // Every peer opens a channel to the hub, pushing half to it.
-        for peer in &peer_nodes {
-            peer.connect(hub.node_id(), hub.listen_addr()).await?;
-            peer.open_channel(hub.node_id(), CAPACITY, PUSH)?;
-        }
-        let deadline = Instant::now() + WAIT;
-        while chain.mempool_txids().len() < peers {
-            if Instant::now() > deadline {
-                return Err("funding transactions did not arrive".into());
+        // Every peer opens a channel to the hub, pushing half to it. LDK
+        // accepts inbound channels from at most 50 peers whose channels have
+        // no confirmation yet, so open in groups, each confirmed before the
+        // next.
+        for group in peer_nodes.chunks(40) {
+            let before = chain.mempool_txids().len();
+            for peer in group {
+                peer.connect(hub.node_id(), hub.listen_addr()).await?;
+                peer.open_channel(hub.node_id(), CAPACITY, PUSH)?;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            let deadline = Instant::now() + WAIT;
+            while chain.mempool_txids().len() < before + group.len() {
+                if Instant::now() > deadline {
+                    return Err("funding transactions did not arrive".into());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            chain.mine_blocks_to_burn(1);
+            wait_synced(&chain, &[&hub]).await?;
         }
         chain.mine_blocks_to_burn(6);
         wait_synced(&chain, &everyone).await?;

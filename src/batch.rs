@@ -652,35 +652,55 @@ where
         self.start_queued(&mut state);
     }
 
+    /// Ends batches that can no longer all reach signatures: the deadline
+    /// passed, or a leg's peer is gone (LDK keeps a contribution waiting for
+    /// quiescence across a disconnection; a batch does not wait for it).
     pub(crate) fn check_deadlines(&self, state: &mut State) {
         let now = unix_now();
-        let expired: Vec<(BatchId, usize)> = state
+        let pending: Vec<BatchRecord> = state
             .batches
             .records
             .values()
-            .filter(|b| b.state == BatchState::Negotiating && now > b.deadline)
-            .map(|b| {
-                // Blame the first leg that was not ready to sign.
-                let leg = b
-                    .parts
-                    .iter()
-                    .find(|p| {
-                        p.splice
-                            .is_some_and(|id| !state.batches.held.contains_key(&id))
-                    })
-                    .map_or(0, |p| p.leg);
-                (b.id, leg)
-            })
+            .filter(|b| b.state == BatchState::Negotiating)
+            .cloned()
             .collect();
-        for (id, leg) in expired {
-            self.fail_batch(
-                state,
-                id,
+        if pending.is_empty() {
+            return;
+        }
+        let usable: HashMap<ChannelId, bool> = self
+            .channel_manager
+            .get_cm()
+            .list_channels()
+            .into_iter()
+            .map(|c| (c.channel_id, c.is_usable))
+            .collect();
+        for batch in pending {
+            let not_ready = |p: &&BatchPart| {
+                p.splice
+                    .is_some_and(|id| !state.batches.held.contains_key(&id))
+            };
+            let disconnected = batch.parts.iter().filter(not_ready).find(|p| {
+                !usable.get(&p.channel_id).copied().unwrap_or(false)
+            });
+            let end = if let Some(part) = disconnected {
+                BatchState::Failed {
+                    leg: part.leg,
+                    reason: format!(
+                        "peer {} disconnected before the batch was signed",
+                        part.counterparty
+                    ),
+                }
+            } else if now > batch.deadline {
+                // Blame the first leg that was not ready to sign.
+                let leg = batch.parts.iter().find(not_ready).map_or(0, |p| p.leg);
                 BatchState::Failed {
                     leg,
                     reason: "the deadline passed before every leg was ready to sign".into(),
-                },
-            );
+                }
+            } else {
+                continue;
+            };
+            self.fail_batch(state, batch.id, end);
         }
     }
 

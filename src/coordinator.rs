@@ -473,8 +473,19 @@ where
                     FundingInfo::Contribution { inputs, .. } => inputs.clone(),
                     FundingInfo::OutPoint { .. } => Vec::new(),
                 };
+                // Only coins no live splice holds: a replayed discard must
+                // not take coins from a splice that reserved them since.
+                let state = self.lock();
+                let free: Vec<OutPoint> = outpoints
+                    .into_iter()
+                    .filter(|outpoint| {
+                        self.wallet.holder(outpoint).is_none_or(|holder| {
+                            state.journal.get(holder).is_none_or(|r| r.state.is_final())
+                        })
+                    })
+                    .collect();
                 self.wallet
-                    .release_outpoints(&outpoints)
+                    .release_outpoints(&free)
                     .map_err(|_| ReplayEvent())
             }
             Event::ChannelReady {

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::fake_peer;
+
 use bitcoin::secp256k1::{Secp256k1, SecretKey};
 use bitcoin::sighash::{EcdsaSighashType, SighashCache};
 use bitcoin::{
@@ -133,6 +135,26 @@ impl Hub {
         self.peers[peer].node.channel_balance(&channel_id).unwrap()
     }
 
+    /// Stops the hub and starts it again from its data directory, then
+    /// reconnects it to every peer (at `addresses`, when they moved).
+    async fn restart_hub(
+        &mut self,
+        addresses: &[(bitcoin::secp256k1::PublicKey, std::net::SocketAddr)],
+    ) {
+        self.hub.node.stop().await.unwrap();
+        self.hub.node = builder(&self.chain, self.hub.dir.path())
+            .start()
+            .await
+            .expect("hub starts again");
+        for (peer, addr) in addresses {
+            self.hub
+                .node
+                .connect(*peer, *addr)
+                .await
+                .expect("reconnects");
+        }
+    }
+
     fn all(&self) -> Vec<&Node> {
         std::iter::once(self.node())
             .chain(self.peers.iter().map(|p| &p.node))
@@ -145,11 +167,28 @@ impl Hub {
 /// that peers opened to it (each pushing half to the hub); `layout[i]` is
 /// the peer of channel `i`.
 async fn hub_with_channels(float: Amount, peers: usize, layout: &[usize]) -> Hub {
+    hub_with_refusing_peers(float, peers, layout, &[]).await
+}
+
+/// Like [`hub_with_channels`], with the peers in `refusing` configured to
+/// refuse splices (`reject_inbound_splices`).
+async fn hub_with_refusing_peers(
+    float: Amount,
+    peers: usize,
+    layout: &[usize],
+    refusing: &[usize],
+) -> Hub {
     let chain = start_chain().await;
     let hub = start_node(&chain).await;
     let mut peer_nodes = Vec::new();
-    for _ in 0..peers {
-        peer_nodes.push(start_node(&chain).await);
+    for i in 0..peers {
+        let dir = tempfile::tempdir().unwrap();
+        let node = builder(&chain, dir.path())
+            .accept_inbound_splices(!refusing.contains(&i))
+            .start()
+            .await
+            .unwrap();
+        peer_nodes.push(TestNode { node, dir });
     }
     let mut faucet = Faucet::new(&chain);
     let funded: Vec<&Node> = peer_nodes.iter().map(|p| &p.node).collect();
@@ -321,4 +360,298 @@ async fn a_mixed_batch_with_moves_locks_everywhere_with_exact_balances() {
         .map(|o| o.value)
         .sum();
     assert_eq!(paid, out);
+}
+
+/// What every batch that ends before signing must leave behind: each leg
+/// ended, nothing broadcast, every coin free and spendable again.
+async fn assert_nothing_left(
+    hub: &Hub,
+    id: ldk_splice::BatchId,
+    float: Amount,
+    mempool_before: usize,
+) {
+    let h = hub.node();
+    let record = h.batch_status(id).unwrap();
+    for part in &record.parts {
+        if let Some(splice) = part.splice {
+            let state = h.splice_status(splice).unwrap().state;
+            assert!(
+                matches!(state, SpliceState::Failed { .. } | SpliceState::Cancelled),
+                "leg {} ended {state}",
+                part.leg
+            );
+            assert!(h.splice_status(splice).unwrap().txid.is_none());
+        }
+    }
+    assert_eq!(
+        hub.chain.mempool_txids().len(),
+        mempool_before,
+        "nothing broadcast"
+    );
+    h.wait_until(WAIT, "every reservation released", |n| {
+        n.wallet().reservations().is_empty()
+    })
+    .await
+    .expect("reservations released");
+    assert_eq!(h.wallet().available_balance(), float);
+    for (channel_id, _) in &hub.channels {
+        h.wait_until(WAIT, "LDK dropped every contribution", |n| {
+            n.channel(channel_id)
+                .is_some_and(|c| c.splice_details.is_none_or(|d| d.candidates.is_empty()))
+        })
+        .await
+        .expect("no splice left in LDK");
+    }
+    // Spend every coin: one payment of the whole float (less a fee).
+    let to = external_address();
+    let tx = h
+        .wallet()
+        .build_payment(to.script_pubkey(), float - Amount::from_sat(2_000), FEERATE)
+        .expect("all coins spendable");
+    assert_eq!(tx.input.len(), 2, "both coins spent");
+    hub.chain
+        .send_raw_transaction(&tx)
+        .expect("the devchain accepts the spend");
+}
+
+/// Legs 0 and 1 splice normally; leg 2 is on channel 2.
+fn three_leg_plan(hub: &Hub) -> BatchPlan {
+    BatchPlan::new(FeePolicy::fixed(FEERATE))
+        .leg(Leg::SpliceIn {
+            channel: hub.channel(0),
+            amount: Amount::from_sat(100_000),
+        })
+        .leg(Leg::SpliceOut {
+            channel: hub.channel(1),
+            amount: Amount::from_sat(100_000),
+            to: Destination::Wallet,
+        })
+        .leg(Leg::SpliceIn {
+            channel: hub.channel(2),
+            amount: Amount::from_sat(100_000),
+        })
+}
+
+/// Stops peer `index` and serves its channel manager through a fake peer
+/// behaving as `behaviour`; the hub reconnects to it.
+async fn fake_peer(hub: &Hub, index: usize, behaviour: fake_peer::Behaviour) -> fake_peer::FakeBob {
+    let peer = &hub.peers[index].node;
+    let peer_id = peer.node_id();
+    peer.stop().await.unwrap();
+    hub.node()
+        .wait_until(WAIT, "peer gone", |n| !n.is_connected(&peer_id))
+        .await
+        .unwrap();
+    let fake = fake_peer::FakeBob::start(peer, behaviour).await;
+    hub.node().connect(peer_id, fake.addr).await.unwrap();
+    hub.node()
+        .wait_until(WAIT, "channel usable", |n| {
+            n.list_channels()
+                .iter()
+                .any(|c| c.counterparty.node_id == peer_id && c.is_usable)
+        })
+        .await
+        .unwrap();
+    fake
+}
+
+/// Waits until legs 0 and 1 are ready to sign (held, unsigned).
+async fn wait_two_legs_held(hub: &Hub, id: ldk_splice::BatchId) {
+    let h = hub.node();
+    h.wait_until(WAIT, "two legs ready to sign", |n| {
+        let record = n.batch_status(id).unwrap();
+        record.parts.iter().filter(|p| p.leg < 2).all(|p| {
+            n.splice_status(p.splice.unwrap()).unwrap().state == SpliceState::AwaitingSignatures
+        })
+    })
+    .await
+    .expect("legs 0 and 1 wait for leg 2");
+    assert_eq!(h.batch_status(id).unwrap().state, BatchState::Negotiating);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_disconnecting_mid_negotiation_cancels_the_whole_batch() {
+    let float = Amount::from_sat(600_000);
+    let hub = hub_with_channels(float, 3, &[0, 1, 2]).await;
+    let fake = fake_peer(&hub, 2, fake_peer::Behaviour::IgnoreStfu).await;
+    let mempool_before = hub.chain.mempool_txids().len();
+    let id = hub
+        .node()
+        .batch(three_leg_plan(&hub))
+        .expect("batch starts");
+    wait_two_legs_held(&hub, id).await;
+
+    drop(fake);
+    let record = hub
+        .node()
+        .wait_for_batch(id, WAIT, |s| matches!(s, BatchState::Failed { .. }))
+        .await
+        .expect("batch fails");
+    match &record.state {
+        BatchState::Failed { leg, reason } => {
+            assert_eq!(*leg, 2);
+            assert!(reason.contains("disconnect"), "{reason}");
+        }
+        other => panic!("{other}"),
+    }
+    assert_nothing_left(&hub, id, float, mempool_before).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_refusing_splices_cancels_the_whole_batch() {
+    let float = Amount::from_sat(600_000);
+    let hub = hub_with_refusing_peers(float, 3, &[0, 1, 2], &[2]).await;
+    let mempool_before = hub.chain.mempool_txids().len();
+    let id = hub
+        .node()
+        .batch(three_leg_plan(&hub))
+        .expect("batch starts");
+    let record = hub
+        .node()
+        .wait_for_batch(id, WAIT, |s| matches!(s, BatchState::Failed { .. }))
+        .await
+        .expect("batch fails");
+    assert!(
+        matches!(record.state, BatchState::Failed { leg: 2, .. }),
+        "{}",
+        record.state
+    );
+    assert_nothing_left(&hub, id, float, mempool_before).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_passed_deadline_ends_the_batch() {
+    let float = Amount::from_sat(600_000);
+    let hub = hub_with_channels(float, 3, &[0, 1, 2]).await;
+    let _fake = fake_peer(&hub, 2, fake_peer::Behaviour::IgnoreStfu).await;
+    let mempool_before = hub.chain.mempool_txids().len();
+
+    let plan = three_leg_plan(&hub).with_deadline(std::time::Duration::from_secs(2));
+    let id = hub.node().batch(plan).expect("batch starts");
+    wait_two_legs_held(&hub, id).await;
+    let record = hub
+        .node()
+        .wait_for_batch(id, WAIT, |s| matches!(s, BatchState::Failed { .. }))
+        .await
+        .expect("deadline ends the batch");
+    match &record.state {
+        BatchState::Failed { leg, reason } => {
+            assert_eq!(*leg, 2, "the leg that was not ready is named");
+            assert!(reason.contains("deadline"), "{reason}");
+        }
+        other => panic!("{other}"),
+    }
+    assert_nothing_left(&hub, id, float, mempool_before).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelling_a_batch_before_signing_releases_everything() {
+    let float = Amount::from_sat(600_000);
+    let hub = hub_with_channels(float, 3, &[0, 1, 2]).await;
+    let _fake = fake_peer(&hub, 2, fake_peer::Behaviour::IgnoreStfu).await;
+    let mempool_before = hub.chain.mempool_txids().len();
+    let id = hub
+        .node()
+        .batch(three_leg_plan(&hub))
+        .expect("batch starts");
+    wait_two_legs_held(&hub, id).await;
+    hub.node().cancel_batch(id).expect("cancel");
+    assert_eq!(
+        hub.node().batch_status(id).unwrap().state,
+        BatchState::Cancelled
+    );
+    assert!(hub.node().cancel_batch(id).is_err(), "cancelled once only");
+    assert_nothing_left(&hub, id, float, mempool_before).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hub_restarted_before_signing_cancels_the_batch_cleanly() {
+    let float = Amount::from_sat(600_000);
+    let mut hub = hub_with_channels(float, 3, &[0, 1, 2]).await;
+    let fake = fake_peer(&hub, 2, fake_peer::Behaviour::IgnoreStfu).await;
+    let mempool_before = hub.chain.mempool_txids().len();
+    let id = hub
+        .node()
+        .batch(three_leg_plan(&hub))
+        .expect("batch starts");
+    wait_two_legs_held(&hub, id).await;
+
+    let addresses: Vec<_> = (0..2)
+        .map(|i| (hub.peers[i].node.node_id(), hub.peers[i].node.listen_addr()))
+        .chain(std::iter::once((hub.peers[2].node.node_id(), fake.addr)))
+        .collect();
+    hub.restart_hub(&addresses).await;
+    let record = hub
+        .node()
+        .batch_status(id)
+        .expect("batch kept in the journal");
+    match &record.state {
+        BatchState::Failed { reason, .. } => assert!(reason.contains("restart"), "{reason}"),
+        other => panic!("a batch unsigned at restart must fail, it is {other}"),
+    }
+    assert_nothing_left(&hub, id, float, mempool_before).await;
+    drop(fake);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hub_restarted_after_signing_still_locks_the_batch() {
+    let float = Amount::from_sat(600_000);
+    let mut hub = hub_with_channels(float, 3, &[0, 1, 2]).await;
+    let capacities: Vec<Amount> = (0..3).map(|i| hub.capacity(i)).collect();
+    let id = hub
+        .node()
+        .batch(three_leg_plan(&hub))
+        .expect("batch starts");
+    let signed = hub
+        .node()
+        .wait_for_batch(id, WAIT, |s| *s == BatchState::Signed)
+        .await
+        .expect("signed");
+    let splices: Vec<_> = signed.parts.iter().filter_map(|p| p.splice).collect();
+    assert_eq!(splices.len(), 3);
+    hub.node()
+        .wait_until(WAIT, "every leg broadcast", |n| {
+            splices
+                .iter()
+                .all(|s| n.splice_status(*s).is_some_and(|r| r.state.is_broadcast()))
+        })
+        .await
+        .unwrap();
+    for splice in &splices {
+        wait_in_mempool(
+            &hub.chain,
+            &hub.node().splice_status(*splice).unwrap().txid.unwrap(),
+        )
+        .await;
+    }
+
+    let addresses: Vec<_> = hub
+        .peers
+        .iter()
+        .map(|p| (p.node.node_id(), p.node.listen_addr()))
+        .collect();
+    hub.restart_hub(&addresses).await;
+    assert_eq!(
+        hub.node().batch_status(id).unwrap().state,
+        BatchState::Signed
+    );
+    let all = hub.all();
+    for _ in 0..20 {
+        if hub.node().batch_status(id).unwrap().state == BatchState::Locked {
+            break;
+        }
+        mine(&hub.chain, 1, &all).await;
+    }
+    assert_eq!(
+        hub.node().batch_status(id).unwrap().state,
+        BatchState::Locked
+    );
+    let fee = |i: usize| hub.node().splice_status(splices[i]).unwrap().fee;
+    assert_eq!(hub.capacity(0), capacities[0] + Amount::from_sat(100_000));
+    assert_eq!(
+        hub.capacity(1),
+        capacities[1] - Amount::from_sat(100_000) - fee(1)
+    );
+    assert_eq!(hub.capacity(2), capacities[2] + Amount::from_sat(100_000));
+    assert!(hub.node().wallet().reservations().is_empty());
 }

@@ -86,6 +86,11 @@ impl SpliceWallet {
         state.reservations.save(&self.store)
     }
 
+    /// The splice holding `outpoint`, if any.
+    pub fn holder(&self, outpoint: &OutPoint) -> Option<SpliceId> {
+        self.lock().reservations.holder(outpoint)
+    }
+
     /// The coins splice `id` holds.
     pub fn reserved_for(&self, id: SpliceId) -> Vec<OutPoint> {
         self.lock().reservations.held_by(id)
