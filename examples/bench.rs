@@ -5,11 +5,19 @@
 //! ```
 //!
 //! A hub with N peers over TCP loopback on an in-process devchain, one
-//! channel each. For N splice-outs and for N splice-ins it measures the time
-//! from `execute_batch` until every leg is broadcast, and the time the same
-//! N splices take one after another (each started when the previous one is
-//! broadcast). Prints one JSON line per case:
-//! `kind, n, batch_ms, sequential_ms, speedup, peak_rss_bytes, total_weight,
+//! channel each. For N splice-outs and for N splice-ins it measures:
+//!
+//! - `batch_ms`: from `Node::batch` until every leg is broadcast;
+//! - `sequential_ms`: the same N splices one after another, each started
+//!   when the previous one is broadcast, the way an LDK application drives
+//!   them: `splice_channel` + `funding_contributed` (here through the
+//!   coordinator's single-splice call, which also signs), with peer messages
+//!   sent when LDK's background processor next runs;
+//! - `sequential_flushed_ms`: the same through `Node::splice_*`, which sends
+//!   queued peer messages at once (this crate's node).
+//!
+//! Prints one JSON line per case: `kind, n, batch_ms, sequential_ms,
+//! sequential_flushed_ms, speedup, peak_rss_bytes, total_weight,
 //! single_tx_weight`.
 
 use std::time::{Duration, Instant};
@@ -60,8 +68,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .format_timestamp_millis()
         .init();
     let max = sizes.iter().copied().max().unwrap_or(1);
-    // Each size runs a batch and a sequential round of splice-ins: one coin each.
-    let coins_needed = sizes.iter().sum::<usize>() * 2;
+    // Each size runs a batch and two sequential rounds of splice-ins: one
+    // coin per splice.
+    let coins_needed = sizes.iter().sum::<usize>() * 3;
     let bench = Setup::new(max, coins_needed).await?;
     for n in sizes {
         for kind in ["splice_out", "splice_in"] {
@@ -212,40 +221,53 @@ impl Setup {
             .sum();
         self.lock(&splices).await?;
 
-        // The same splices, one after another.
-        let started = Instant::now();
-        let mut sequential = Vec::with_capacity(n);
-        for channel in channels {
-            let id = match kind {
-                "splice_in" => {
-                    self.hub
-                        .splice_in(&channel.channel_id, &channel.counterparty, SPLICE, fee)?
-                }
-                _ => self.hub.splice_out(
-                    &channel.channel_id,
-                    &channel.counterparty,
-                    SPLICE,
-                    Destination::Wallet,
-                    fee,
-                )?,
-            };
-            self.wait_broadcast(&[id]).await?;
-            sequential.push(id);
-        }
-        let sequential_ms = started.elapsed().as_secs_f64() * 1000.0;
-        self.lock(&sequential).await?;
+        // The same splices, one after another: as an LDK application would,
+        // then through the node, which flushes peer messages at once.
+        let sequential_ms = self.sequential(kind, channels, fee, false).await?;
+        let sequential_flushed_ms = self.sequential(kind, channels, fee, true).await?;
 
         Ok(serde_json::json!({
             "kind": kind,
             "n": n,
             "batch_ms": (batch_ms * 10.0).round() / 10.0,
             "sequential_ms": (sequential_ms * 10.0).round() / 10.0,
+            "sequential_flushed_ms": (sequential_flushed_ms * 10.0).round() / 10.0,
             "speedup": ((sequential_ms / batch_ms) * 100.0).round() / 100.0,
             "peak_rss_bytes": peak_rss_bytes(),
             "total_weight": total_weight,
             "single_tx_weight": quote.single_tx_weight_wu,
         })
         .to_string())
+    }
+
+    /// Runs `kind` on every channel, one at a time, and returns the time
+    /// until the last was broadcast; then locks them all.
+    async fn sequential(
+        &self,
+        kind: &str,
+        channels: &[ChannelRef],
+        fee: FeePolicy,
+        flush: bool,
+    ) -> Result<f64, Box<dyn std::error::Error>> {
+        let coordinator = self.hub.coordinator();
+        let started = Instant::now();
+        let mut splices = Vec::with_capacity(channels.len());
+        for channel in channels {
+            let (id, to) = (&channel.channel_id, &channel.counterparty);
+            let id = match (kind, flush) {
+                ("splice_in", true) => self.hub.splice_in(id, to, SPLICE, fee)?,
+                ("splice_in", false) => coordinator.splice_in(id, to, SPLICE, fee)?,
+                (_, true) => self
+                    .hub
+                    .splice_out(id, to, SPLICE, Destination::Wallet, fee)?,
+                (_, false) => coordinator.splice_out(id, to, SPLICE, Destination::Wallet, fee)?,
+            };
+            self.wait_broadcast(&[id]).await?;
+            splices.push(id);
+        }
+        let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+        self.lock(&splices).await?;
+        Ok(elapsed)
     }
 
     async fn wait_broadcast(&self, splices: &[SpliceId]) -> Result<(), Box<dyn std::error::Error>> {

@@ -679,9 +679,11 @@ where
                 p.splice
                     .is_some_and(|id| !state.batches.held.contains_key(&id))
             };
-            let disconnected = batch.parts.iter().filter(not_ready).find(|p| {
-                !usable.get(&p.channel_id).copied().unwrap_or(false)
-            });
+            let disconnected = batch
+                .parts
+                .iter()
+                .filter(not_ready)
+                .find(|p| !usable.get(&p.channel_id).copied().unwrap_or(false));
             let end = if let Some(part) = disconnected {
                 BatchState::Failed {
                     leg: part.leg,

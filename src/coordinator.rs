@@ -432,10 +432,10 @@ where
                 let Some(id) = state.journal.active_on(channel_id).map(|r| r.id) else {
                     return Ok(());
                 };
-                self.update(&mut state, id, |r| r.txid = Some(new_funding_txo.txid))
-                    .map_err(|_| ReplayEvent())?;
                 state.tracker.watch(new_funding_txo.txid);
-                self.transition(&mut state, id, SpliceState::Broadcast);
+                self.transition_with(&mut state, id, SpliceState::Broadcast, |r| {
+                    r.txid = Some(new_funding_txo.txid)
+                });
                 Ok(())
             }
             Event::SpliceNegotiationFailed {
@@ -542,19 +542,22 @@ where
             log::warn!("asked to sign a funding transaction on {channel_id} we did not ask for");
             return Ok(());
         };
-        self.transition(&mut state, record.id, SpliceState::AwaitingSignatures);
         // LDK may have adjusted our contribution (acceptor fees, RBF): take its view.
-        if let Some(contribution) = self.current_contribution(channel_id, unsigned) {
-            let _ = self.update(&mut state, record.id, |r| {
-                r.fee = contribution.estimated_fee();
-                r.inputs = contribution.inputs().iter().map(|i| i.outpoint()).collect();
-                r.change = contribution.change_output().map(|c| SpliceOutput {
-                    script_pubkey: c.script_pubkey.clone(),
-                    value: c.value,
-                });
-                r.net_value_sat = contribution.net_value().to_sat();
-            });
-        }
+        let contribution = self.current_contribution(channel_id, unsigned);
+        self.transition_with(
+            &mut state,
+            record.id,
+            SpliceState::AwaitingSignatures,
+            |r| {
+                if let Some(contribution) = contribution {
+                    r.fee = contribution.estimated_fee();
+                    r.inputs = contribution.inputs().iter().map(|i| i.outpoint()).collect();
+                    let requested: Vec<TxOut> = r.outputs.iter().map(TxOut::from).collect();
+                    r.change = change_of(&contribution, &requested);
+                    r.net_value_sat = contribution.net_value().to_sat();
+                }
+            },
+        );
         let record = state.journal.get(record.id).cloned().unwrap_or(record);
         if let Some(batch) = record.batch {
             // Batch legs are signed together once every leg is ready.
@@ -958,19 +961,7 @@ where
             feerate_sat_per_kwu: plan.feerate.to_sat_per_kwu(),
             fee: contribution.estimated_fee(),
             inputs: contribution.inputs().iter().map(|i| i.outpoint()).collect(),
-            // A shrinking resize carries its change as an explicit output.
-            change: contribution
-                .change_output()
-                .or_else(|| {
-                    contribution
-                        .outputs()
-                        .iter()
-                        .find(|o| !plan.outputs.contains(o))
-                })
-                .map(|c| SpliceOutput {
-                    script_pubkey: c.script_pubkey.clone(),
-                    value: c.value,
-                }),
+            change: change_of(contribution, &plan.outputs),
             capacity_before: Amount::from_sat(plan.channel.channel_value_satoshis),
             net_value_sat: contribution.net_value().to_sat(),
             txid: None,
@@ -987,33 +978,38 @@ where
         }
     }
 
-    pub(crate) fn update(
+    /// Moves a splice to `new_state`: journal first, then the event.
+    pub(crate) fn transition(&self, state: &mut State, id: SpliceId, new_state: SpliceState) {
+        self.transition_with(state, id, new_state, |_| {});
+    }
+
+    /// Moves a splice to `new_state` with `change` made to its record, in
+    /// one journal write, then queues the event.
+    pub(crate) fn transition_with(
         &self,
         state: &mut State,
         id: SpliceId,
+        new_state: SpliceState,
         change: impl FnOnce(&mut SpliceRecord),
-    ) -> Result<(), SpliceError> {
-        let Some(mut record) = state.journal.get(id).cloned() else {
-            return Err(SpliceError::UnknownSplice(id));
+    ) {
+        let Some(before) = state.journal.get(id).cloned() else {
+            return;
         };
+        if before.state.is_final() && before.state != new_state {
+            log::debug!("{id}: ignoring {new_state} after {}", before.state);
+            return;
+        }
+        let mut record = before.clone();
         change(&mut record);
-        state.journal.put(record)
-    }
-
-    /// Moves a splice to `new_state`: journal first, then the event.
-    pub(crate) fn transition(&self, state: &mut State, id: SpliceId, new_state: SpliceState) {
-        let Some(record) = state.journal.get(id).cloned() else {
-            return;
-        };
-        if record.state == new_state {
+        record.state = new_state.clone();
+        if record == before {
             return;
         }
-        if record.state.is_final() {
-            log::debug!("{id}: ignoring {new_state} after {}", record.state);
-            return;
-        }
-        if let Err(e) = self.update(state, id, |r| r.state = new_state.clone()) {
+        if let Err(e) = state.journal.put(record.clone()) {
             log::error!("{id}: could not journal {new_state}: {e}");
+            return;
+        }
+        if before.state == new_state {
             return;
         }
         log::info!("{id}: {new_state}");
@@ -1121,21 +1117,32 @@ where
             .collect();
         for (id, txid, current) in tracked {
             let Some(txid) = txid else { continue };
-            let new_state = match state.tracker.depth(&txid) {
-                Some((height, depth)) => {
-                    let _ = self.update(state, id, |r| r.confirmation_height = Some(height));
-                    SpliceState::Confirmed { depth }
-                }
-                None => {
-                    let _ = self.update(state, id, |r| r.confirmation_height = None);
-                    SpliceState::Broadcast
-                }
+            let (height, new_state) = match state.tracker.depth(&txid) {
+                Some((height, depth)) => (Some(height), SpliceState::Confirmed { depth }),
+                None => (None, SpliceState::Broadcast),
             };
             if new_state != current {
-                self.transition(state, id, new_state);
+                self.transition_with(state, id, new_state, |r| r.confirmation_height = height);
             }
         }
     }
+}
+
+/// The change a contribution pays back to the wallet: its change output, or
+/// (for a shrinking resize) the output beyond those `requested`.
+fn change_of(contribution: &FundingContribution, requested: &[TxOut]) -> Option<SpliceOutput> {
+    contribution
+        .change_output()
+        .or_else(|| {
+            contribution
+                .outputs()
+                .iter()
+                .find(|o| !requested.contains(o))
+        })
+        .map(|c| SpliceOutput {
+            script_pubkey: c.script_pubkey.clone(),
+            value: c.value,
+        })
 }
 
 /// Our fee for `plan` as the splice initiator with `inputs` wallet inputs

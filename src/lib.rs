@@ -1,8 +1,8 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
-pub mod coordinator;
 pub mod batch;
+pub mod coordinator;
 #[cfg(feature = "devchain")]
 pub mod devchain;
 pub mod error;
