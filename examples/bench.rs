@@ -201,6 +201,7 @@ impl Setup {
         // The batch.
         let started = Instant::now();
         let id = self.hub.batch(plan)?;
+        let started_all = started.elapsed().as_secs_f64() * 1000.0;
         self.hub
             .wait_for_batch(id, WAIT, |s| *s != BatchState::Negotiating)
             .await?;
@@ -230,6 +231,7 @@ impl Setup {
             "kind": kind,
             "n": n,
             "batch_ms": (batch_ms * 10.0).round() / 10.0,
+            "batch_start_ms": (started_all * 10.0).round() / 10.0,
             "sequential_ms": (sequential_ms * 10.0).round() / 10.0,
             "sequential_flushed_ms": (sequential_flushed_ms * 10.0).round() / 10.0,
             "speedup": ((sequential_ms / batch_ms) * 100.0).round() / 100.0,

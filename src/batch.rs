@@ -23,7 +23,8 @@ use crate::error::SpliceError;
 use crate::events::SpliceEvent;
 use crate::fees::{weights, FeePolicy};
 use crate::journal::{unix_now, SpliceId, SpliceState};
-use crate::wallet::{SharedStore, PERSISTENCE_NAMESPACE};
+use crate::wallet::{CoinPool, SharedStore, PERSISTENCE_NAMESPACE};
+use std::sync::Arc;
 
 const BATCHES_NAMESPACE: &str = "batches";
 
@@ -413,7 +414,8 @@ where
     /// or sent.
     pub fn quote_batch(&self, plan: &BatchPlan) -> Result<BatchQuote, SpliceError> {
         let parts = expand(plan)?;
-        let source = self.wallet.coin_source(None);
+        let pool = Arc::new(CoinPool::default());
+        let source = self.wallet.coin_source_in(None, &pool);
         let mut legs = Vec::with_capacity(parts.len());
         // Splice-ins of moves come last: they take what coins are left, and
         // wait for their splice-out when none are.
@@ -422,11 +424,11 @@ where
                 let state = self.lock();
                 self.plan(
                     &state,
-                    &part.channel.channel_id,
-                    &part.channel.counterparty,
+                    part.channel,
                     &part.request,
                     &plan.fee,
                     PlanMode::Quote,
+                    &pool,
                 )
             };
             let quoted = checked.and_then(|checked| {
@@ -452,11 +454,11 @@ where
                     let checked = self
                         .plan(
                             &state,
-                            &part.channel.channel_id,
-                            &part.channel.counterparty,
+                            part.channel,
                             &request,
                             &plan.fee,
                             PlanMode::Unfunded,
+                            &pool,
                         )
                         .map_err(leg_error(part.leg))?;
                     let fee = crate::coordinator::estimated_fee(&checked, 1);
@@ -498,6 +500,7 @@ where
     pub fn execute_batch(&self, plan: BatchPlan) -> Result<BatchId, SpliceError> {
         let parts = expand(&plan)?;
         let mut state = self.lock();
+        let pool = Arc::new(CoinPool::default());
 
         // Check every leg before anything is reserved. A move's splice-in
         // that the wallet cannot fund now is checked without its funds: it
@@ -506,22 +509,22 @@ where
         for part in funding_order(&parts) {
             let p = self.plan(
                 &state,
-                &part.channel.channel_id,
-                &part.channel.counterparty,
+                part.channel,
                 &part.request,
                 &plan.fee,
                 PlanMode::Execute,
+                &pool,
             );
             match p {
                 Ok(p) => checked.push((part, Some(p))),
                 Err(SpliceError::InsufficientFunds { .. }) if part.role == LegRole::MoveIn => {
                     self.plan(
                         &state,
-                        &part.channel.channel_id,
-                        &part.channel.counterparty,
+                        part.channel,
                         &part.request,
                         &plan.fee,
                         PlanMode::Unfunded,
+                        &pool,
                     )
                     .map_err(leg_error(part.leg))?;
                     checked.push((part, None));
@@ -541,7 +544,7 @@ where
                 continue;
             };
             let id = state.journal.next_id();
-            match self.prepare(&mut state, id, p, &plan.fee, Some(batch_id)) {
+            match self.prepare(&mut state, id, p, &plan.fee, Some(batch_id), &pool) {
                 Ok(contribution) => prepared.push((part_key(part), part.leg, id, contribution)),
                 Err(SpliceError::InsufficientFunds { .. }) if part.role == LegRole::MoveIn => {
                     queued.push(part_key(part));
@@ -917,18 +920,22 @@ where
                 add: part.amount,
                 outputs: Vec::new(),
             };
+            let pool = Arc::new(CoinPool::default());
             let started = self
                 .plan(
                     state,
-                    &part.channel_id,
-                    &part.counterparty,
+                    ChannelRef {
+                        channel_id: part.channel_id,
+                        counterparty: part.counterparty,
+                    },
                     &request,
                     &fee,
                     PlanMode::Execute,
+                    &pool,
                 )
                 .and_then(|p| {
                     let id = state.journal.next_id();
-                    let contribution = self.prepare(state, id, &p, &fee, Some(batch.id))?;
+                    let contribution = self.prepare(state, id, &p, &fee, Some(batch.id), &pool)?;
                     self.contribute(state, id, contribution)?;
                     Ok(id)
                 });

@@ -15,13 +15,13 @@ use lightning::ln::channelmanager::AChannelManager;
 use lightning::ln::funding::{FundingContribution, FundingContributionError};
 use lightning::ln::types::ChannelId;
 
-use crate::batch::{BatchBook, BatchId};
+use crate::batch::{BatchBook, BatchId, ChannelRef};
 use crate::error::SpliceError;
 use crate::events::{EventQueue, SpliceEvent};
 use crate::fees::{weights, FeePolicy, SpliceQuote};
 use crate::journal::{unix_now, Journal, SpliceId, SpliceOutput, SpliceRecord, SpliceState};
 use crate::tracker::ConfirmationTracker;
-use crate::wallet::{SharedStore, SpliceWallet};
+use crate::wallet::{CoinPool, SharedStore, SpliceWallet};
 
 /// Where a splice-out sends its funds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,16 +181,20 @@ where
         fee: FeePolicy,
     ) -> Result<SpliceId, SpliceError> {
         let mut state = self.lock();
+        let pool = Arc::new(CoinPool::default());
         let plan = self.plan(
             &state,
-            channel_id,
-            counterparty,
+            ChannelRef {
+                channel_id: *channel_id,
+                counterparty: *counterparty,
+            },
             &request,
             &fee,
             PlanMode::Execute,
+            &pool,
         )?;
         let id = state.journal.next_id();
-        let contribution = self.prepare(&mut state, id, &plan, &fee, None)?;
+        let contribution = self.prepare(&mut state, id, &plan, &fee, None, &pool)?;
         self.contribute(&mut state, id, contribution)?;
         Ok(id)
     }
@@ -205,14 +209,19 @@ where
         plan: &Plan,
         fee: &FeePolicy,
         batch: Option<BatchId>,
+        pool: &Arc<CoinPool>,
     ) -> Result<FundingContribution, SpliceError> {
         let template = self
             .channel_manager
             .get_cm()
             .splice_channel(&plan.channel.channel_id, &plan.channel.counterparty.node_id)
             .map_err(|e| SpliceError::Lightning(format!("{e:?}")))?;
-        let contribution = match self.build(template, plan, fee, &self.wallet.coin_source(Some(id)))
-        {
+        let contribution = match self.build(
+            template,
+            plan,
+            fee,
+            &self.wallet.coin_source_in(Some(id), pool),
+        ) {
             Ok(contribution) => contribution,
             Err(e) => {
                 self.release_quietly(id);
@@ -270,16 +279,20 @@ where
         fee: FeePolicy,
     ) -> Result<SpliceQuote, SpliceError> {
         let state = self.lock();
+        let pool = Arc::new(CoinPool::default());
         let plan = self.plan(
             &state,
-            channel_id,
-            counterparty,
+            ChannelRef {
+                channel_id: *channel_id,
+                counterparty: *counterparty,
+            },
             request,
             &fee,
             PlanMode::Quote,
+            &pool,
         )?;
         drop(state);
-        self.quote_plan(&plan, &fee, &self.wallet.coin_source(None))
+        self.quote_plan(&plan, &fee, &self.wallet.coin_source_in(None, &pool))
     }
 
     /// Quotes a checked plan with coins from `source`.
@@ -677,12 +690,13 @@ where
     pub(crate) fn plan(
         &self,
         state: &State,
-        channel_id: &ChannelId,
-        counterparty: &PublicKey,
+        channel: ChannelRef,
         request: &ResizeRequest,
         fee: &FeePolicy,
         mode: PlanMode,
+        pool: &CoinPool,
     ) -> Result<Plan, SpliceError> {
+        let (channel_id, counterparty) = (&channel.channel_id, &channel.counterparty);
         if request.add == Amount::ZERO && request.outputs.is_empty() {
             return Err(SpliceError::ZeroAmount);
         }
@@ -762,7 +776,7 @@ where
         }
         let feerate = fee.feerate(&*self.fee_estimator)?;
         if request.add > Amount::ZERO && mode != PlanMode::Unfunded {
-            let available = self.wallet.available_balance();
+            let available = pool.available(&self.wallet);
             if request.add > available {
                 return Err(SpliceError::InsufficientFunds {
                     needed: request.add,

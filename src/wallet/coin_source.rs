@@ -12,25 +12,75 @@ use crate::journal::SpliceId;
 /// A P2WPKH change output.
 const P2WPKH_OUTPUT: Weight = Weight::from_wu((8 + 1 + 22) * 4);
 
+/// The wallet's spendable coins, listed once and shared by the coin
+/// sources of several splices (a batch): no coin goes to two of them, and
+/// the wallet is not walked again for every leg.
+#[derive(Debug, Default)]
+pub struct CoinPool {
+    coins: std::sync::Mutex<Option<Vec<(OutPoint, TxOut)>>>,
+    picked: std::sync::Mutex<std::collections::BTreeSet<OutPoint>>,
+}
+
+impl CoinPool {
+    /// The pool's coins not handed out yet.
+    fn remaining(
+        &self,
+        wallet: &SpliceWallet,
+        for_splice: Option<SpliceId>,
+    ) -> Vec<(OutPoint, TxOut)> {
+        let mut coins = self.coins.lock().unwrap_or_else(|e| e.into_inner());
+        let coins = coins.get_or_insert_with(|| wallet.spendable_coins(for_splice));
+        let picked = self.picked.lock().unwrap_or_else(|e| e.into_inner());
+        coins
+            .iter()
+            .filter(|(outpoint, _)| !picked.contains(outpoint))
+            .cloned()
+            .collect()
+    }
+
+    /// What the pool's remaining coins are worth.
+    pub fn available(&self, wallet: &SpliceWallet) -> Amount {
+        self.remaining(wallet, None)
+            .iter()
+            .map(|(_, txout)| txout.value)
+            .sum()
+    }
+
+    fn take(&self, outpoints: &[OutPoint]) {
+        self.picked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(outpoints.iter().copied());
+    }
+}
+
 /// Hands LDK the wallet's confirmed coins for one splice. With a splice id
 /// the picked coins are reserved for it at once; without one (a quote)
 /// nothing is reserved.
 pub struct SpliceCoinSource<'a> {
     wallet: &'a SpliceWallet,
     reserve_for: Option<SpliceId>,
-    /// Coins this source already handed out: a quote over several legs
-    /// must not count one coin twice.
-    picked: std::sync::Mutex<std::collections::BTreeSet<OutPoint>>,
+    pool: std::sync::Arc<CoinPool>,
 }
 
 impl SpliceWallet {
     /// A coin source for splice `id` that reserves what it picks, or, with
     /// `None`, one that only looks.
     pub fn coin_source(&self, id: Option<SpliceId>) -> SpliceCoinSource<'_> {
+        self.coin_source_in(id, &std::sync::Arc::default())
+    }
+
+    /// A coin source for splice `id` drawing from `pool`, shared with the
+    /// other splices of a batch.
+    pub fn coin_source_in(
+        &self,
+        id: Option<SpliceId>,
+        pool: &std::sync::Arc<CoinPool>,
+    ) -> SpliceCoinSource<'_> {
         SpliceCoinSource {
             wallet: self,
             reserve_for: id,
-            picked: Default::default(),
+            pool: pool.clone(),
         }
     }
 
@@ -156,17 +206,7 @@ impl CoinSelectionSourceSync for SpliceCoinSource<'_> {
         target_feerate_sat_per_1000_weight: u32,
         max_tx_weight: u64,
     ) -> Result<CoinSelection, ()> {
-        let already_picked = self
-            .picked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let coins: Vec<(OutPoint, TxOut)> = self
-            .wallet
-            .spendable_coins(self.reserve_for)
-            .into_iter()
-            .filter(|(outpoint, _)| !already_picked.contains(outpoint))
-            .collect();
+        let coins = self.pool.remaining(self.wallet, self.reserve_for);
         // Every coin is P2WPKH: one spending weight, exactly as LDK will
         // count it in its fee estimate.
         let input_weight = p2wpkh_input_weight();
@@ -229,10 +269,7 @@ impl CoinSelectionSourceSync for SpliceCoinSource<'_> {
             confirmed_utxos.push(ConfirmedUtxo::new_p2wpkh(prevtx, outpoint.vout)?);
         }
         let outpoints: Vec<OutPoint> = confirmed_utxos.iter().map(|u| u.outpoint()).collect();
-        self.picked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(outpoints.iter().copied());
+        self.pool.take(&outpoints);
         if let Some(id) = self.reserve_for {
             self.wallet.reserve(id, &outpoints).map_err(|e| {
                 log::error!("could not reserve coins for {id}: {e}");

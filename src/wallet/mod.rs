@@ -10,7 +10,7 @@ mod reservations;
 mod selection;
 mod signing;
 
-pub use coin_source::SpliceCoinSource;
+pub use coin_source::{CoinPool, SpliceCoinSource};
 
 pub use reservations::Reservations;
 pub use selection::{select, Candidate, Selection, Target};
