@@ -1,0 +1,603 @@
+//! The daemon's JSON control API: one `POST /v1/<command>` route per CLI
+//! command, a JSON object of parameters in, JSON out.
+//!
+//! Every request needs `Authorization: Bearer TOKEN` (the token in
+//! `DIR/api-token`); without it the answer is `401 {"error": ...}`. Bad
+//! parameters get `400 {"error": ...}`, refusals by the node `422`.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use bitcoin::address::NetworkUnchecked;
+use bitcoin::hex::{DisplayHex, FromHex};
+use bitcoin::secp256k1::PublicKey;
+use bitcoin::{Address, Amount, FeeRate};
+use ldk_splice::node::Node;
+use ldk_splice::{
+    BatchId, BatchPlan, ChannelRef, Destination, FeePolicy, Leg, Payout, ResizeRequest, SpliceId,
+};
+use lightning::chain::chaininterface::ConfirmationTarget;
+use lightning::ln::types::ChannelId;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// What every handler shares.
+pub struct AppState {
+    /// The running node.
+    pub node: Node,
+    /// The bearer token clients must present.
+    pub token: String,
+    /// Set when `stop` is called: the daemon then shuts down.
+    pub stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// An error answer: an HTTP status and a message, sent as `{"error": msg}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+
+    fn refused(message: impl std::fmt::Display) -> Self {
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: message.to_string(),
+        }
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+type ApiResult = Result<Value, ApiError>;
+
+/// The API's routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/{command}", post(handle))
+        .fallback(|| async {
+            ApiError::not_found("no such route; use POST /v1/<command>").into_response()
+        })
+        .with_state(state)
+}
+
+/// Compares two strings in time independent of where they differ.
+fn token_matches(given: &str, expected: &str) -> bool {
+    given.len() == expected.len()
+        && given
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+async fn handle(
+    State(state): State<Arc<AppState>>,
+    Path(command): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let authorized = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| token_matches(t.trim(), &state.token));
+    if !authorized {
+        return ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            message: "missing or wrong API token (send Authorization: Bearer <DIR/api-token>)"
+                .into(),
+        }
+        .into_response();
+    }
+    let params: Value = if body.is_empty() {
+        json!({})
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return ApiError::bad_request(format!("request body is not JSON: {e}"))
+                    .into_response()
+            }
+        }
+    };
+    log::info!("api: {command}");
+    match dispatch(&state, &command, params).await {
+        Ok(value) => Json(value).into_response(),
+        Err(e) => {
+            log::info!("api: {command} failed: {}", e.message);
+            e.into_response()
+        }
+    }
+}
+
+/// Decodes a command's parameters.
+fn params<T: serde::de::DeserializeOwned>(command: &str, value: Value) -> Result<T, ApiError> {
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::bad_request(format!("bad parameters for {command}: {e}")))
+}
+
+/// Parses a 64-hex channel id.
+pub fn parse_channel_id(s: &str) -> Result<ChannelId, ApiError> {
+    <[u8; 32]>::from_hex(s.trim()).map(ChannelId).map_err(|_| {
+        ApiError::bad_request(format!("invalid channel id '{s}': expected 64 hex digits"))
+    })
+}
+
+/// Parses a node id (33-byte compressed public key, hex).
+pub fn parse_node_id(s: &str) -> Result<PublicKey, ApiError> {
+    PublicKey::from_str(s.trim()).map_err(|_| {
+        ApiError::bad_request(format!("invalid node id '{s}': expected 66 hex digits"))
+    })
+}
+
+/// `wallet` or an address (network checked by the coordinator).
+fn parse_destination(s: &str) -> Result<Destination, ApiError> {
+    if s.eq_ignore_ascii_case("wallet") {
+        return Ok(Destination::Wallet);
+    }
+    Address::<NetworkUnchecked>::from_str(s.trim())
+        .map(Destination::Address)
+        .map_err(|e| ApiError::bad_request(format!("invalid address '{s}': {e}")))
+}
+
+fn parse_splice_id(s: &str) -> Result<SpliceId, ApiError> {
+    SpliceId::from_str(s.trim()).map_err(|_| {
+        ApiError::bad_request(format!("invalid splice id '{s}': expected splice-N or N"))
+    })
+}
+
+fn parse_batch_id(s: &str) -> Result<BatchId, ApiError> {
+    BatchId::from_str(s.trim()).map_err(|_| {
+        ApiError::bad_request(format!("invalid batch id '{s}': expected batch-N or N"))
+    })
+}
+
+/// Fee settings shared by every splice command.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FeeParams {
+    /// A fixed feerate; the node's estimate when absent.
+    feerate_sat_per_vb: Option<u64>,
+    /// Cap on the fee we pay.
+    max_fee_sat: Option<u64>,
+}
+
+impl FeeParams {
+    fn policy(&self) -> Result<FeePolicy, ApiError> {
+        let mut policy = match self.feerate_sat_per_vb {
+            Some(rate) => FeePolicy::fixed(
+                FeeRate::from_sat_per_vb(rate)
+                    .filter(|_| rate > 0)
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!("invalid feerate {rate} sat/vB"))
+                    })?,
+            ),
+            None => FeePolicy::estimate(ConfirmationTarget::NonAnchorChannelFee),
+        };
+        if let Some(max) = self.max_fee_sat {
+            policy = policy.with_max_fee(Amount::from_sat(max));
+        }
+        Ok(policy)
+    }
+}
+
+#[derive(Deserialize)]
+struct ChannelParams {
+    channel_id: String,
+    node_id: String,
+}
+
+impl ChannelParams {
+    fn parse(&self) -> Result<ChannelRef, ApiError> {
+        Ok(ChannelRef {
+            channel_id: parse_channel_id(&self.channel_id)?,
+            counterparty: parse_node_id(&self.node_id)?,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct SpliceParams {
+    #[serde(flatten)]
+    channel: ChannelParams,
+    amount_sat: u64,
+    /// For splice-out: `wallet` or an address.
+    to: Option<String>,
+    #[serde(flatten)]
+    fee: FeeParams,
+}
+
+#[derive(Deserialize)]
+struct PayoutParams {
+    to: String,
+    amount_sat: u64,
+}
+
+#[derive(Deserialize)]
+struct ResizeParams {
+    #[serde(flatten)]
+    channel: ChannelParams,
+    #[serde(default)]
+    add_sat: u64,
+    #[serde(default)]
+    outputs: Vec<PayoutParams>,
+    #[serde(flatten)]
+    fee: FeeParams,
+}
+
+impl ResizeParams {
+    fn request(&self) -> Result<ResizeRequest, ApiError> {
+        Ok(ResizeRequest {
+            add: Amount::from_sat(self.add_sat),
+            outputs: self
+                .outputs
+                .iter()
+                .map(|o| {
+                    Ok(Payout {
+                        to: parse_destination(&o.to)?,
+                        amount: Amount::from_sat(o.amount_sat),
+                    })
+                })
+                .collect::<Result<_, ApiError>>()?,
+        })
+    }
+}
+
+/// One leg of a batch plan as JSON.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum LegParams {
+    SpliceIn {
+        channel_id: String,
+        node_id: String,
+        amount_sat: u64,
+    },
+    SpliceOut {
+        channel_id: String,
+        node_id: String,
+        amount_sat: u64,
+        to: String,
+    },
+    Move {
+        from: ChannelParams,
+        to: ChannelParams,
+        amount_sat: u64,
+    },
+}
+
+/// A batch plan as JSON:
+/// `{"legs": [{"type": "splice_in", "channel_id", "node_id", "amount_sat"},
+/// {"type": "splice_out", ..., "to": "wallet"|ADDRESS}, {"type": "move",
+/// "from": {"channel_id", "node_id"}, "to": {...}, "amount_sat"}],
+/// "feerate_sat_per_vb": 2, "max_fee_sat": 5000, "deadline_secs": 60}`.
+#[derive(Deserialize)]
+struct PlanParams {
+    legs: Vec<LegParams>,
+    #[serde(flatten)]
+    fee: FeeParams,
+    deadline_secs: Option<u64>,
+}
+
+impl PlanParams {
+    fn plan(&self) -> Result<BatchPlan, ApiError> {
+        let mut plan = BatchPlan::new(self.fee.policy()?);
+        if let Some(secs) = self.deadline_secs {
+            plan = plan.with_deadline(Duration::from_secs(secs));
+        }
+        if self.legs.is_empty() {
+            return Err(ApiError::bad_request("a batch plan needs at least one leg"));
+        }
+        for leg in &self.legs {
+            let channel = |c: &str, n: &str| -> Result<ChannelRef, ApiError> {
+                Ok(ChannelRef {
+                    channel_id: parse_channel_id(c)?,
+                    counterparty: parse_node_id(n)?,
+                })
+            };
+            plan = plan.leg(match leg {
+                LegParams::SpliceIn {
+                    channel_id,
+                    node_id,
+                    amount_sat,
+                } => Leg::SpliceIn {
+                    channel: channel(channel_id, node_id)?,
+                    amount: Amount::from_sat(*amount_sat),
+                },
+                LegParams::SpliceOut {
+                    channel_id,
+                    node_id,
+                    amount_sat,
+                    to,
+                } => Leg::SpliceOut {
+                    channel: channel(channel_id, node_id)?,
+                    amount: Amount::from_sat(*amount_sat),
+                    to: parse_destination(to)?,
+                },
+                LegParams::Move {
+                    from,
+                    to,
+                    amount_sat,
+                } => Leg::Move {
+                    from: from.parse()?,
+                    to: to.parse()?,
+                    amount: Amount::from_sat(*amount_sat),
+                },
+            });
+        }
+        Ok(plan)
+    }
+}
+
+#[derive(Deserialize)]
+struct IdParams {
+    id: String,
+}
+
+/// A splice record as JSON, with its id in the `splice-N` form.
+fn splice_json(record: &ldk_splice::SpliceRecord) -> Value {
+    let mut value =
+        serde_json::to_value(record).unwrap_or_else(|e| json!({ "error": e.to_string() }));
+    if let Value::Object(map) = &mut value {
+        map.insert("splice_id".into(), json!(record.id.to_string()));
+        map.insert("status".into(), json!(record.state.to_string()));
+    }
+    value
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> ApiResult {
+    serde_json::to_value(value).map_err(|e| ApiError::refused(format!("cannot encode answer: {e}")))
+}
+
+fn channel_json(node: &Node, c: &lightning::ln::channel_state::ChannelDetails) -> Value {
+    json!({
+        "channel_id": c.channel_id.0.to_lower_hex_string(),
+        "counterparty": c.counterparty.node_id.to_string(),
+        "capacity_sat": c.channel_value_satoshis,
+        "balance_sat": node.channel_balance(&c.channel_id).map(|a| a.to_sat()),
+        "outbound_capacity_msat": c.outbound_capacity_msat,
+        "inbound_capacity_msat": c.inbound_capacity_msat,
+        "is_outbound": c.is_outbound,
+        "is_channel_ready": c.is_channel_ready,
+        "is_usable": c.is_usable,
+        "funding_txid": c.funding_txo.map(|o| o.txid.to_string()),
+        "confirmations": c.confirmations,
+    })
+}
+
+async fn dispatch(state: &AppState, command: &str, p: Value) -> ApiResult {
+    let node = &state.node;
+    match command {
+        "getinfo" => Ok(json!({
+            "node_id": node.node_id().to_string(),
+            "listen_addr": node.listen_addr().to_string(),
+            "network": node.config().network.to_string(),
+            "block_height": node.best_block_height(),
+            "channels": node.list_channels().len(),
+            "usable_channels": node.list_channels().iter().filter(|c| c.is_usable).count(),
+            "peers": node.peer_manager().list_peers().len(),
+        })),
+        "newaddress" => node
+            .new_address()
+            .map(|a| json!({ "address": a.to_string() }))
+            .map_err(ApiError::refused),
+        "balance" => {
+            let b = node.onchain_balance();
+            Ok(json!({
+                "confirmed_sat": b.confirmed.to_sat(),
+                "pending_sat": b.pending.to_sat(),
+                "untrusted_pending_sat": b.untrusted_pending.to_sat(),
+                "total_sat": b.total().to_sat(),
+                "channels_sat": node
+                    .list_channels()
+                    .iter()
+                    .filter_map(|c| node.channel_balance(&c.channel_id))
+                    .map(|a| a.to_sat())
+                    .sum::<u64>(),
+            }))
+        }
+        "connect" => {
+            #[derive(Deserialize)]
+            struct P {
+                peer: String,
+            }
+            let P { peer } = params(command, p)?;
+            let (id, addr) = peer.split_once('@').ok_or_else(|| {
+                ApiError::bad_request(format!("invalid peer '{peer}': expected NODEID@HOST:PORT"))
+            })?;
+            let node_id = parse_node_id(id)?;
+            let addr = tokio::net::lookup_host(addr)
+                .await
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| ApiError::bad_request(format!("invalid peer address '{addr}'")))?;
+            node.connect(node_id, addr)
+                .await
+                .map_err(ApiError::refused)?;
+            Ok(json!({ "connected": node_id.to_string(), "addr": addr.to_string() }))
+        }
+        "openchannel" => {
+            #[derive(Deserialize)]
+            struct P {
+                node_id: String,
+                amount_sat: u64,
+                #[serde(default)]
+                push_sat: u64,
+            }
+            let P {
+                node_id,
+                amount_sat,
+                push_sat,
+            } = params(command, p)?;
+            let node_id = parse_node_id(&node_id)?;
+            let id = node
+                .open_channel(
+                    node_id,
+                    Amount::from_sat(amount_sat),
+                    Amount::from_sat(push_sat),
+                )
+                .map_err(ApiError::refused)?;
+            Ok(json!({ "temporary_channel_id": id.0.to_lower_hex_string() }))
+        }
+        "listchannels" => Ok(Value::Array(
+            node.list_channels()
+                .iter()
+                .map(|c| channel_json(node, c))
+                .collect(),
+        )),
+        "invoice" => {
+            #[derive(Deserialize)]
+            struct P {
+                amount_msat: Option<u64>,
+                #[serde(default)]
+                description: String,
+            }
+            let P {
+                amount_msat,
+                description,
+            } = params(command, p)?;
+            let invoice = node
+                .create_invoice(amount_msat, &description, Duration::from_secs(3600))
+                .map_err(ApiError::refused)?;
+            Ok(json!({
+                "invoice": invoice.to_string(),
+                "payment_hash": invoice.payment_hash().to_string(),
+            }))
+        }
+        "pay" => {
+            #[derive(Deserialize)]
+            struct P {
+                invoice: String,
+            }
+            let P { invoice } = params(command, p)?;
+            let invoice = lightning::bolt11_invoice::Bolt11Invoice::from_str(invoice.trim())
+                .map_err(|e| ApiError::bad_request(format!("invalid invoice: {e}")))?;
+            let hash = node.pay_invoice(&invoice).map_err(ApiError::refused)?;
+            let info = node
+                .wait_for_payment(&hash, Duration::from_secs(60))
+                .await
+                .map_err(ApiError::refused)?;
+            to_json(&info)
+        }
+        "splicein" | "spliceout" => {
+            let sp: SpliceParams = params(command, p)?;
+            let channel = sp.channel.parse()?;
+            let fee = sp.fee.policy()?;
+            let amount = Amount::from_sat(sp.amount_sat);
+            let id = if command == "splicein" {
+                node.splice_in(&channel.channel_id, &channel.counterparty, amount, fee)
+            } else {
+                let to = parse_destination(sp.to.as_deref().ok_or_else(|| {
+                    ApiError::bad_request("spliceout needs a destination: an address or 'wallet'")
+                })?)?;
+                node.splice_out(&channel.channel_id, &channel.counterparty, amount, to, fee)
+            }
+            .map_err(ApiError::refused)?;
+            splice_by_id(node, id)
+        }
+        "resize" | "quote" => {
+            let rp: ResizeParams = params(command, p)?;
+            let channel = rp.channel.parse()?;
+            let request = rp.request()?;
+            let fee = rp.fee.policy()?;
+            if command == "quote" {
+                let quote = node
+                    .quote_splice(&channel.channel_id, &channel.counterparty, &request, fee)
+                    .map_err(ApiError::refused)?;
+                to_json(&quote)
+            } else {
+                let id = node
+                    .resize(&channel.channel_id, &channel.counterparty, request, fee)
+                    .map_err(ApiError::refused)?;
+                splice_by_id(node, id)
+            }
+        }
+        "splicestatus" => {
+            let IdParams { id } = params(command, p)?;
+            splice_by_id(node, parse_splice_id(&id)?)
+        }
+        "listsplices" => Ok(Value::Array(
+            node.list_splices().iter().map(splice_json).collect(),
+        )),
+        "cancel" => {
+            let IdParams { id } = params(command, p)?;
+            let id = parse_splice_id(&id)?;
+            node.cancel_splice(id).map_err(ApiError::refused)?;
+            splice_by_id(node, id)
+        }
+        "batch" | "quotebatch" => {
+            let plan: PlanParams = params(command, p)?;
+            let plan = plan.plan()?;
+            if command == "quotebatch" {
+                to_json(&node.quote_batch(&plan).map_err(ApiError::refused)?)
+            } else {
+                let id = node.batch(plan).map_err(ApiError::refused)?;
+                batch_by_id(node, id)
+            }
+        }
+        "batchstatus" => {
+            let IdParams { id } = params(command, p)?;
+            batch_by_id(node, parse_batch_id(&id)?)
+        }
+        "cancelbatch" => {
+            let IdParams { id } = params(command, p)?;
+            let id = parse_batch_id(&id)?;
+            node.cancel_batch(id).map_err(ApiError::refused)?;
+            batch_by_id(node, id)
+        }
+        "closechannel" => {
+            let c: ChannelParams = params(command, p)?;
+            let channel = c.parse()?;
+            node.close_channel(&channel.channel_id, &channel.counterparty)
+                .map_err(ApiError::refused)?;
+            Ok(json!({ "closing": channel.channel_id.0.to_lower_hex_string() }))
+        }
+        "stop" => {
+            let _ = state.stop.send(true);
+            Ok(json!({ "stopping": true }))
+        }
+        other => Err(ApiError::not_found(format!("unknown command '{other}'"))),
+    }
+}
+
+fn splice_by_id(node: &Node, id: SpliceId) -> ApiResult {
+    node.splice_status(id)
+        .map(|r| splice_json(&r))
+        .ok_or_else(|| ApiError::not_found(format!("no splice {id}")))
+}
+
+fn batch_by_id(node: &Node, id: BatchId) -> ApiResult {
+    let record = node
+        .batch_status(id)
+        .ok_or_else(|| ApiError::not_found(format!("no batch {id}")))?;
+    let mut value = to_json(&record)?;
+    if let Value::Object(map) = &mut value {
+        map.insert("batch_id".into(), json!(id.to_string()));
+    }
+    Ok(value)
+}

@@ -1,0 +1,514 @@
+//! `sample-node cli`: calls a running daemon's API and prints JSON.
+//!
+//! Output: the answer as JSON on stdout, exit status 0. Any error: a JSON
+//! object `{"error": "..."}` on stdout, exit status 1. Progress of `--wait`
+//! goes to stderr.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::daemon::{API_ADDR_FILE, API_TOKEN_FILE};
+
+/// Arguments of `sample-node cli`.
+#[derive(clap::Args, Debug)]
+pub struct CliArgs {
+    /// The daemon's data directory (holds api-addr and api-token).
+    #[arg(long)]
+    datadir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Fee options of splice commands.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FeeArgs {
+    /// Feerate in sat/vB (default: the node's estimate).
+    #[arg(long)]
+    feerate: Option<String>,
+    /// Most we pay in fees, in sat (default 50000).
+    #[arg(long)]
+    max_fee: Option<String>,
+}
+
+/// Wait options of splice commands.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WaitArgs {
+    /// Wait until the splice reaches this stage, showing progress on stderr.
+    #[arg(long, value_enum)]
+    wait: Option<WaitFor>,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    wait_timeout: u64,
+}
+
+/// How far `--wait` follows a splice.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitFor {
+    /// Until the transaction is broadcast.
+    Broadcast,
+    /// Until the new funding is locked by both sides.
+    Locked,
+}
+
+/// The CLI's commands. Amounts are in satoshis unless named _msat.
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Node id, addresses, height, channel count.
+    Getinfo,
+    /// A fresh on-chain address.
+    Newaddress,
+    /// On-chain balance (and the sum of our channel balances).
+    Balance,
+    /// Connect to a peer: NODEID@HOST:PORT.
+    Connect { peer: String },
+    /// Open a channel funded from the wallet.
+    Openchannel {
+        node_id: String,
+        amount_sat: String,
+        /// Give the peer this much of the channel, in sat.
+        #[arg(long)]
+        push: Option<String>,
+    },
+    /// Every channel with capacity and balances.
+    Listchannels,
+    /// Create a BOLT11 invoice.
+    Invoice {
+        amount_msat: String,
+        #[arg(default_value = "")]
+        description: String,
+    },
+    /// Pay a BOLT11 invoice and wait for the result.
+    Pay { invoice: String },
+    /// Add wallet funds to a channel.
+    Splicein {
+        channel_id: String,
+        node_id: String,
+        amount_sat: String,
+        #[command(flatten)]
+        fee: FeeArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Pay channel funds to an address, or to our wallet with `wallet`.
+    Spliceout {
+        channel_id: String,
+        node_id: String,
+        amount_sat: String,
+        /// An address of the node's network, or `wallet`.
+        destination: String,
+        #[command(flatten)]
+        fee: FeeArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Add wallet funds and pay out channel funds in one splice.
+    Resize {
+        channel_id: String,
+        node_id: String,
+        /// Wallet funds to add, in sat.
+        #[arg(long)]
+        add: Option<String>,
+        /// A payout DESTINATION:AMOUNT_SAT (DESTINATION an address or `wallet`); repeatable.
+        #[arg(long = "out")]
+        outputs: Vec<String>,
+        #[command(flatten)]
+        fee: FeeArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// What a splice would cost, without doing it (same options as resize).
+    Quote {
+        channel_id: String,
+        node_id: String,
+        /// Wallet funds to add, in sat.
+        #[arg(long)]
+        add: Option<String>,
+        /// A payout DESTINATION:AMOUNT_SAT; repeatable.
+        #[arg(long = "out")]
+        outputs: Vec<String>,
+        #[command(flatten)]
+        fee: FeeArgs,
+    },
+    /// Run a batch plan: inline JSON or @FILE (see README for the format).
+    Batch {
+        plan: String,
+        /// Only quote the plan.
+        #[arg(long)]
+        quote: bool,
+    },
+    /// A batch's state and legs.
+    Batchstatus { id: String },
+    /// A splice's record (splice-N or N).
+    Splicestatus { id: String },
+    /// Every splice.
+    Listsplices,
+    /// Cancel a splice not yet signed.
+    Cancel { id: String },
+    /// Close a channel cooperatively.
+    Closechannel { channel_id: String, node_id: String },
+    /// Stop the daemon.
+    Stop,
+}
+
+/// A CLI failure, printed as `{"error": ...}`.
+struct CliError(String);
+
+impl<E: std::fmt::Display> From<E> for CliError {
+    fn from(e: E) -> Self {
+        CliError(e.to_string())
+    }
+}
+
+/// Runs one CLI command; returns the process exit code.
+pub fn run(args: CliArgs) -> i32 {
+    match execute(args) {
+        Ok(value) => {
+            print_json(&value);
+            0
+        }
+        Err(CliError(message)) => {
+            print_json(&json!({ "error": message }));
+            1
+        }
+    }
+}
+
+fn print_json(value: &Value) {
+    let text = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
+    println!("{text}");
+}
+
+/// Parses a whole number of satoshis (or msat) given on the command line.
+fn amount(what: &str, s: &str) -> Result<u64, CliError> {
+    s.trim().replace('_', "").parse::<u64>().map_err(|_| {
+        CliError(format!(
+            "invalid {what} '{s}': expected a whole non-negative number"
+        ))
+    })
+}
+
+fn fee_params(fee: &FeeArgs, into: &mut serde_json::Map<String, Value>) -> Result<(), CliError> {
+    if let Some(rate) = &fee.feerate {
+        into.insert(
+            "feerate_sat_per_vb".into(),
+            json!(amount("feerate (sat/vB)", rate)?),
+        );
+    }
+    if let Some(max) = &fee.max_fee {
+        into.insert("max_fee_sat".into(), json!(amount("max fee (sat)", max)?));
+    }
+    Ok(())
+}
+
+fn payouts(outputs: &[String]) -> Result<Vec<Value>, CliError> {
+    outputs
+        .iter()
+        .map(|o| {
+            let (to, sat) = o.rsplit_once(':').ok_or_else(|| {
+                CliError(format!(
+                    "invalid --out '{o}': expected DESTINATION:AMOUNT_SAT"
+                ))
+            })?;
+            Ok(json!({ "to": to, "amount_sat": amount("payout amount (sat)", sat)? }))
+        })
+        .collect()
+}
+
+fn execute(args: CliArgs) -> Result<Value, CliError> {
+    let client = Client::from_datadir(&args.datadir)?;
+    let (method, params, wait) = match args.command {
+        Command::Getinfo => ("getinfo", json!({}), None),
+        Command::Newaddress => ("newaddress", json!({}), None),
+        Command::Balance => ("balance", json!({}), None),
+        Command::Connect { peer } => ("connect", json!({ "peer": peer }), None),
+        Command::Openchannel {
+            node_id,
+            amount_sat,
+            push,
+        } => {
+            let push = push.map(|p| amount("push amount (sat)", &p)).transpose()?;
+            (
+                "openchannel",
+                json!({
+                    "node_id": node_id,
+                    "amount_sat": amount("channel amount (sat)", &amount_sat)?,
+                    "push_sat": push.unwrap_or(0),
+                }),
+                None,
+            )
+        }
+        Command::Listchannels => ("listchannels", json!({}), None),
+        Command::Invoice {
+            amount_msat,
+            description,
+        } => (
+            "invoice",
+            json!({
+                "amount_msat": amount("invoice amount (msat)", &amount_msat)?,
+                "description": description,
+            }),
+            None,
+        ),
+        Command::Pay { invoice } => ("pay", json!({ "invoice": invoice }), None),
+        Command::Splicein {
+            channel_id,
+            node_id,
+            amount_sat,
+            fee,
+            wait,
+        } => {
+            let mut p = serde_json::Map::new();
+            p.insert("channel_id".into(), json!(channel_id));
+            p.insert("node_id".into(), json!(node_id));
+            p.insert(
+                "amount_sat".into(),
+                json!(amount("splice amount (sat)", &amount_sat)?),
+            );
+            fee_params(&fee, &mut p)?;
+            ("splicein", Value::Object(p), Some(wait))
+        }
+        Command::Spliceout {
+            channel_id,
+            node_id,
+            amount_sat,
+            destination,
+            fee,
+            wait,
+        } => {
+            let mut p = serde_json::Map::new();
+            p.insert("channel_id".into(), json!(channel_id));
+            p.insert("node_id".into(), json!(node_id));
+            p.insert(
+                "amount_sat".into(),
+                json!(amount("splice amount (sat)", &amount_sat)?),
+            );
+            p.insert("to".into(), json!(destination));
+            fee_params(&fee, &mut p)?;
+            ("spliceout", Value::Object(p), Some(wait))
+        }
+        Command::Resize {
+            channel_id,
+            node_id,
+            add,
+            outputs,
+            fee,
+            wait,
+        } => {
+            let mut p = serde_json::Map::new();
+            p.insert("channel_id".into(), json!(channel_id));
+            p.insert("node_id".into(), json!(node_id));
+            let add = add.map(|a| amount("amount to add (sat)", &a)).transpose()?;
+            p.insert("add_sat".into(), json!(add.unwrap_or(0)));
+            p.insert("outputs".into(), Value::Array(payouts(&outputs)?));
+            fee_params(&fee, &mut p)?;
+            ("resize", Value::Object(p), Some(wait))
+        }
+        Command::Quote {
+            channel_id,
+            node_id,
+            add,
+            outputs,
+            fee,
+        } => {
+            let mut p = serde_json::Map::new();
+            p.insert("channel_id".into(), json!(channel_id));
+            p.insert("node_id".into(), json!(node_id));
+            let add = add.map(|a| amount("amount to add (sat)", &a)).transpose()?;
+            p.insert("add_sat".into(), json!(add.unwrap_or(0)));
+            p.insert("outputs".into(), Value::Array(payouts(&outputs)?));
+            fee_params(&fee, &mut p)?;
+            ("quote", Value::Object(p), None)
+        }
+        Command::Batch { plan, quote } => {
+            let text = match plan.strip_prefix('@') {
+                Some(path) => std::fs::read_to_string(path)
+                    .map_err(|e| CliError(format!("cannot read plan {path}: {e}")))?,
+                None if Path::new(&plan).is_file() => std::fs::read_to_string(&plan)
+                    .map_err(|e| CliError(format!("cannot read plan {plan}: {e}")))?,
+                None => plan,
+            };
+            let plan: Value = serde_json::from_str(&text)
+                .map_err(|e| CliError(format!("batch plan is not valid JSON: {e}")))?;
+            (if quote { "quotebatch" } else { "batch" }, plan, None)
+        }
+        Command::Batchstatus { id } => ("batchstatus", json!({ "id": id }), None),
+        Command::Splicestatus { id } => ("splicestatus", json!({ "id": id }), None),
+        Command::Listsplices => ("listsplices", json!({}), None),
+        Command::Cancel { id } => ("cancel", json!({ "id": id }), None),
+        Command::Closechannel {
+            channel_id,
+            node_id,
+        } => (
+            "closechannel",
+            json!({ "channel_id": channel_id, "node_id": node_id }),
+            None,
+        ),
+        Command::Stop => ("stop", json!({}), None),
+    };
+    let answer = client.call(method, &params)?;
+    match wait {
+        Some(WaitArgs {
+            wait: Some(until),
+            wait_timeout,
+        }) => follow_splice(&client, &answer, until, Duration::from_secs(wait_timeout)),
+        _ => Ok(answer),
+    }
+}
+
+/// Polls `splicestatus` until the splice reaches `until` (or fails), showing
+/// each new stage on stderr; returns the last record.
+fn follow_splice(
+    client: &Client,
+    record: &Value,
+    until: WaitFor,
+    timeout: Duration,
+) -> Result<Value, CliError> {
+    let id = record["splice_id"]
+        .as_str()
+        .ok_or_else(|| CliError("the daemon's answer has no splice_id".into()))?
+        .to_string();
+    let deadline = Instant::now() + timeout;
+    let mut last_shown = String::new();
+    let mut record = record.clone();
+    loop {
+        let state = record["state"]["state"]
+            .as_str()
+            .unwrap_or("unknown")
+            .to_string();
+        let shown = match state.as_str() {
+            "confirmed" => format!(
+                "confirmations {}",
+                record["state"]["depth"].as_u64().unwrap_or(0)
+            ),
+            "broadcast" => format!("broadcast {}", record["txid"].as_str().unwrap_or("")),
+            "failed" => format!(
+                "failed: {}",
+                record["state"]["reason"]
+                    .as_str()
+                    .unwrap_or("unknown reason")
+            ),
+            "awaiting_signatures" => "signing".to_string(),
+            other => other.to_string(),
+        };
+        if shown != last_shown {
+            eprintln!("{id}: {shown}");
+            last_shown = shown;
+        }
+        match state.as_str() {
+            "failed" | "cancelled" => {
+                return Err(CliError(format!("{id} {last_shown}")));
+            }
+            "locked" => return Ok(record),
+            "broadcast" | "confirmed" if until == WaitFor::Broadcast => return Ok(record),
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError(format!(
+                "{id} did not reach {until:?} within {} s (last: {last_shown})",
+                timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        record = client.call("splicestatus", &json!({ "id": id }))?;
+    }
+}
+
+/// A minimal HTTP/1.1 client for the daemon's loopback API.
+struct Client {
+    addr: SocketAddr,
+    token: String,
+}
+
+impl Client {
+    fn from_datadir(dir: &Path) -> Result<Client, CliError> {
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name)).map_err(|e| {
+                CliError(format!(
+                    "cannot read {}: {e} (is the daemon running with --datadir {}?)",
+                    dir.join(name).display(),
+                    dir.display()
+                ))
+            })
+        };
+        let addr = read(API_ADDR_FILE)?;
+        let addr = addr.trim().parse().map_err(|_| {
+            CliError(format!(
+                "bad API address '{}' in {API_ADDR_FILE}",
+                addr.trim()
+            ))
+        })?;
+        let token = read(API_TOKEN_FILE)?.trim().to_string();
+        Ok(Client { addr, token })
+    }
+
+    /// POSTs `params` to `/v1/<method>`; the answer's JSON, or its error.
+    fn call(&self, method: &str, params: &Value) -> Result<Value, CliError> {
+        let body = params.to_string();
+        let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))
+            .map_err(|e| CliError(format!("cannot reach the daemon at {}: {e}", self.addr)))?;
+        stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+        let request = format!(
+            "POST /v1/{method} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.addr,
+            self.token,
+            body.len()
+        );
+        stream.write_all(request.as_bytes())?;
+        let mut response = Vec::new();
+        stream
+            .read_to_end(&mut response)
+            .map_err(|e| CliError(format!("no answer from the daemon: {e}")))?;
+        let text = String::from_utf8_lossy(&response);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| CliError("malformed answer from the daemon".into()))?;
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| CliError("malformed status line from the daemon".into()))?;
+        let chunked = head.lines().any(|l| {
+            let l = l.to_ascii_lowercase();
+            l.starts_with("transfer-encoding:") && l.contains("chunked")
+        });
+        let body = if chunked {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
+        let value: Value = serde_json::from_str(&body).map_err(|e| {
+            CliError(format!(
+                "answer from the daemon is not JSON (HTTP {status}): {e}"
+            ))
+        })?;
+        if (200..300).contains(&status) {
+            Ok(value)
+        } else {
+            Err(CliError(
+                value["error"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("HTTP {status}: {value}")),
+            ))
+        }
+    }
+}
+
+/// Decodes a chunked HTTP body.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
