@@ -722,11 +722,18 @@ where
             return;
         };
         if record.state != BatchState::Negotiating {
-            // A queued move started after signing: sign it on its own.
-            if let Some(splice) = state.journal.get(id).cloned() {
+            let Some(splice) = state.journal.get(id).cloned() else {
+                return;
+            };
+            if record.state == BatchState::Signed {
+                // A queued move started after the batch was signed: on its own.
                 if let Err(why) = self.sign_now(state, &splice, &unsigned) {
                     self.refuse(state, &splice, &why);
                 }
+            } else {
+                // The batch ended (e.g. across a restart) and LDK still asks:
+                // never sign a leg of a batch that did not go through.
+                self.refuse(state, &splice, &format!("{batch} is {}", record.state));
             }
             return;
         }
@@ -818,7 +825,11 @@ where
             let Some(splice) = state.journal.get(id).cloned() else {
                 continue;
             };
-            if splice.state.is_final() || splice.state.is_broadcast() {
+            if splice.state.is_broadcast() {
+                // Signed and out: its coins stay with it.
+                continue;
+            }
+            if splice.state.is_final() {
                 self.release_quietly(id);
                 continue;
             }

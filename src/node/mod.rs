@@ -272,9 +272,7 @@ impl Node {
         .await?;
         let (tip_height, tip_hash) = bitcoind.tip().await?;
 
-        let wallet_is_new = shared_store
-            .read(crate::wallet::PERSISTENCE_NAMESPACE, "wallet", "changeset")
-            .is_err();
+        let wallet_is_new = !SpliceWallet::exists(&shared_store)?;
         let birthday = if wallet_is_new {
             Some(bitcoind.block(&tip_hash).await?)
         } else {

@@ -5,6 +5,7 @@
 //! channel close outputs so that closed-channel funds come back here, selects
 //! and reserves coins for splices, and signs its own splice inputs.
 
+mod changeset_log;
 mod coin_source;
 mod reservations;
 mod selection;
@@ -17,20 +18,19 @@ pub use selection::{select, Candidate, Selection, Target};
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bdk_wallet::chain::{BlockId, Merge};
+use bdk_wallet::chain::BlockId;
 use bdk_wallet::miniscript::psbt::PsbtExt;
 use bdk_wallet::template::Bip84;
-use bdk_wallet::{ChangeSet, KeychainKind, Wallet};
+use bdk_wallet::{KeychainKind, Wallet};
 use bitcoin::bip32::Xpriv;
 use bitcoin::block::Header;
 use bitcoin::{Address, Amount, Block, FeeRate, Network, ScriptBuf, Transaction, Txid};
+use changeset_log::ChangeLog;
 use lightning::chain::{BlockLocator, Listen};
 use lightning::util::persist::KVStoreSync;
 
 /// KVStore primary namespace for everything this crate persists.
 pub const PERSISTENCE_NAMESPACE: &str = "ldk_splice";
-const WALLET_SECONDARY_NAMESPACE: &str = "wallet";
-const WALLET_CHANGESET_KEY: &str = "changeset";
 
 /// A `KVStoreSync` shared between threads, as the wallet and journal use it.
 pub type SharedStore = Arc<dyn KVStoreSync + Send + Sync>;
@@ -93,8 +93,8 @@ impl WalletBalance {
 struct State {
     wallet: Wallet,
     reservations: Reservations,
-    /// Everything ever staged, merged: what is written to the store.
-    persisted: ChangeSet,
+    /// Where staged changes are written.
+    log: ChangeLog,
 }
 
 /// A BDK wallet (BIP84 P2WPKH, keys derived from the node seed) persisted in
@@ -123,30 +123,15 @@ impl SpliceWallet {
         let external = Bip84(xprv, KeychainKind::External);
         let internal = Bip84(xprv, KeychainKind::Internal);
 
-        let stored = match store.read(
-            PERSISTENCE_NAMESPACE,
-            WALLET_SECONDARY_NAMESPACE,
-            WALLET_CHANGESET_KEY,
-        ) {
-            Ok(bytes) => Some(
-                serde_json::from_slice::<ChangeSet>(&bytes)
-                    .map_err(|e| WalletError::Persistence(format!("corrupt wallet state: {e}")))?,
-            ),
-            Err(e) if e.kind() == lightning::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(WalletError::Persistence(e.to_string())),
-        };
-
-        let (wallet, persisted) = match stored {
-            Some(changeset) => {
-                let wallet = Wallet::load()
-                    .descriptor(KeychainKind::External, Some(external))
-                    .descriptor(KeychainKind::Internal, Some(internal))
-                    .check_network(network)
-                    .load_wallet_no_persist(changeset.clone())
-                    .map_err(|e| WalletError::Mismatch(e.to_string()))?
-                    .ok_or_else(|| WalletError::Mismatch("empty wallet state".into()))?;
-                (wallet, changeset)
-            }
+        let (stored, log) = ChangeLog::load(store.clone())?;
+        let wallet = match stored {
+            Some(changeset) => Wallet::load()
+                .descriptor(KeychainKind::External, Some(external))
+                .descriptor(KeychainKind::Internal, Some(internal))
+                .check_network(network)
+                .load_wallet_no_persist(changeset)
+                .map_err(|e| WalletError::Mismatch(e.to_string()))?
+                .ok_or_else(|| WalletError::Mismatch("empty wallet state".into()))?,
             None => {
                 let mut wallet = Wallet::create(external, internal)
                     .network(network)
@@ -157,14 +142,14 @@ impl SpliceWallet {
                         .apply_block(block, birthday_height)
                         .map_err(|e| WalletError::Build(e.to_string()))?;
                 }
-                (wallet, ChangeSet::default())
+                wallet
             }
         };
         let reservations = Reservations::load(&store)?;
         let this = SpliceWallet {
             state: Mutex::new(State {
                 wallet,
-                persisted,
+                log,
                 reservations,
             }),
             master_key: xprv,
@@ -183,17 +168,12 @@ impl SpliceWallet {
         let Some(staged) = state.wallet.take_staged() else {
             return Ok(());
         };
-        state.persisted.merge(staged);
-        let bytes = serde_json::to_vec(&state.persisted)
-            .map_err(|e| WalletError::Persistence(e.to_string()))?;
-        self.store
-            .write(
-                PERSISTENCE_NAMESPACE,
-                WALLET_SECONDARY_NAMESPACE,
-                WALLET_CHANGESET_KEY,
-                bytes,
-            )
-            .map_err(|e| WalletError::Persistence(e.to_string()))
+        state.log.append(&staged)
+    }
+
+    /// Whether `store` already holds a wallet.
+    pub fn exists(store: &SharedStore) -> Result<bool, WalletError> {
+        ChangeLog::exists(store)
     }
 
     fn persist_or_log(&self, state: &mut State) {
