@@ -375,21 +375,13 @@ fn follow_splice(
     let mut last_shown = String::new();
     let mut record = record.clone();
     loop {
-        let state = record["state"]["state"]
-            .as_str()
-            .unwrap_or("unknown")
-            .to_string();
+        let state = record["state"].as_str().unwrap_or("unknown").to_string();
         let shown = match state.as_str() {
-            "confirmed" => format!(
-                "confirmations {}",
-                record["state"]["depth"].as_u64().unwrap_or(0)
-            ),
+            "confirmed" => format!("confirmations {}", record["depth"].as_u64().unwrap_or(0)),
             "broadcast" => format!("broadcast {}", record["txid"].as_str().unwrap_or("")),
             "failed" => format!(
                 "failed: {}",
-                record["state"]["reason"]
-                    .as_str()
-                    .unwrap_or("unknown reason")
+                record["reason"].as_str().unwrap_or("unknown reason")
             ),
             "awaiting_signatures" => "signing".to_string(),
             other => other.to_string(),

@@ -1,0 +1,350 @@
+//! Drives the `sample-node` example as a user would: two daemons on a
+//! devchain, a channel opened and spliced through the CLI, balances checked
+//! from the CLI's JSON, both daemons stopped with `cli stop`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bitcoin::address::NetworkUnchecked;
+use bitcoin::Address;
+use ldk_splice::devchain::{DevChain, DevChainConfig};
+use serde_json::Value;
+
+/// How long any one step may take.
+const WAIT: Duration = Duration::from_secs(90);
+/// A regtest coinbase.
+const SUBSIDY_SAT: u64 = 5_000_000_000;
+const CAPACITY_SAT: u64 = 1_000_000;
+const SPLICE_SAT: u64 = 250_000;
+
+/// The `sample-node` example binary, built next to this test
+/// (target/<profile>/examples/sample-node). `cargo test` builds every
+/// example; when only this test was asked for, build it here.
+fn sample_node_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let binary = profile_dir
+        .join("examples")
+        .join(format!("sample-node{}", std::env::consts::EXE_SUFFIX));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .args(["build", "--example", "sample-node"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("cargo runs");
+    assert!(status.success(), "building the sample-node example failed");
+    assert!(binary.exists(), "{} not found", binary.display());
+    binary
+}
+
+/// A running `sample-node daemon`.
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Only reached with the process still running when the test failed.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn start_daemon(binary: &Path, chain: &DevChain, dir: PathBuf) -> Daemon {
+    let mut child = Command::new(binary)
+        .arg("daemon")
+        .arg("--datadir")
+        .arg(&dir)
+        .args([
+            "--network",
+            "regtest",
+            "--bitcoind-rpc",
+            &format!(
+                "http://{}:{}@{}",
+                chain.rpc_user(),
+                chain.rpc_password(),
+                chain.rpc_addr()
+            ),
+            "--listen",
+            "127.0.0.1:0",
+            "--api",
+            "127.0.0.1:0",
+            "--chain-poll-ms",
+            "50",
+            "--reconnect-ms",
+            "200",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("daemon starts");
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let mut daemon = Daemon { child, dir };
+    let line = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
+        let _ = daemon.child.kill();
+        panic!("daemon did not report its API address in time")
+    });
+    let addr = line
+        .trim()
+        .strip_prefix("sample-node api listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line from the daemon: {line:?}"));
+    let written = std::fs::read_to_string(daemon.dir.join("api-addr")).expect("api-addr written");
+    assert_eq!(written.trim(), addr);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(daemon.dir.join("api-token"))
+            .expect("api-token written")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "token readable only by its owner");
+    }
+    daemon
+}
+
+/// Runs `sample-node cli --datadir DIR args...`; returns its exit success and JSON.
+fn cli(binary: &Path, dir: &Path, args: &[&str]) -> (bool, Value) {
+    let output = Command::new(binary)
+        .arg("cli")
+        .arg("--datadir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("cli runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("cli {args:?} printed no JSON ({e}): {stdout}"));
+    (output.status.success(), value)
+}
+
+/// Like [`cli`], but the command must succeed.
+fn cli_ok(binary: &Path, dir: &Path, args: &[&str]) -> Value {
+    let (ok, value) = cli(binary, dir, args);
+    assert!(ok, "cli {args:?} failed: {value}");
+    value
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, for at most [`WAIT`].
+fn poll<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn sat(value: &Value, field: &str) -> u64 {
+    value[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {field} in {value}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_node_daemon_and_cli_splice_in() {
+    let started = Instant::now();
+    let binary = sample_node_binary();
+    let chain = DevChain::start(DevChainConfig::default())
+        .await
+        .expect("devchain starts");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let alice = start_daemon(&binary, &chain, tmp.path().join("alice"));
+    let bob = start_daemon(&binary, &chain, tmp.path().join("bob"));
+    let (a, b) = (alice.dir.as_path(), bob.dir.as_path());
+
+    // The API wants the token.
+    let api_addr = std::fs::read_to_string(a.join("api-addr")).unwrap();
+    let mut stream = std::net::TcpStream::connect(api_addr.trim()).unwrap();
+    stream
+        .write_all(b"POST /v1/getinfo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(answer.contains("\"error\""), "{answer}");
+
+    let info_a = cli_ok(&binary, a, &["getinfo"]);
+    let info_b = cli_ok(&binary, b, &["getinfo"]);
+    assert_eq!(info_a["network"], "regtest");
+    let bob_id = info_b["node_id"].as_str().unwrap().to_string();
+    let bob_addr = info_b["listen_addr"].as_str().unwrap().to_string();
+
+    // Fund alice: one coinbase to her address, matured by 100 more blocks.
+    let address = cli_ok(&binary, a, &["newaddress"]);
+    let address: Address<NetworkUnchecked> = address["address"].as_str().unwrap().parse().unwrap();
+    chain.mine_blocks(1, &address.assume_checked());
+    chain.mine_blocks_to_burn(100);
+    poll("alice's coinbase to mature", || {
+        let balance = cli_ok(&binary, a, &["balance"]);
+        (sat(&balance, "confirmed_sat") == SUBSIDY_SAT).then_some(())
+    });
+
+    // Bad input is a JSON error, not a crash.
+    let (ok, error) = cli(&binary, a, &["openchannel", &bob_id, "lots"]);
+    assert!(!ok);
+    assert!(
+        error["error"].as_str().unwrap().contains("invalid"),
+        "{error}"
+    );
+
+    // Open a channel and mine until both sides can use it.
+    cli_ok(&binary, a, &["connect", &format!("{bob_id}@{bob_addr}")]);
+    cli_ok(
+        &binary,
+        a,
+        &["openchannel", &bob_id, &CAPACITY_SAT.to_string()],
+    );
+    let usable = |dir: &Path| {
+        let channels = cli_ok(&binary, dir, &["listchannels"]);
+        channels
+            .as_array()
+            .unwrap()
+            .first()
+            .cloned()
+            .filter(|c| c["is_usable"] == true)
+    };
+    let channel = poll("the channel to be usable", || {
+        chain.mine_blocks_to_burn(1);
+        std::thread::sleep(Duration::from_millis(100));
+        usable(a).and_then(|c| usable(b).map(|_| c))
+    });
+    let channel_id = channel["channel_id"].as_str().unwrap().to_string();
+    assert_eq!(sat(&channel, "capacity_sat"), CAPACITY_SAT);
+    let before = poll("alice's change to confirm", || {
+        let balance = cli_ok(&binary, a, &["balance"]);
+        (sat(&balance, "pending_sat") == 0 && sat(&balance, "untrusted_pending_sat") == 0)
+            .then_some(balance)
+    });
+    let wallet_before = sat(&before, "confirmed_sat");
+
+    // An address of another network is refused with a clear error.
+    let (ok, error) = cli(
+        &binary,
+        a,
+        &[
+            "spliceout",
+            &channel_id,
+            &bob_id,
+            "10000",
+            "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        error["error"].as_str().unwrap().contains("network")
+            || error["error"].as_str().unwrap().contains("regtest"),
+        "{error}"
+    );
+
+    // Splice in, waiting for lock, while blocks come every 200 ms.
+    let mut splice = Command::new(&binary)
+        .arg("cli")
+        .arg("--datadir")
+        .arg(a)
+        .args([
+            "splicein",
+            &channel_id,
+            &bob_id,
+            &SPLICE_SAT.to_string(),
+            "--feerate",
+            "2",
+            "--wait",
+            "locked",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(tmp.path().join("splice-progress")).unwrap())
+        .spawn()
+        .expect("cli runs");
+    let deadline = Instant::now() + WAIT;
+    while splice.try_wait().expect("cli status").is_none() {
+        if Instant::now() > deadline {
+            let _ = splice.kill();
+            let progress = std::fs::read_to_string(tmp.path().join("splice-progress"));
+            let log = std::fs::read_to_string(a.join("logs/sample-node.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            panic!(
+                "splicein --wait locked did not finish in time: {progress:?}\nalice's log:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        chain.mine_blocks_to_burn(1);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let output = splice.wait_with_output().expect("cli output");
+    let progress = std::fs::read_to_string(tmp.path().join("splice-progress")).unwrap();
+    let record: Value = serde_json::from_slice(&output.stdout).expect("splice record JSON");
+    assert!(
+        output.status.success(),
+        "splicein failed: {record} {progress}"
+    );
+    assert_eq!(record["state"], "locked", "{record}");
+    assert!(progress.contains("broadcast"), "{progress}");
+    assert!(progress.contains("locked"), "{progress}");
+    let fee = sat(&record, "fee");
+    assert!(fee > 0);
+
+    // The same record through splicestatus and listsplices.
+    let id = record["splice_id"].as_str().unwrap();
+    let status = cli_ok(&binary, a, &["splicestatus", id]);
+    assert_eq!(status["state"], "locked");
+    assert_eq!(sat(&status, "fee"), fee);
+    let all = cli_ok(&binary, a, &["listsplices"]);
+    assert_eq!(all.as_array().unwrap().len(), 1);
+
+    // Capacity grew by exactly the amount, on both sides; the wallet paid
+    // the amount plus the recorded fee.
+    for dir in [a, b] {
+        poll("the new capacity", || {
+            let channels = cli_ok(&binary, dir, &["listchannels"]);
+            channels
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| {
+                    c["channel_id"] == channel_id.as_str()
+                        && sat(c, "capacity_sat") == CAPACITY_SAT + SPLICE_SAT
+                })
+                .cloned()
+        });
+    }
+    poll("alice's wallet to pay amount + fee", || {
+        let balance = cli_ok(&binary, a, &["balance"]);
+        (sat(&balance, "confirmed_sat") == wallet_before - SPLICE_SAT - fee
+            && sat(&balance, "pending_sat") == 0)
+            .then_some(())
+    });
+
+    // Both daemons stop cleanly on `cli stop`.
+    for mut daemon in [alice, bob] {
+        cli_ok(&binary, &daemon.dir, &["stop"]);
+        let status = poll("the daemon to exit", || {
+            daemon.child.try_wait().expect("daemon status")
+        });
+        assert!(status.success(), "daemon exited with {status}");
+        assert!(
+            !daemon.dir.join("api-addr").exists(),
+            "api-addr removed on exit"
+        );
+    }
+    chain.shutdown();
+    eprintln!("sample-node CLI test took {:?}", started.elapsed());
+}
