@@ -159,6 +159,51 @@ fn sat(value: &Value, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in {value}"))
 }
 
+/// Runs a splice command with `--wait locked` on `dir`'s daemon, mining a
+/// block every 200 ms until the CLI exits (bounded by [`WAIT`]). Returns the
+/// final record and the progress the CLI showed on stderr.
+fn splice_to_lock(
+    binary: &Path,
+    chain: &DevChain,
+    dir: &Path,
+    progress_file: &Path,
+    args: &[&str],
+) -> (Value, String) {
+    let mut splice = Command::new(binary)
+        .arg("cli")
+        .arg("--datadir")
+        .arg(dir)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(progress_file).expect("progress file"))
+        .spawn()
+        .expect("cli runs");
+    let deadline = Instant::now() + WAIT;
+    while splice.try_wait().expect("cli status").is_none() {
+        if Instant::now() > deadline {
+            let _ = splice.kill();
+            let progress = std::fs::read_to_string(progress_file).unwrap_or_default();
+            let log = std::fs::read_to_string(dir.join("logs/sample-node.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            panic!(
+                "{args:?} did not finish in time: {progress}\nlog:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        chain.mine_blocks_to_burn(1);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let output = splice.wait_with_output().expect("cli output");
+    let progress = std::fs::read_to_string(progress_file).unwrap_or_default();
+    let record: Value = serde_json::from_slice(&output.stdout).expect("splice record JSON");
+    assert!(
+        output.status.success(),
+        "{args:?} failed: {record} {progress}"
+    );
+    assert_eq!(record["state"], "locked", "{record}");
+    (record, progress)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sample_node_daemon_and_cli_splice_in() {
     let started = Instant::now();
@@ -255,52 +300,47 @@ async fn sample_node_daemon_and_cli_splice_in() {
         "{error}"
     );
 
+    // Quote first: nothing is reserved or sent.
+    let add = SPLICE_SAT.to_string();
+    let quote = cli_ok(
+        &binary,
+        a,
+        &[
+            "quote",
+            &channel_id,
+            &bob_id,
+            "--add",
+            &add,
+            "--feerate",
+            "2",
+        ],
+    );
+    assert_eq!(sat(&quote, "capacity_after"), CAPACITY_SAT + SPLICE_SAT);
+    assert!(sat(&quote, "fee") > 0);
+
     // Splice in, waiting for lock, while blocks come every 200 ms.
-    let mut splice = Command::new(&binary)
-        .arg("cli")
-        .arg("--datadir")
-        .arg(a)
-        .args([
+    let (record, progress) = splice_to_lock(
+        &binary,
+        &chain,
+        a,
+        &tmp.path().join("splice-in-progress"),
+        &[
             "splicein",
             &channel_id,
             &bob_id,
-            &SPLICE_SAT.to_string(),
+            &add,
             "--feerate",
             "2",
             "--wait",
             "locked",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(tmp.path().join("splice-progress")).unwrap())
-        .spawn()
-        .expect("cli runs");
-    let deadline = Instant::now() + WAIT;
-    while splice.try_wait().expect("cli status").is_none() {
-        if Instant::now() > deadline {
-            let _ = splice.kill();
-            let progress = std::fs::read_to_string(tmp.path().join("splice-progress"));
-            let log = std::fs::read_to_string(a.join("logs/sample-node.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            panic!(
-                "splicein --wait locked did not finish in time: {progress:?}\nalice's log:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        chain.mine_blocks_to_burn(1);
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let output = splice.wait_with_output().expect("cli output");
-    let progress = std::fs::read_to_string(tmp.path().join("splice-progress")).unwrap();
-    let record: Value = serde_json::from_slice(&output.stdout).expect("splice record JSON");
-    assert!(
-        output.status.success(),
-        "splicein failed: {record} {progress}"
+        ],
     );
-    assert_eq!(record["state"], "locked", "{record}");
     assert!(progress.contains("broadcast"), "{progress}");
+    assert!(progress.contains("confirmations"), "{progress}");
     assert!(progress.contains("locked"), "{progress}");
     let fee = sat(&record, "fee");
     assert!(fee > 0);
+    assert_eq!(fee, sat(&quote, "fee"), "the quote said what it would cost");
 
     // The same record through splicestatus and listsplices.
     let id = record["splice_id"].as_str().unwrap();
@@ -332,6 +372,53 @@ async fn sample_node_daemon_and_cli_splice_in() {
             && sat(&balance, "pending_sat") == 0)
             .then_some(())
     });
+
+    // A batch plan can be quoted inline.
+    let plan = format!(
+        r#"{{"legs": [{{"type": "splice_out", "channel_id": "{channel_id}", "node_id": "{bob_id}",
+            "amount_sat": 100000, "to": "wallet"}}], "feerate_sat_per_vb": 2}}"#
+    );
+    let batch_quote = cli_ok(&binary, a, &["batch", "--quote", &plan]);
+    assert!(sat(&batch_quote, "total_fee") > 0, "{batch_quote}");
+
+    // Splice out to our own wallet: the channel pays amount + fee, the
+    // wallet receives the amount.
+    let out_sat = 100_000;
+    let wallet_before = wallet_before - SPLICE_SAT - fee;
+    let (record, _) = splice_to_lock(
+        &binary,
+        &chain,
+        a,
+        &tmp.path().join("splice-out-progress"),
+        &[
+            "spliceout",
+            &channel_id,
+            &bob_id,
+            &out_sat.to_string(),
+            "wallet",
+            "--feerate",
+            "2",
+            "--wait",
+            "locked",
+        ],
+    );
+    let out_fee = sat(&record, "fee");
+    let channels = cli_ok(&binary, a, &["listchannels"]);
+    assert_eq!(
+        sat(&channels[0], "capacity_sat"),
+        CAPACITY_SAT + SPLICE_SAT - out_sat - out_fee
+    );
+    poll("alice's wallet to receive the splice-out", || {
+        let balance = cli_ok(&binary, a, &["balance"]);
+        (sat(&balance, "confirmed_sat") == wallet_before + out_sat).then_some(())
+    });
+    assert_eq!(
+        cli_ok(&binary, a, &["listsplices"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 
     // Both daemons stop cleanly on `cli stop`.
     for mut daemon in [alice, bob] {

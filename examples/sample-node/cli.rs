@@ -373,9 +373,17 @@ fn follow_splice(
         .to_string();
     let deadline = Instant::now() + timeout;
     let mut last_shown = String::new();
+    let mut txid_shown = false;
     let mut record = record.clone();
     loop {
         let state = record["state"].as_str().unwrap_or("unknown").to_string();
+        // Polling may miss the broadcast stage; show the transaction anyway.
+        if let Some(txid) = record["txid"].as_str().filter(|_| !txid_shown) {
+            txid_shown = true;
+            if state != "broadcast" {
+                eprintln!("{id}: broadcast {txid}");
+            }
+        }
         let shown = match state.as_str() {
             "confirmed" => format!("confirmations {}", record["depth"].as_u64().unwrap_or(0)),
             "broadcast" => format!("broadcast {}", record["txid"].as_str().unwrap_or("")),
