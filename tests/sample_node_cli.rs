@@ -373,6 +373,11 @@ async fn sample_node_daemon_and_cli_splice_in() {
             .then_some(())
     });
 
+    // Payments work over the spliced channel.
+    let invoice = cli_ok(&binary, b, &["invoice", "10000000", "coffee"]);
+    let paid = cli_ok(&binary, a, &["pay", invoice["invoice"].as_str().unwrap()]);
+    assert_eq!(paid["status"], "Succeeded", "{paid}");
+
     // A batch plan can be quoted inline.
     let plan = format!(
         r#"{{"legs": [{{"type": "splice_out", "channel_id": "{channel_id}", "node_id": "{bob_id}",

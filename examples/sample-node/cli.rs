@@ -133,7 +133,14 @@ enum Command {
         #[command(flatten)]
         fee: FeeArgs,
     },
-    /// Run a batch plan: inline JSON or @FILE (see README for the format).
+    /// Run (or with --quote, price) a batch plan given as inline JSON or @FILE.
+    ///
+    /// The plan: {"legs": [LEG, ...], "feerate_sat_per_vb": N, "max_fee_sat": N,
+    /// "deadline_secs": N} (all but legs optional), each LEG one of
+    /// {"type": "splice_in", "channel_id": HEX, "node_id": HEX, "amount_sat": N},
+    /// {"type": "splice_out", "channel_id": HEX, "node_id": HEX, "amount_sat": N, "to": ADDRESS|"wallet"},
+    /// {"type": "move", "from": {"channel_id": HEX, "node_id": HEX}, "to": {...}, "amount_sat": N}.
+    /// Follow it with `batchstatus BATCH_ID`.
     Batch {
         plan: String,
         /// Only quote the plan.
