@@ -425,6 +425,40 @@ async fn sample_node_daemon_and_cli_splice_in() {
         2
     );
 
+    // A locked splice can no longer be cancelled.
+    let (ok, error) = cli(&binary, a, &["cancel", "splice-1"]);
+    assert!(!ok, "{error}");
+    assert!(error["error"].is_string(), "{error}");
+
+    // Grow and pay out in one splice.
+    let (record, _) = splice_to_lock(
+        &binary,
+        &chain,
+        a,
+        &tmp.path().join("resize-progress"),
+        &[
+            "resize",
+            &channel_id,
+            &bob_id,
+            "--add",
+            "50000",
+            "--out",
+            "wallet:20000",
+            "--feerate",
+            "2",
+            "--wait",
+            "locked",
+        ],
+    );
+    let expected =
+        sat(&record, "capacity_before") as i64 + record["net_value_sat"].as_i64().unwrap();
+    let channels = cli_ok(&binary, a, &["listchannels"]);
+    assert_eq!(
+        sat(&channels[0], "capacity_sat") as i64,
+        expected,
+        "{record}"
+    );
+
     // Both daemons stop cleanly on `cli stop`.
     for mut daemon in [alice, bob] {
         cli_ok(&binary, &daemon.dir, &["stop"]);

@@ -16,6 +16,13 @@
 //! token to `DIR/api-token` (mode 0600), and stops cleanly on SIGINT,
 //! SIGTERM or `cli stop`.
 //!
+//! The API is `POST /v1/<command>` on the loopback address, with
+//! `Authorization: Bearer <DIR/api-token>` and a JSON object of parameters
+//! (see `api.rs`); answers are JSON, errors `{"error": "..."}` with status
+//! 400 (bad parameters), 401 (no or wrong token), 404 (unknown command or
+//! id) or 422 (refused by the node, e.g. a `SpliceError`). The daemon logs
+//! to `DIR/logs/sample-node.log` (`--log-level`, or `RUST_LOG`).
+//!
 //! The CLI prints JSON on stdout. On any error it prints
 //! `{"error": "..."}` on stdout and exits with status 1 (argument errors are
 //! reported by clap on stderr, status 2). Progress of `--wait` goes to
