@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use bitcoin::Amount;
 use common::*;
 use ldk_splice::node::{NodeError, PaymentStatus};
@@ -152,37 +150,6 @@ async fn open_pay_restart_pay_close_accounts_for_every_satoshi() {
 
     alice.node.stop().await.expect("alice stops");
     bob_node.stop().await.expect("bob stops");
-}
-
-async fn pay(from: &ldk_splice::node::Node, to: &ldk_splice::node::Node, amount_msat: u64) {
-    let invoice = to
-        .create_invoice(Some(amount_msat), "test", Duration::from_secs(3600))
-        .expect("invoice");
-    let hash = from.pay_invoice(&invoice).expect("payment starts");
-    let sent = from
-        .wait_for_payment(&hash, WAIT)
-        .await
-        .expect("payment settles");
-    assert_eq!(
-        sent.status,
-        PaymentStatus::Succeeded,
-        "payment {hash} failed"
-    );
-    assert_eq!(
-        sent.fee_paid_msat,
-        Some(0),
-        "direct payments pay no routing fee"
-    );
-    to.wait_until(WAIT, "payment received", |n| {
-        n.payment(&hash)
-            .is_some_and(|p| p.status == PaymentStatus::Succeeded)
-    })
-    .await
-    .expect("payment received");
-    assert_eq!(
-        to.payment(&hash).and_then(|p| p.amount_msat),
-        Some(amount_msat)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -203,10 +203,19 @@ pub async fn pay(from: &Node, to: &Node, amount_msat: u64) {
         PaymentStatus::Succeeded,
         "payment {hash} failed"
     );
+    assert_eq!(
+        sent.fee_paid_msat,
+        Some(0),
+        "direct payments pay no routing fee"
+    );
     to.wait_until(WAIT, "payment received", |n| {
         n.payment(&hash)
             .is_some_and(|p| p.status == PaymentStatus::Succeeded)
     })
     .await
     .expect("payment received");
+    assert_eq!(
+        to.payment(&hash).and_then(|p| p.amount_msat),
+        Some(amount_msat)
+    );
 }
