@@ -1,6 +1,6 @@
-//! Drives the `sample-node` example as a user would: two daemons on a
-//! devchain, a channel opened and spliced through the CLI, balances checked
-//! from the CLI's JSON, both daemons stopped with `cli stop`.
+//! Drives the `sample-node` example as a user would: a devchain process and
+//! two daemons, a channel opened and spliced through the CLI, balances
+//! checked from the CLI's JSON, both daemons stopped with `cli stop`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use bitcoin::address::NetworkUnchecked;
 use bitcoin::Address;
-use ldk_splice::devchain::{DevChain, DevChainConfig};
 use serde_json::Value;
 
 /// How long any one step may take.
@@ -23,6 +22,11 @@ const SPLICE_SAT: u64 = 250_000;
 /// (target/<profile>/examples/sample-node). `cargo test` builds every
 /// example; when only this test was asked for, build it here.
 fn sample_node_binary() -> PathBuf {
+    example_binary("sample-node")
+}
+
+/// An example binary of this crate, built if need be.
+fn example_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let profile_dir = exe
         .parent()
@@ -30,19 +34,139 @@ fn sample_node_binary() -> PathBuf {
         .expect("test binary lives in target/<profile>/deps");
     let binary = profile_dir
         .join("examples")
-        .join(format!("sample-node{}", std::env::consts::EXE_SUFFIX));
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
     build
-        .args(["build", "--example", "sample-node"])
+        .args(["build", "--example", name])
         .current_dir(env!("CARGO_MANIFEST_DIR"));
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         build.arg("--release");
     }
     let status = build.status().expect("cargo runs");
-    assert!(status.success(), "building the sample-node example failed");
+    assert!(status.success(), "building the {name} example failed");
     assert!(binary.exists(), "{} not found", binary.display());
     binary
+}
+
+/// The `devchain` example running as its own process, driven over its
+/// bitcoind-compatible RPC like any bitcoind.
+struct DevChain {
+    child: Child,
+    addr: String,
+}
+
+impl DevChain {
+    const USER: &'static str = "cli-test";
+    const PASSWORD: &'static str = "cli-test-password";
+
+    fn start() -> DevChain {
+        let mut child = Command::new(example_binary("devchain"))
+            .args([
+                "--rpc-bind",
+                "127.0.0.1:0",
+                "--rpc-auth",
+                &format!("{}:{}", Self::USER, Self::PASSWORD),
+                "--log-level",
+                "warn",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("devchain starts");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let mut chain = DevChain {
+            child,
+            addr: String::new(),
+        };
+        let line = rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("devchain did not say it was listening in time"));
+        chain.addr = line
+            .trim()
+            .strip_prefix("devchain listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from the devchain: {line:?}"))
+            .to_string();
+        chain
+    }
+
+    fn rpc_user(&self) -> &str {
+        Self::USER
+    }
+
+    fn rpc_password(&self) -> &str {
+        Self::PASSWORD
+    }
+
+    fn rpc_addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// One JSON-RPC call over HTTP with basic auth, as bitcoin-cli makes it.
+    fn rpc(&self, method: &str, params: Value) -> Value {
+        use base64::Engine;
+        let body =
+            serde_json::json!({"jsonrpc": "1.0", "id": 1, "method": method, "params": params})
+                .to_string();
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            Self::USER,
+            Self::PASSWORD
+        ));
+        let mut stream = std::net::TcpStream::connect(&self.addr).expect("devchain reachable");
+        write!(
+            stream,
+            "POST / HTTP/1.1\r\nHost: {}\r\nAuthorization: Basic {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        )
+        .expect("request sent");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("response read");
+        let json = response
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no body in {response:?}"));
+        let reply: Value = serde_json::from_str(json).expect("JSON reply");
+        assert!(reply["error"].is_null(), "{method} failed: {reply}");
+        reply["result"].clone()
+    }
+
+    fn mine_blocks(&self, n: usize, to: &Address) {
+        self.rpc("generatetoaddress", serde_json::json!([n, to.to_string()]));
+    }
+
+    /// Mines to an address nobody in the test holds.
+    fn mine_blocks_to_burn(&self, n: usize) {
+        let burn: Address<NetworkUnchecked> = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
+            .parse()
+            .expect("regtest address");
+        self.mine_blocks(n, &burn.assume_checked());
+    }
+
+    fn shutdown(&mut self) {
+        self.rpc("stop", serde_json::json!([]));
+        let deadline = Instant::now() + WAIT;
+        while self.child.try_wait().ok().flatten().is_none() {
+            assert!(Instant::now() < deadline, "devchain did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for DevChain {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// A running `sample-node daemon`.
@@ -208,9 +332,7 @@ fn splice_to_lock(
 async fn sample_node_daemon_and_cli_splice_in() {
     let started = Instant::now();
     let binary = sample_node_binary();
-    let chain = DevChain::start(DevChainConfig::default())
-        .await
-        .expect("devchain starts");
+    let mut chain = DevChain::start();
     let tmp = tempfile::tempdir().expect("temp dir");
     let alice = start_daemon(&binary, &chain, tmp.path().join("alice"));
     let bob = start_daemon(&binary, &chain, tmp.path().join("bob"));
