@@ -586,9 +586,21 @@ async fn dispatch(state: &AppState, command: &str, p: Value) -> ApiResult {
 }
 
 fn splice_by_id(node: &Node, id: SpliceId) -> ApiResult {
-    node.splice_status(id)
-        .map(|r| splice_json(&r))
-        .ok_or_else(|| ApiError::not_found(format!("no splice {id}")))
+    let record = node
+        .splice_status(id)
+        .ok_or_else(|| ApiError::not_found(format!("no splice {id}")))?;
+    let mut value = splice_json(&record);
+    // How many confirmations LDK wants before the splice locks, when known.
+    let required = node.channel(&record.channel_id).and_then(|c| {
+        c.splice_details
+            .and_then(|d| d.confirmed_candidate)
+            .map(|confirmed| confirmed.confirmations_required)
+            .or(c.confirmations_required)
+    });
+    if let (Value::Object(map), Some(required)) = (&mut value, required) {
+        map.insert("confirmations_required".into(), json!(required));
+    }
+    Ok(value)
 }
 
 fn batch_by_id(node: &Node, id: BatchId) -> ApiResult {

@@ -392,7 +392,13 @@ fn follow_splice(
             }
         }
         let shown = match state.as_str() {
-            "confirmed" => format!("confirmations {}", record["depth"].as_u64().unwrap_or(0)),
+            "confirmed" => match record["confirmations_required"].as_u64() {
+                Some(required) => format!(
+                    "confirmations {} of {required}",
+                    record["depth"].as_u64().unwrap_or(0)
+                ),
+                None => format!("confirmations {}", record["depth"].as_u64().unwrap_or(0)),
+            },
             "broadcast" => format!("broadcast {}", record["txid"].as_str().unwrap_or("")),
             "failed" => format!(
                 "failed: {}",
