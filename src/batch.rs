@@ -18,7 +18,7 @@ use lightning::ln::channelmanager::AChannelManager;
 use lightning::ln::types::ChannelId;
 use serde::{Deserialize, Serialize};
 
-use crate::coordinator::{Destination, Payout, PlanMode, ResizeRequest, SpliceCoordinator, State};
+use crate::coordinator::{Destination, PlanMode, ResizeRequest, SpliceCoordinator, State};
 use crate::error::SpliceError;
 use crate::events::SpliceEvent;
 use crate::fees::{weights, FeePolicy};
@@ -338,10 +338,7 @@ fn expand(plan: &BatchPlan) -> Result<Vec<Part>, SpliceError> {
                     role: LegRole::SpliceIn,
                     channel: *channel,
                     amount: *amount,
-                    request: ResizeRequest {
-                        add: *amount,
-                        outputs: Vec::new(),
-                    },
+                    request: ResizeRequest::splice_in(*amount),
                 });
             }
             Leg::SpliceOut {
@@ -355,13 +352,7 @@ fn expand(plan: &BatchPlan) -> Result<Vec<Part>, SpliceError> {
                     role: LegRole::SpliceOut,
                     channel: *channel,
                     amount: *amount,
-                    request: ResizeRequest {
-                        add: Amount::ZERO,
-                        outputs: vec![Payout {
-                            to: to.clone(),
-                            amount: *amount,
-                        }],
-                    },
+                    request: ResizeRequest::splice_out(*amount, to.clone()),
                 });
             }
             Leg::Move { from, to, amount } => {
@@ -372,23 +363,14 @@ fn expand(plan: &BatchPlan) -> Result<Vec<Part>, SpliceError> {
                     role: LegRole::MoveOut,
                     channel: *from,
                     amount: *amount,
-                    request: ResizeRequest {
-                        add: Amount::ZERO,
-                        outputs: vec![Payout {
-                            to: Destination::Wallet,
-                            amount: *amount,
-                        }],
-                    },
+                    request: ResizeRequest::splice_out(*amount, Destination::Wallet),
                 });
                 parts.push(Part {
                     leg,
                     role: LegRole::MoveIn,
                     channel: *to,
                     amount: *amount,
-                    request: ResizeRequest {
-                        add: *amount,
-                        outputs: Vec::new(),
-                    },
+                    request: ResizeRequest::splice_in(*amount),
                 });
             }
         }
@@ -447,10 +429,7 @@ where
                 Err(SpliceError::InsufficientFunds { .. }) if part.role == LegRole::MoveIn => {
                     // Funded later by the splice-out's output: estimate alone.
                     let state = self.lock();
-                    let request = ResizeRequest {
-                        add: part.amount,
-                        outputs: Vec::new(),
-                    };
+                    let request = ResizeRequest::splice_in(part.amount);
                     let checked = self
                         .plan(
                             &state,
@@ -927,10 +906,7 @@ where
                 batch.max_feerate_sat_per_kwu,
             ))
             .with_max_fee(Amount::from_sat(batch.max_fee_sat));
-            let request = ResizeRequest {
-                add: part.amount,
-                outputs: Vec::new(),
-            };
+            let request = ResizeRequest::splice_in(part.amount);
             let pool = Arc::new(CoinPool::default());
             let started = self
                 .plan(

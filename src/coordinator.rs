@@ -51,6 +51,24 @@ pub struct ResizeRequest {
     pub outputs: Vec<Payout>,
 }
 
+impl ResizeRequest {
+    /// Adds `amount` from the wallet.
+    pub fn splice_in(amount: Amount) -> Self {
+        ResizeRequest {
+            add: amount,
+            outputs: Vec::new(),
+        }
+    }
+
+    /// Pays `amount` out of the channel to `to`.
+    pub fn splice_out(amount: Amount, to: Destination) -> Self {
+        ResizeRequest {
+            add: Amount::ZERO,
+            outputs: vec![Payout { to, amount }],
+        }
+    }
+}
+
 /// Settings of a [`SpliceCoordinator`].
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -147,10 +165,7 @@ where
         amount: Amount,
         fee: FeePolicy,
     ) -> Result<SpliceId, SpliceError> {
-        let request = ResizeRequest {
-            add: amount,
-            outputs: Vec::new(),
-        };
+        let request = ResizeRequest::splice_in(amount);
         self.resize(channel_id, counterparty, request, fee)
     }
 
@@ -164,10 +179,7 @@ where
         to: Destination,
         fee: FeePolicy,
     ) -> Result<SpliceId, SpliceError> {
-        let request = ResizeRequest {
-            add: Amount::ZERO,
-            outputs: vec![Payout { to, amount }],
-        };
+        let request = ResizeRequest::splice_out(amount, to);
         self.resize(channel_id, counterparty, request, fee)
     }
 
@@ -336,10 +348,7 @@ where
         amount: Amount,
         fee: FeePolicy,
     ) -> Result<SpliceQuote, SpliceError> {
-        let request = ResizeRequest {
-            add: amount,
-            outputs: Vec::new(),
-        };
+        let request = ResizeRequest::splice_in(amount);
         self.quote(channel_id, counterparty, &request, fee)
     }
 
@@ -352,10 +361,7 @@ where
         to: Destination,
         fee: FeePolicy,
     ) -> Result<SpliceQuote, SpliceError> {
-        let request = ResizeRequest {
-            add: Amount::ZERO,
-            outputs: vec![Payout { to, amount }],
-        };
+        let request = ResizeRequest::splice_out(amount, to);
         self.quote(channel_id, counterparty, &request, fee)
     }
 
