@@ -43,31 +43,6 @@ const PAID_TO_BOB_MSAT: u64 = 100_000_000;
 
 // ---- set-up -------------------------------------------------------------
 
-struct Setup {
-    chain: DevChain,
-    alice: TestNode,
-    bob: TestNode,
-    channel_id: ChannelId,
-}
-
-/// A chain, Alice and Bob funded, a confirmed channel from Alice to Bob with
-/// a balance on both sides.
-async fn two_nodes_with_channel() -> Setup {
-    let chain = start_chain().await;
-    let alice = start_node(&chain).await;
-    let bob = start_node(&chain).await;
-    fund_nodes(&chain, &[&alice.node, &bob.node]).await;
-    let (channel_id, _) =
-        open_channel(&chain, &alice.node, &bob.node, CAPACITY, Amount::ZERO).await;
-    pay(&alice.node, &bob.node, PAID_TO_BOB_MSAT).await;
-    Setup {
-        chain,
-        alice,
-        bob,
-        channel_id,
-    }
-}
-
 fn secret_key(byte: u8) -> SecretKey {
     SecretKey::from_slice(&[byte; 32]).expect("valid key")
 }
@@ -237,7 +212,7 @@ fn splice_out_request(amount: Amount, to: Destination) -> ResizeRequest {
 /// it is in flight is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refused_requests_reserve_nothing_and_send_nothing() {
-    let setup = two_nodes_with_channel().await;
+    let setup = two_nodes_with_channel(CAPACITY, PAID_TO_BOB_MSAT).await;
     let (chain, a, b, channel_id) = (
         &setup.chain,
         &setup.alice.node,
@@ -762,7 +737,7 @@ async fn refused_requests_reserve_nothing_and_send_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 
 async fn insufficient_funds_reports_what_the_fee_makes_it_need() {
-    let setup = two_nodes_with_channel().await;
+    let setup = two_nodes_with_channel(CAPACITY, PAID_TO_BOB_MSAT).await;
     let (chain, a, b, channel_id) = (
         &setup.chain,
         &setup.alice.node,
@@ -802,7 +777,7 @@ async fn insufficient_funds_reports_what_the_fee_makes_it_need() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 
 async fn splice_out_of_the_maximum_reports_the_fee_on_top() {
-    let setup = two_nodes_with_channel().await;
+    let setup = two_nodes_with_channel(CAPACITY, PAID_TO_BOB_MSAT).await;
     let (chain, a, b, channel_id) = (
         &setup.chain,
         &setup.alice.node,
@@ -843,7 +818,7 @@ async fn splice_out_of_the_maximum_reports_the_fee_on_top() {
 /// peer that went offline, then the same peer back without splice support.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn not_ready_offline_and_unsupported_peers_are_refused() {
-    let setup = two_nodes_with_channel().await;
+    let setup = two_nodes_with_channel(CAPACITY, PAID_TO_BOB_MSAT).await;
     let (chain, a, b, channel_id) = (
         &setup.chain,
         &setup.alice.node,
@@ -1135,7 +1110,7 @@ fn check_tx_against_quote(chain: &DevChain, tx: &Transaction, quote: &SpliceQuot
 /// nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn quote_matches_the_splice_in_that_follows() {
-    let setup = two_nodes_with_channel().await;
+    let setup = two_nodes_with_channel(CAPACITY, PAID_TO_BOB_MSAT).await;
     let add = Amount::from_sat(250_000);
     check_quote_against_splice(&setup, splice_in_request(add), FeePolicy::fixed(FEERATE)).await;
     let a = &setup.alice.node;
@@ -1149,7 +1124,7 @@ async fn quote_matches_the_splice_in_that_follows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 
 async fn quote_matches_the_splice_out_that_follows() {
-    let setup = two_nodes_with_channel().await;
+    let setup = two_nodes_with_channel(CAPACITY, PAID_TO_BOB_MSAT).await;
     let request = splice_out_request(Amount::from_sat(300_000), to(&external_p2wpkh()));
     check_quote_against_splice(&setup, request, FeePolicy::fixed(FEERATE)).await;
 }
@@ -1158,7 +1133,7 @@ async fn quote_matches_the_splice_out_that_follows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 
 async fn quote_matches_the_resize_that_follows() {
-    let setup = two_nodes_with_channel().await;
+    let setup = two_nodes_with_channel(CAPACITY, PAID_TO_BOB_MSAT).await;
     let request = ResizeRequest {
         add: Amount::from_sat(400_000),
         outputs: vec![Payout {
@@ -1176,7 +1151,7 @@ async fn quote_matches_the_resize_that_follows() {
 /// is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancel_before_signing_releases_the_coins() {
-    let setup = two_nodes_with_channel().await;
+    let setup = two_nodes_with_channel(CAPACITY, PAID_TO_BOB_MSAT).await;
     let (chain, a, b, channel_id) = (
         &setup.chain,
         &setup.alice.node,

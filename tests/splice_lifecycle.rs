@@ -17,13 +17,13 @@ fn fee() -> FeePolicy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn payments_flow_before_and_after_lock_and_an_inflight_one_completes() {
-    let chain = start_chain().await;
-    let alice = start_node(&chain).await;
-    let bob = start_node(&chain).await;
-    fund_nodes(&chain, &[&alice.node, &bob.node]).await;
+    let Setup {
+        chain,
+        alice,
+        bob,
+        channel_id,
+    } = two_nodes_with_channel(CAPACITY, 100_000_000).await;
     let (a, b) = (&alice.node, &bob.node);
-    let (channel_id, _) = open_channel(&chain, a, b, CAPACITY, Amount::ZERO).await;
-    pay(a, b, 100_000_000).await;
 
     // A payment is in flight when the splice is asked for.
     let invoice = b
@@ -122,13 +122,13 @@ async fn splices_on_two_channels_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn both_sides_splicing_at_once_ends_cleanly() {
-    let chain = start_chain().await;
-    let alice = start_node(&chain).await;
-    let bob = start_node(&chain).await;
-    fund_nodes(&chain, &[&alice.node, &bob.node]).await;
+    let Setup {
+        chain,
+        alice,
+        bob,
+        channel_id,
+    } = two_nodes_with_channel(CAPACITY, 200_000_000).await;
     let (a, b) = (&alice.node, &bob.node);
-    let (channel_id, _) = open_channel(&chain, a, b, CAPACITY, Amount::ZERO).await;
-    pay(a, b, 200_000_000).await;
 
     // Both ask at the same moment. Depending on timing, LDK's quiescence
     // tie-break puts both contributions in one transaction, or queues one
@@ -260,13 +260,13 @@ async fn restart_between_broadcast_and_lock_still_locks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reorg_takes_confirmation_depth_back() {
-    let chain = start_chain().await;
-    let alice = start_node(&chain).await;
-    let bob = start_node(&chain).await;
-    fund_nodes(&chain, &[&alice.node, &bob.node]).await;
+    let Setup {
+        chain,
+        alice,
+        bob,
+        channel_id,
+    } = two_nodes_with_channel(CAPACITY, 10_000_000).await;
     let (a, b) = (&alice.node, &bob.node);
-    let (channel_id, _) = open_channel(&chain, a, b, CAPACITY, Amount::ZERO).await;
-    pay(a, b, 10_000_000).await;
     while a.coordinator().next_event().is_some() {
         a.coordinator().event_handled();
     }

@@ -40,31 +40,6 @@ fn fee() -> FeePolicy {
     FeePolicy::fixed(FEERATE)
 }
 
-struct Setup {
-    chain: DevChain,
-    alice: TestNode,
-    bob: TestNode,
-    channel_id: ChannelId,
-}
-
-/// A chain, Alice and Bob funded, a confirmed channel from Alice to Bob with
-/// a balance on both sides.
-async fn two_nodes_with_channel() -> Setup {
-    let chain = start_chain().await;
-    let alice = start_node(&chain).await;
-    let bob = start_node(&chain).await;
-    fund_nodes(&chain, &[&alice.node, &bob.node]).await;
-    let (channel_id, _) =
-        open_channel(&chain, &alice.node, &bob.node, CAPACITY, Amount::ZERO).await;
-    pay(&alice.node, &bob.node, PAID_TO_BOB_MSAT).await;
-    Setup {
-        chain,
-        alice,
-        bob,
-        channel_id,
-    }
-}
-
 /// Stops `node`, drops it, and starts a new node from the same data
 /// directory.
 async fn restart(chain: &DevChain, node: TestNode) -> TestNode {
@@ -195,7 +170,7 @@ async fn dead_splice_is_failed_and_its_coins_spendable_after_restart() {
         alice,
         bob,
         channel_id,
-    } = two_nodes_with_channel().await;
+    } = two_nodes_with_channel(CAPACITY, PAID_TO_BOB_MSAT).await;
     let bob_id = bob.node.node_id();
     let full = alice.node.onchain_balance().confirmed;
     assert_eq!(alice.node.wallet().available_balance(), full);
@@ -332,7 +307,7 @@ async fn unacknowledged_events_survive_a_restart_in_order() {
         alice,
         bob,
         channel_id,
-    } = two_nodes_with_channel().await;
+    } = two_nodes_with_channel(CAPACITY, PAID_TO_BOB_MSAT).await;
     let (a, b) = (&alice.node, &bob.node);
     assert!(drain_events(a).is_empty(), "no splice yet");
 
@@ -435,7 +410,7 @@ async fn splice_awaiting_signatures_goes_on_after_restart() {
         alice,
         bob,
         channel_id,
-    } = two_nodes_with_channel().await;
+    } = two_nodes_with_channel(CAPACITY, PAID_TO_BOB_MSAT).await;
     let bob_id = bob.node.node_id();
     let full = alice.node.onchain_balance().confirmed;
 

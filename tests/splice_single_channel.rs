@@ -147,25 +147,14 @@ async fn splice_to_lock(
     Spliced { record, tx }
 }
 
-async fn two_nodes_with_channel() -> (
-    ldk_splice::devchain::DevChain,
-    TestNode,
-    TestNode,
-    lightning::ln::types::ChannelId,
-) {
-    let chain = start_chain().await;
-    let alice = start_node(&chain).await;
-    let bob = start_node(&chain).await;
-    fund_nodes(&chain, &[&alice.node, &bob.node]).await;
-    let (channel_id, _) =
-        open_channel(&chain, &alice.node, &bob.node, CAPACITY, Amount::ZERO).await;
-    pay(&alice.node, &bob.node, 100_000_000).await;
-    (chain, alice, bob, channel_id)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn splice_out_to_an_external_address() {
-    let (chain, alice, bob, channel_id) = two_nodes_with_channel().await;
+    let Setup {
+        chain,
+        alice,
+        bob,
+        channel_id,
+    } = two_nodes_with_channel(CAPACITY, 100_000_000).await;
     let (a, b) = (&alice.node, &bob.node);
     let wallet_before = a.onchain_balance().confirmed;
     let alice_before = a.channel_balance(&channel_id).unwrap();
@@ -234,7 +223,12 @@ async fn splice_out_to_an_external_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn splice_out_to_our_own_wallet() {
-    let (chain, alice, bob, channel_id) = two_nodes_with_channel().await;
+    let Setup {
+        chain,
+        alice,
+        bob,
+        channel_id,
+    } = two_nodes_with_channel(CAPACITY, 100_000_000).await;
     let (a, b) = (&alice.node, &bob.node);
     let wallet_before = a.onchain_balance().confirmed;
     let amount = Amount::from_sat(150_000);
@@ -263,7 +257,12 @@ async fn splice_out_to_our_own_wallet() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn resize_adds_and_pays_out_in_one_splice() {
-    let (chain, alice, bob, channel_id) = two_nodes_with_channel().await;
+    let Setup {
+        chain,
+        alice,
+        bob,
+        channel_id,
+    } = two_nodes_with_channel(CAPACITY, 100_000_000).await;
     let (a, b) = (&alice.node, &bob.node);
     let to = external_address();
 

@@ -219,3 +219,30 @@ pub async fn pay(from: &Node, to: &Node, amount_msat: u64) {
         Some(amount_msat)
     );
 }
+
+/// A chain, Alice and Bob funded, and a confirmed channel from Alice to Bob.
+pub struct Setup {
+    pub chain: DevChain,
+    pub alice: TestNode,
+    pub bob: TestNode,
+    pub channel_id: lightning::ln::types::ChannelId,
+}
+
+/// Starts a chain and two funded nodes, opens a channel of `capacity` from
+/// Alice to Bob and pays Bob `paid_to_bob_msat` over it, so both sides have
+/// a balance.
+pub async fn two_nodes_with_channel(capacity: Amount, paid_to_bob_msat: u64) -> Setup {
+    let chain = start_chain().await;
+    let alice = start_node(&chain).await;
+    let bob = start_node(&chain).await;
+    fund_nodes(&chain, &[&alice.node, &bob.node]).await;
+    let (channel_id, _) =
+        open_channel(&chain, &alice.node, &bob.node, capacity, Amount::ZERO).await;
+    pay(&alice.node, &bob.node, paid_to_bob_msat).await;
+    Setup {
+        chain,
+        alice,
+        bob,
+        channel_id,
+    }
+}
