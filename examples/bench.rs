@@ -18,7 +18,10 @@
 //!
 //! Prints one JSON line per case: `kind, n, batch_ms, sequential_ms,
 //! sequential_flushed_ms, speedup, peak_rss_bytes, total_weight,
-//! single_tx_weight`.
+//! single_tx_weight`, and `manager_encode_ms`: how long one encoding of the
+//! hub's ChannelManager takes while the N splices are pending. LDK does that
+//! encoding under its global lock every time it persists the manager, so it
+//! bounds how fast any number of splices can progress.
 
 use std::time::{Duration, Instant};
 
@@ -165,6 +168,7 @@ impl Setup {
             })
             .collect();
         eprintln!("bench: {peers} channels open, hub has {coins} coins");
+
         Ok(Setup {
             chain,
             hub,
@@ -212,6 +216,11 @@ impl Setup {
         let splices: Vec<SpliceId> = record.parts.iter().filter_map(|p| p.splice).collect();
         self.wait_broadcast(&splices).await?;
         let batch_ms = started.elapsed().as_secs_f64() * 1000.0;
+        // LDK re-encodes the whole ChannelManager, under its global lock,
+        // each time it persists it; with N splices pending this dominates.
+        let encode_started = Instant::now();
+        let _ = lightning::util::ser::Writeable::encode(&**self.hub.channel_manager());
+        let manager_encode_ms = encode_started.elapsed().as_secs_f64() * 1000.0;
         let total_weight: u64 = splices
             .iter()
             .map(|id| {
@@ -235,6 +244,7 @@ impl Setup {
             "sequential_ms": (sequential_ms * 10.0).round() / 10.0,
             "sequential_flushed_ms": (sequential_flushed_ms * 10.0).round() / 10.0,
             "speedup": ((sequential_ms / batch_ms) * 100.0).round() / 100.0,
+            "manager_encode_ms": (manager_encode_ms * 10.0).round() / 10.0,
             "peak_rss_bytes": peak_rss_bytes(),
             "total_weight": total_weight,
             "single_tx_weight": quote.single_tx_weight_wu,

@@ -479,7 +479,7 @@ where
     pub fn execute_batch(&self, plan: BatchPlan) -> Result<BatchId, SpliceError> {
         let parts = expand(&plan)?;
         let mut state = self.lock();
-        let pool = Arc::new(CoinPool::default());
+        let pool = Arc::new(CoinPool::for_batch());
 
         // Check every leg before anything is reserved. A move's splice-in
         // that the wallet cannot fund now is checked without its funds: it
@@ -568,6 +568,29 @@ where
             }
             return Err(e);
         }
+        // Every leg's coins and record, in two writes, before any leg
+        // reaches LDK.
+        let saved = self.wallet.save_reservations();
+        if saved.is_ok() {
+            self.commit_staged(&mut state);
+        }
+        if saved.is_err() || state.journal.has_staged() {
+            for (_, _, id, _) in &prepared {
+                self.release_quietly(*id);
+                let _ = state.journal.remove(*id);
+            }
+            self.set_batch_state(
+                &mut state,
+                batch_id,
+                BatchState::Failed {
+                    leg: 0,
+                    reason: "could not journal the batch".into(),
+                },
+            );
+            return Err(SpliceError::Persistence(
+                "could not journal the batch's legs".into(),
+            ));
+        }
         self.emit_batch(batch_id, BatchState::Negotiating);
 
         let mut failure = None;
@@ -575,13 +598,16 @@ where
             if failure.is_some() {
                 // An earlier leg was refused: this one never reaches LDK.
                 self.release_quietly(id);
-                let _ = state.journal.remove(id);
+                let reason = "an earlier leg of its batch was refused".to_string();
+                self.stage_transition(&mut state, id, SpliceState::Failed { reason }, |_| {});
                 continue;
             }
             if let Err(e) = self.contribute(&mut state, id, contribution) {
                 failure = Some((leg, e));
             }
         }
+        // Every leg's progress in one write.
+        self.commit_staged(&mut state);
         if let Some((leg, e)) = failure {
             self.fail_batch(
                 &mut state,
@@ -630,6 +656,7 @@ where
     /// confirmed. The node calls this every second or so.
     pub fn timer_tick(&self) {
         let mut state = self.lock();
+        self.commit_staged(&mut state);
         self.check_deadlines(&mut state);
         self.start_queued(&mut state);
     }
@@ -701,6 +728,7 @@ where
             return;
         };
         if record.state != BatchState::Negotiating {
+            self.commit_staged(state);
             let Some(splice) = state.journal.get(id).cloned() else {
                 return;
             };
@@ -749,6 +777,19 @@ where
                 return;
             }
         }
+        // Every leg's AwaitingSignatures in one write, before any is signed.
+        self.commit_staged(state);
+        if state.journal.has_staged() {
+            self.fail_batch(
+                state,
+                batch,
+                BatchState::Failed {
+                    leg: 0,
+                    reason: "could not journal the legs before signing".into(),
+                },
+            );
+            return;
+        }
         for (_, splice) in &legs {
             let (Some(splice_record), Some(tx)) = (
                 state.journal.get(*splice).cloned(),
@@ -791,6 +832,8 @@ where
     /// Cancels every unsigned leg of `batch`, releases every coin, and ends
     /// the batch in `end`.
     pub(crate) fn fail_batch(&self, state: &mut State, batch: BatchId, end: BatchState) {
+        // Staged changes (and their events) go first, the failure after.
+        self.commit_staged(state);
         let Some(record) = state.batches.get(batch).cloned() else {
             return;
         };
@@ -848,6 +891,18 @@ where
     fn emit_batch(&self, batch: BatchId, state: BatchState) {
         self.events
             .push(SpliceEvent::BatchStateChanged { batch, state });
+    }
+
+    /// Whether every started leg of `batch` has been broadcast.
+    pub(crate) fn batch_broadcast(&self, state: &State, batch: BatchId) -> bool {
+        state.batches.get(batch).is_some_and(|record| {
+            record.parts.iter().filter_map(|p| p.splice).all(|id| {
+                state
+                    .journal
+                    .get(id)
+                    .is_some_and(|r| r.state.is_broadcast() || r.state.is_final())
+            })
+        })
     }
 
     /// After a leg's splice changed state: a batch whose every leg is
@@ -923,8 +978,15 @@ where
                 .and_then(|p| {
                     let id = state.journal.next_id();
                     let contribution = self.prepare(state, id, &p, &fee, Some(batch.id), &pool)?;
-                    self.contribute(state, id, contribution)?;
-                    Ok(id)
+                    self.commit_staged(state);
+                    if state.journal.is_staged(id) {
+                        self.release_quietly(id);
+                        let _ = state.journal.remove(id);
+                        return Err(SpliceError::Persistence(format!("could not journal {id}")));
+                    }
+                    let contributed = self.contribute(state, id, contribution);
+                    self.commit_staged(state);
+                    contributed.map(|()| id)
                 });
             match started {
                 Ok(id) => {

@@ -96,6 +96,8 @@ pub(crate) struct State {
     pub(crate) journal: Journal,
     pub(crate) tracker: ConfirmationTracker,
     pub(crate) batches: BatchBook,
+    /// Events of staged transitions, queued when they are written.
+    pub(crate) staged_events: Vec<SpliceEvent>,
 }
 
 /// What a request is checked for.
@@ -143,6 +145,7 @@ where
             state: Mutex::new(State {
                 journal,
                 tracker: ConfirmationTracker::default(),
+                staged_events: Vec::new(),
                 batches,
             }),
             events,
@@ -242,7 +245,10 @@ where
         };
         let mut record = self.new_record(id, plan, &contribution);
         record.batch = batch;
-        if let Err(e) = state.journal.put(record) {
+        if batch.is_some() {
+            // The batch writes all its legs at once before any reaches LDK.
+            state.journal.stage(record);
+        } else if let Err(e) = state.journal.put(record) {
             self.release_quietly(id);
             return Err(e);
         }
@@ -267,10 +273,21 @@ where
             None,
         ) {
             self.release_quietly(id);
-            let _ = state.journal.remove(id);
+            if record.batch.is_some() {
+                // Already written with its batch: it ends instead.
+                let reason = format!("LDK refused the contribution: {e}");
+                self.stage_transition(state, id, SpliceState::Failed { reason }, |_| {});
+            } else {
+                let _ = state.journal.remove(id);
+            }
             return Err(SpliceError::Lightning(e.to_string()));
         }
-        self.transition(state, id, SpliceState::Negotiating);
+        if record.batch.is_some() {
+            // The batch writes all its legs' progress at once.
+            self.stage_transition(state, id, SpliceState::Negotiating, |_| {});
+        } else {
+            self.transition(state, id, SpliceState::Negotiating);
+        }
         log::info!(
             "{id}: splicing channel {}: +{} sat, -{} sat out, fee {} sat",
             record.channel_id,
@@ -452,9 +469,21 @@ where
                     return Ok(());
                 };
                 state.tracker.watch(new_funding_txo.txid);
-                self.transition_with(&mut state, id, SpliceState::Broadcast, |r| {
-                    r.txid = Some(new_funding_txo.txid)
-                });
+                let txid = Some(new_funding_txo.txid);
+                match state.journal.get(id).and_then(|r| r.batch) {
+                    Some(batch) => {
+                        // LDK has its own record of the broadcast (a restart
+                        // recovers it), so batch legs are written together.
+                        self.stage_transition(&mut state, id, SpliceState::Broadcast, |r| {
+                            r.txid = txid
+                        });
+                        if self.batch_broadcast(&state, batch) {
+                            self.commit_staged(&mut state);
+                        }
+                    }
+                    None => self
+                        .transition_with(&mut state, id, SpliceState::Broadcast, |r| r.txid = txid),
+                }
                 Ok(())
             }
             Event::SpliceNegotiationFailed {
@@ -562,21 +591,24 @@ where
             return Ok(());
         };
         // LDK may have adjusted our contribution (acceptor fees, RBF): take its view.
-        let contribution = self.current_contribution(channel_id, unsigned);
-        self.transition_with(
-            &mut state,
-            record.id,
-            SpliceState::AwaitingSignatures,
-            |r| {
-                if let Some(contribution) = contribution {
-                    r.fee = contribution.estimated_fee();
-                    r.inputs = contribution.inputs().iter().map(|i| i.outpoint()).collect();
-                    let requested: Vec<TxOut> = r.outputs.iter().map(TxOut::from).collect();
-                    r.change = change_of(&contribution, &requested);
-                    r.net_value_sat = contribution.net_value().to_sat();
-                }
-            },
-        );
+        let contribution = self.current_contribution(&record, unsigned);
+        let update = |r: &mut SpliceRecord| {
+            if let Some(contribution) = contribution {
+                r.fee = contribution.estimated_fee();
+                r.inputs = contribution.inputs().iter().map(|i| i.outpoint()).collect();
+                let requested: Vec<TxOut> = r.outputs.iter().map(TxOut::from).collect();
+                r.change = change_of(&contribution, &requested);
+                r.net_value_sat = contribution.net_value().to_sat();
+            }
+        };
+        let awaiting = SpliceState::AwaitingSignatures;
+        if record.batch.is_some() {
+            // A batch leg is only held until every leg is ready, and the
+            // batch writes them all before it signs any.
+            self.stage_transition(&mut state, record.id, awaiting, update);
+        } else {
+            self.transition_with(&mut state, record.id, awaiting, update);
+        }
         let record = state.journal.get(record.id).cloned().unwrap_or(record);
         if let Some(batch) = record.batch {
             // Batch legs are signed together once every leg is ready.
@@ -672,16 +704,18 @@ where
 
     fn current_contribution(
         &self,
-        channel_id: &ChannelId,
+        record: &SpliceRecord,
         unsigned: &Transaction,
     ) -> Option<FundingContribution> {
         let txid = unsigned.compute_txid();
+        // Only this peer's channels: listing every channel for every leg of
+        // a batch would cost O(N^2).
         let channel = self
             .channel_manager
             .get_cm()
-            .list_channels()
+            .list_channels_with_counterparty(&record.counterparty)
             .into_iter()
-            .find(|c| c.channel_id == *channel_id)?;
+            .find(|c| c.channel_id == record.channel_id)?;
         channel
             .splice_details?
             .candidates
@@ -989,6 +1023,7 @@ where
             batch: None,
             created_at: now,
             updated_at: now,
+            revision: 0,
         }
     }
 
@@ -1012,37 +1047,97 @@ where
         new_state: SpliceState,
         change: impl FnOnce(&mut SpliceRecord),
     ) {
-        let Some(before) = state.journal.get(id).cloned() else {
+        if state.journal.is_staged(id) {
+            // Its earlier change must reach the store (and its event the
+            // queue) first.
+            self.commit_staged(state);
+        }
+        let Some((record, event)) = Self::changed(state, id, new_state, change) else {
             return;
         };
+        if let Err(e) = state.journal.put(record.clone()) {
+            log::error!("{id}: could not journal {}: {e}", record.state);
+            return;
+        }
+        if let Some(event) = event {
+            self.events.push(event);
+        }
+        if let Some(batch) = record.batch {
+            self.batch_leg_changed(state, batch);
+        }
+    }
+
+    /// Like [`Self::transition_with`], but the change stays in memory until
+    /// [`Self::commit_staged`] writes every staged change at once (batch
+    /// legs, which move together). Nothing may be acted on before then.
+    pub(crate) fn stage_transition(
+        &self,
+        state: &mut State,
+        id: SpliceId,
+        new_state: SpliceState,
+        change: impl FnOnce(&mut SpliceRecord),
+    ) {
+        let Some((record, event)) = Self::changed(state, id, new_state, change) else {
+            return;
+        };
+        state.journal.stage(record);
+        state.staged_events.extend(event);
+    }
+
+    /// Writes every staged change in one journal write, then queues their
+    /// events in one more.
+    pub(crate) fn commit_staged(&self, state: &mut State) {
+        if !state.journal.has_staged() {
+            return;
+        }
+        if let Err(e) = state.journal.commit_staged() {
+            // The records stay staged, so the next commit tries again.
+            log::error!("could not journal staged splice changes: {e}");
+            return;
+        }
+        let events = std::mem::take(&mut state.staged_events);
+        let batches: std::collections::BTreeSet<BatchId> = events
+            .iter()
+            .filter_map(|e| e.splice_id())
+            .filter_map(|id| state.journal.get(id).and_then(|r| r.batch))
+            .collect();
+        self.events.push_all(events);
+        for batch in batches {
+            self.batch_leg_changed(state, batch);
+        }
+    }
+
+    /// The record `id` would become in `new_state` with `change`, and the
+    /// event that reports it; `None` when nothing changes or the record has
+    /// already ended.
+    fn changed(
+        state: &State,
+        id: SpliceId,
+        new_state: SpliceState,
+        change: impl FnOnce(&mut SpliceRecord),
+    ) -> Option<(SpliceRecord, Option<SpliceEvent>)> {
+        let before = state.journal.get(id)?;
         if before.state.is_final() && before.state != new_state {
             log::debug!("{id}: ignoring {new_state} after {}", before.state);
-            return;
+            return None;
         }
         let mut record = before.clone();
         change(&mut record);
         record.state = new_state.clone();
-        if record == before {
-            return;
+        if record == *before {
+            return None;
         }
-        if let Err(e) = state.journal.put(record.clone()) {
-            log::error!("{id}: could not journal {new_state}: {e}");
-            return;
-        }
-        if before.state == new_state {
-            return;
-        }
-        log::info!("{id}: {new_state}");
-        self.events.push(SpliceEvent::StateChanged {
-            id,
-            channel_id: record.channel_id,
-            counterparty: record.counterparty,
-            state: new_state,
-            txid: record.txid,
+        let event = (before.state != new_state).then(|| {
+            log::info!("{id}: {new_state}");
+            SpliceEvent::StateChanged {
+                id,
+                channel_id: record.channel_id,
+                counterparty: record.counterparty,
+                state: new_state,
+                txid: record.txid,
+            }
         });
-        if let Some(batch) = record.batch {
-            self.batch_leg_changed(state, batch);
-        }
+        Some((record, event))
     }
 
     /// After a restart: splices LDK no longer knows of end, the rest go on.
@@ -1095,7 +1190,18 @@ where
                     self.release_quietly(record.id);
                 }
                 _ => {
-                    if let Some(txid) = record.txid {
+                    // Signed before the restart, but the broadcast was not
+                    // written yet (batch legs write it together): LDK knows.
+                    let negotiated = candidates.iter().find_map(|c| match c.status {
+                        SpliceCandidateStatus::Negotiated { txid, .. } => Some(txid),
+                        _ => None,
+                    });
+                    if let (None, Some(txid)) = (record.txid, negotiated) {
+                        self.transition_with(&mut state, record.id, SpliceState::Broadcast, |r| {
+                            r.txid = Some(txid)
+                        });
+                    }
+                    if let Some(txid) = record.txid.or(negotiated) {
                         state.tracker.watch(txid);
                         let confirmed = channel
                             .splice_details

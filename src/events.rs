@@ -51,19 +51,35 @@ impl SpliceEvent {
 }
 
 /// Events waiting for the application, oldest first, persisted so none is
-/// lost across a restart: one store entry per event, keyed by a sequence
-/// number, so queueing or acknowledging one writes only that one.
+/// lost across a restart. Each store entry, keyed by a sequence number,
+/// holds the events queued together (usually one; a batch queues many in one
+/// write). An entry is removed once its last event is acknowledged, so after
+/// a crash the unacknowledged rest of an entry is delivered again.
 pub struct EventQueue {
-    queue: Mutex<VecDeque<(u64, SpliceEvent)>>,
+    queue: Mutex<VecDeque<Queued>>,
     ready: Condvar,
     store: SharedStore,
     on_push: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
 }
 
+struct Queued {
+    /// The store entry holding the event.
+    entry: u64,
+    event: SpliceEvent,
+}
+
+/// A store entry: one event, or several queued together.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Entry {
+    Many(Vec<SpliceEvent>),
+    One(SpliceEvent),
+}
+
 impl EventQueue {
     /// Reads the queue from `store`.
     pub fn load(store: SharedStore) -> Self {
-        let mut entries: Vec<(u64, SpliceEvent)> = store
+        let mut entries: Vec<(u64, Vec<SpliceEvent>)> = store
             .list(PERSISTENCE_NAMESPACE, EVENTS_SECONDARY_NAMESPACE)
             .unwrap_or_default()
             .into_iter()
@@ -73,7 +89,8 @@ impl EventQueue {
                     .read(PERSISTENCE_NAMESPACE, EVENTS_SECONDARY_NAMESPACE, &key)
                     .ok()?;
                 match serde_json::from_slice(&bytes) {
-                    Ok(event) => Some((sequence, event)),
+                    Ok(Entry::Many(events)) => Some((sequence, events)),
+                    Ok(Entry::One(event)) => Some((sequence, vec![event])),
                     Err(e) => {
                         log::warn!("skipping unreadable splice event {key}: {e}");
                         None
@@ -82,8 +99,14 @@ impl EventQueue {
             })
             .collect();
         entries.sort_by_key(|(sequence, _)| *sequence);
+        let queue = entries
+            .into_iter()
+            .flat_map(|(entry, events)| {
+                events.into_iter().map(move |event| Queued { entry, event })
+            })
+            .collect();
         EventQueue {
-            queue: Mutex::new(entries.into()),
+            queue: Mutex::new(queue),
             ready: Condvar::new(),
             store,
             on_push: Mutex::new(None),
@@ -97,25 +120,37 @@ impl EventQueue {
 
     /// Appends an event.
     pub fn push(&self, event: SpliceEvent) {
+        self.push_all(vec![event]);
+    }
+
+    /// Appends `events` in order, in one store write.
+    pub fn push_all(&self, events: Vec<SpliceEvent>) {
+        if events.is_empty() {
+            return;
+        }
         {
             let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            let sequence = queue
+            let entry = queue
                 .back()
-                .map_or(unix_nanos(), |(last, _)| (last + 1).max(unix_nanos()));
-            match serde_json::to_vec(&event) {
+                .map_or(unix_nanos(), |last| (last.entry + 1).max(unix_nanos()));
+            let encoded = match events.as_slice() {
+                [one] => serde_json::to_vec(one),
+                many => serde_json::to_vec(many),
+            };
+            match encoded {
                 Ok(bytes) => {
                     if let Err(e) = self.store.write(
                         PERSISTENCE_NAMESPACE,
                         EVENTS_SECONDARY_NAMESPACE,
-                        &format!("{sequence:020}"),
+                        &format!("{entry:020}"),
                         bytes,
                     ) {
-                        log::error!("could not persist a splice event: {e}");
+                        log::error!("could not persist splice events: {e}");
                     }
                 }
-                Err(e) => log::error!("could not encode a splice event: {e}"),
+                Err(e) => log::error!("could not encode splice events: {e}"),
             }
-            queue.push_back((sequence, event));
+            queue.extend(events.into_iter().map(|event| Queued { entry, event }));
         }
         self.ready.notify_all();
         if let Some(f) = self
@@ -134,7 +169,7 @@ impl EventQueue {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .front()
-            .map(|(_, event)| event.clone())
+            .map(|queued| queued.event.clone())
     }
 
     /// Waits up to `timeout` for an event and returns the oldest one.
@@ -144,21 +179,26 @@ impl EventQueue {
             .ready
             .wait_timeout_while(queue, timeout, |q| q.is_empty())
             .unwrap_or_else(|e| e.into_inner());
-        queue.front().map(|(_, event)| event.clone())
+        queue.front().map(|queued| queued.event.clone())
     }
 
     /// Acknowledges the oldest event, so [`EventQueue::next`] moves on.
     pub fn handled(&self) {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((sequence, _)) = queue.pop_front() {
-            if let Err(e) = self.store.remove(
-                PERSISTENCE_NAMESPACE,
-                EVENTS_SECONDARY_NAMESPACE,
-                &format!("{sequence:020}"),
-                false,
-            ) {
-                log::error!("could not forget a handled splice event: {e}");
-            }
+        let Some(done) = queue.pop_front() else {
+            return;
+        };
+        if queue.front().is_some_and(|next| next.entry == done.entry) {
+            // Its entry still holds unacknowledged events.
+            return;
+        }
+        if let Err(e) = self.store.remove(
+            PERSISTENCE_NAMESPACE,
+            EVENTS_SECONDARY_NAMESPACE,
+            &format!("{:020}", done.entry),
+            false,
+        ) {
+            log::error!("could not forget a handled splice event: {e}");
         }
     }
 
@@ -168,7 +208,7 @@ impl EventQueue {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|(_, event)| event.clone())
+            .map(|queued| queued.event.clone())
             .collect()
     }
 }
@@ -180,4 +220,57 @@ fn unix_nanos() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use lightning_persister::fs_store::v1::FilesystemStore;
+
+    use super::*;
+    use crate::batch::{BatchId, BatchState};
+
+    fn store(dir: &std::path::Path) -> SharedStore {
+        Arc::new(FilesystemStore::new(dir.to_path_buf()))
+    }
+
+    fn event(n: u64) -> SpliceEvent {
+        SpliceEvent::BatchStateChanged {
+            batch: BatchId(n),
+            state: BatchState::Negotiating,
+        }
+    }
+
+    #[test]
+    fn events_queued_together_survive_a_restart_until_all_are_acknowledged() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let queue = EventQueue::load(store(dir.path()));
+        queue.push(event(1));
+        queue.push_all(vec![event(2), event(3), event(4)]);
+        queue.push(event(5));
+        assert_eq!(
+            EventQueue::load(store(dir.path())).pending(),
+            (1..=5).map(event).collect::<Vec<_>>()
+        );
+
+        // Acknowledging part of a group keeps the group's entry.
+        queue.handled();
+        queue.handled();
+        assert_eq!(queue.next(), Some(event(3)));
+        assert_eq!(
+            EventQueue::load(store(dir.path())).pending(),
+            (2..=5).map(event).collect::<Vec<_>>()
+        );
+        // Its last event removes it.
+        queue.handled();
+        queue.handled();
+        assert_eq!(
+            EventQueue::load(store(dir.path())).pending(),
+            vec![event(5)]
+        );
+        queue.handled();
+        assert!(EventQueue::load(store(dir.path())).pending().is_empty());
+        assert_eq!(queue.next(), None);
+    }
 }

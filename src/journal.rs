@@ -1,7 +1,13 @@
 //! Splice records, written to the node's `KVStore` (namespace `ldk_splice`,
 //! sub-namespace `splices`) before each change is acted on.
+//!
+//! A batch changes many records at once: those changes are staged and
+//! written together as one group entry (sub-namespace `splice_groups`), so a
+//! batch of N legs costs one write instead of N. On load the newest revision
+//! of each record wins and the groups are folded back into the per-splice
+//! entries.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, TxOut, Txid};
@@ -12,6 +18,7 @@ use crate::error::SpliceError;
 use crate::wallet::{SharedStore, PERSISTENCE_NAMESPACE};
 
 const SPLICES_NAMESPACE: &str = "splices";
+const GROUPS_NAMESPACE: &str = "splice_groups";
 
 /// Identifies one splice request for its whole life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -158,6 +165,9 @@ pub struct SpliceRecord {
     pub created_at: u64,
     /// Unix time of the last change.
     pub updated_at: u64,
+    /// Counts the record's writes: on load the highest revision wins.
+    #[serde(default)]
+    pub revision: u64,
 }
 
 impl SpliceRecord {
@@ -188,25 +198,72 @@ pub(crate) mod channel_id_hex {
 pub struct Journal {
     store: SharedStore,
     records: BTreeMap<SpliceId, SpliceRecord>,
+    /// Changed in memory, not yet written (see [`Journal::stage`]).
+    staged: BTreeSet<SpliceId>,
+    revision: u64,
+    next_group: u64,
 }
 
 impl Journal {
-    /// Reads every record from `store`.
+    /// Reads every record from `store`, folding group entries in.
     pub fn load(store: SharedStore) -> Result<Self, SpliceError> {
-        let keys = store
-            .list(PERSISTENCE_NAMESPACE, SPLICES_NAMESPACE)
-            .map_err(|e| SpliceError::Persistence(e.to_string()))?;
+        let persistence = |e: lightning::io::Error| SpliceError::Persistence(e.to_string());
         let mut records = BTreeMap::new();
-        for key in keys {
+        for key in store
+            .list(PERSISTENCE_NAMESPACE, SPLICES_NAMESPACE)
+            .map_err(persistence)?
+        {
             let bytes = store
                 .read(PERSISTENCE_NAMESPACE, SPLICES_NAMESPACE, &key)
-                .map_err(|e| SpliceError::Persistence(e.to_string()))?;
+                .map_err(persistence)?;
             let record: SpliceRecord = serde_json::from_slice(&bytes).map_err(|e| {
                 SpliceError::Persistence(format!("unreadable splice record {key}: {e}"))
             })?;
             records.insert(record.id, record);
         }
-        Ok(Journal { store, records })
+        let mut groups = store
+            .list(PERSISTENCE_NAMESPACE, GROUPS_NAMESPACE)
+            .map_err(persistence)?;
+        groups.sort();
+        let mut newer = BTreeSet::new();
+        for key in &groups {
+            let bytes = store
+                .read(PERSISTENCE_NAMESPACE, GROUPS_NAMESPACE, key)
+                .map_err(persistence)?;
+            let group: Vec<SpliceRecord> = serde_json::from_slice(&bytes).map_err(|e| {
+                SpliceError::Persistence(format!("unreadable splice group {key}: {e}"))
+            })?;
+            for record in group {
+                if records
+                    .get(&record.id)
+                    .is_none_or(|r: &SpliceRecord| r.revision < record.revision)
+                {
+                    newer.insert(record.id);
+                    records.insert(record.id, record);
+                }
+            }
+        }
+        let revision = records.values().map(|r| r.revision).max().unwrap_or(0);
+        let journal = Journal {
+            store,
+            records,
+            staged: BTreeSet::new(),
+            revision,
+            next_group: 0,
+        };
+        // Fold the groups back into one entry per splice.
+        for id in newer {
+            if let Some(record) = journal.records.get(&id) {
+                journal.write_record(record)?;
+            }
+        }
+        for key in groups {
+            journal
+                .store
+                .remove(PERSISTENCE_NAMESPACE, GROUPS_NAMESPACE, &key, false)
+                .map_err(persistence)?;
+        }
+        Ok(journal)
     }
 
     /// The id the next record gets.
@@ -215,19 +272,57 @@ impl Journal {
     }
 
     /// Writes `record` to the store, then keeps it.
-    pub fn put(&mut self, mut record: SpliceRecord) -> Result<(), SpliceError> {
-        record.updated_at = unix_now();
-        let bytes =
-            serde_json::to_vec(&record).map_err(|e| SpliceError::Persistence(e.to_string()))?;
-        self.store
-            .write(
-                PERSISTENCE_NAMESPACE,
-                SPLICES_NAMESPACE,
-                &record.id.0.to_string(),
-                bytes,
-            )
-            .map_err(|e| SpliceError::Persistence(e.to_string()))?;
+    pub fn put(&mut self, record: SpliceRecord) -> Result<(), SpliceError> {
+        let record = self.next_revision(record);
+        self.write_record(&record)?;
+        self.staged.remove(&record.id);
         self.records.insert(record.id, record);
+        Ok(())
+    }
+
+    /// Keeps `record` in memory only; [`Journal::commit_staged`] writes it
+    /// with every other staged record in one store write.
+    pub fn stage(&mut self, record: SpliceRecord) {
+        let record = self.next_revision(record);
+        self.staged.insert(record.id);
+        self.records.insert(record.id, record);
+    }
+
+    /// Whether `id` has changes not written yet.
+    pub fn is_staged(&self, id: SpliceId) -> bool {
+        self.staged.contains(&id)
+    }
+
+    /// Whether anything is staged.
+    pub fn has_staged(&self) -> bool {
+        !self.staged.is_empty()
+    }
+
+    /// Writes every staged record in one store write.
+    pub fn commit_staged(&mut self) -> Result<(), SpliceError> {
+        let records: Vec<&SpliceRecord> = self
+            .staged
+            .iter()
+            .filter_map(|id| self.records.get(id))
+            .collect();
+        match records.as_slice() {
+            [] => {}
+            [record] => self.write_record(record)?,
+            records => {
+                let bytes = serde_json::to_vec(records)
+                    .map_err(|e| SpliceError::Persistence(e.to_string()))?;
+                self.store
+                    .write(
+                        PERSISTENCE_NAMESPACE,
+                        GROUPS_NAMESPACE,
+                        &format!("{:020}", self.next_group),
+                        bytes,
+                    )
+                    .map_err(|e| SpliceError::Persistence(e.to_string()))?;
+                self.next_group += 1;
+            }
+        }
+        self.staged.clear();
         Ok(())
     }
 
@@ -241,6 +336,7 @@ impl Journal {
                 false,
             )
             .map_err(|e| SpliceError::Persistence(e.to_string()))?;
+        self.staged.remove(&id);
         self.records.remove(&id);
         Ok(())
     }
@@ -262,6 +358,26 @@ impl Journal {
             .rev()
             .find(|r| r.channel_id == *channel_id && !r.state.is_final())
     }
+
+    fn next_revision(&mut self, mut record: SpliceRecord) -> SpliceRecord {
+        self.revision += 1;
+        record.revision = self.revision;
+        record.updated_at = unix_now();
+        record
+    }
+
+    fn write_record(&self, record: &SpliceRecord) -> Result<(), SpliceError> {
+        let bytes =
+            serde_json::to_vec(record).map_err(|e| SpliceError::Persistence(e.to_string()))?;
+        self.store
+            .write(
+                PERSISTENCE_NAMESPACE,
+                SPLICES_NAMESPACE,
+                &record.id.0.to_string(),
+                bytes,
+            )
+            .map_err(|e| SpliceError::Persistence(e.to_string()))
+    }
 }
 
 /// Seconds since the Unix epoch.
@@ -270,4 +386,112 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bitcoin::secp256k1::{Secp256k1, SecretKey};
+    use lightning_persister::fs_store::v1::FilesystemStore;
+
+    use super::*;
+
+    fn store(dir: &std::path::Path) -> SharedStore {
+        Arc::new(FilesystemStore::new(dir.to_path_buf()))
+    }
+
+    fn record(id: u64) -> SpliceRecord {
+        let key = SecretKey::from_slice(&[1; 32]).expect("valid key");
+        SpliceRecord {
+            id: SpliceId(id),
+            channel_id: ChannelId([id as u8; 32]),
+            counterparty: key.public_key(&Secp256k1::new()),
+            state: SpliceState::Requested,
+            add: Amount::from_sat(1_000),
+            outputs: Vec::new(),
+            feerate_sat_per_kwu: 253,
+            fee: Amount::from_sat(200),
+            inputs: Vec::new(),
+            change: None,
+            capacity_before: Amount::from_sat(100_000),
+            net_value_sat: 800,
+            txid: None,
+            confirmation_height: None,
+            batch: None,
+            created_at: 0,
+            updated_at: 0,
+            revision: 0,
+        }
+    }
+
+    fn states(journal: &Journal) -> Vec<(u64, SpliceState)> {
+        journal.all().map(|r| (r.id.0, r.state.clone())).collect()
+    }
+
+    #[test]
+    fn staged_records_are_written_together_and_the_newest_revision_wins() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut journal = Journal::load(store(dir.path())).expect("empty journal");
+        journal.put(record(1)).expect("put");
+        for id in 2..=4 {
+            journal.stage(record(id));
+        }
+        assert!(journal.is_staged(SpliceId(3)));
+        // Staged records are visible at once but not yet in the store.
+        assert_eq!(journal.all().count(), 4);
+        assert_eq!(
+            Journal::load(store(dir.path()))
+                .expect("load")
+                .all()
+                .count(),
+            1
+        );
+        journal.commit_staged().expect("commit");
+        assert!(!journal.has_staged());
+
+        // A later single write supersedes the group's copy of splice 3...
+        let mut negotiating = journal.get(SpliceId(3)).expect("kept").clone();
+        negotiating.state = SpliceState::Negotiating;
+        journal.put(negotiating).expect("put");
+        // ...and a later group supersedes splice 1's single write.
+        let mut cancelled = journal.get(SpliceId(1)).expect("kept").clone();
+        cancelled.state = SpliceState::Cancelled;
+        journal.stage(cancelled);
+        let mut failed = journal.get(SpliceId(4)).expect("kept").clone();
+        failed.state = SpliceState::Failed {
+            reason: "test".into(),
+        };
+        journal.stage(failed);
+        journal.commit_staged().expect("commit");
+        let expected = states(&journal);
+
+        let reloaded = Journal::load(store(dir.path())).expect("load");
+        assert_eq!(states(&reloaded), expected);
+        assert_eq!(expected[0].1, SpliceState::Cancelled);
+        assert_eq!(expected[2].1, SpliceState::Negotiating);
+        // Loading folded the groups into per-splice entries.
+        let groups = store(dir.path())
+            .list(PERSISTENCE_NAMESPACE, GROUPS_NAMESPACE)
+            .expect("list");
+        assert!(groups.is_empty(), "groups left: {groups:?}");
+        assert_eq!(
+            states(&Journal::load(store(dir.path())).expect("load again")),
+            expected
+        );
+    }
+
+    #[test]
+    fn a_staged_record_is_lost_if_never_committed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut journal = Journal::load(store(dir.path())).expect("empty journal");
+        journal.put(record(1)).expect("put");
+        let mut negotiating = record(1);
+        negotiating.state = SpliceState::Negotiating;
+        journal.stage(negotiating);
+        drop(journal);
+        let reloaded = Journal::load(store(dir.path())).expect("load");
+        assert_eq!(states(&reloaded), vec![(1, SpliceState::Requested)]);
+        assert_eq!(reloaded.next_id(), SpliceId(2));
+    }
 }

@@ -1077,9 +1077,17 @@ async fn connect_peer(
     if peer_manager.peer_by_node_id(&node_id).is_some() {
         return Ok(());
     }
-    let connection = lightning_net_tokio::connect_outbound(peer_manager.clone(), node_id, addr)
-        .await
-        .ok_or_else(|| NodeError::Connection(format!("cannot reach {node_id} at {addr}")))?;
+    let unreachable =
+        |e: std::io::Error| NodeError::Connection(format!("cannot reach {node_id} at {addr}: {e}"));
+    let stream = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .map_err(|_| NodeError::Connection(format!("cannot reach {node_id} at {addr}: timed out")))?
+    .map_err(unreachable)?;
+    let stream = low_latency(stream).map_err(unreachable)?;
+    let connection = lightning_net_tokio::setup_outbound(peer_manager.clone(), node_id, stream);
     let mut connection = Box::pin(connection);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -1100,6 +1108,13 @@ async fn connect_peer(
     }
 }
 
+/// Lightning messages are small and each waits for the previous reply:
+/// Nagle's algorithm would hold them back, so it is switched off.
+fn low_latency(stream: tokio::net::TcpStream) -> std::io::Result<std::net::TcpStream> {
+    stream.set_nodelay(true)?;
+    stream.into_std()
+}
+
 async fn accept_peers(
     listener: tokio::net::TcpListener,
     peer_manager: Arc<PeerManager>,
@@ -1108,7 +1123,7 @@ async fn accept_peers(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => match stream.into_std() {
+                Ok((stream, _)) => match low_latency(stream) {
                     Ok(stream) => {
                         tokio::spawn(lightning_net_tokio::setup_inbound(peer_manager.clone(), stream));
                     }

@@ -19,9 +19,21 @@ const P2WPKH_OUTPUT: Weight = Weight::from_wu((8 + 1 + 22) * 4);
 pub struct CoinPool {
     coins: std::sync::Mutex<Option<Vec<(OutPoint, TxOut)>>>,
     picked: std::sync::Mutex<std::collections::BTreeSet<OutPoint>>,
+    /// Reservations are kept in memory until the caller saves them all
+    /// with [`SpliceWallet::save_reservations`] (a batch saves once).
+    save_later: bool,
 }
 
 impl CoinPool {
+    /// A pool for a batch: its reservations are saved once, by the caller,
+    /// with [`SpliceWallet::save_reservations`].
+    pub fn for_batch() -> Self {
+        CoinPool {
+            save_later: true,
+            ..CoinPool::default()
+        }
+    }
+
     /// The pool's coins not handed out yet.
     fn remaining(
         &self,
@@ -117,6 +129,15 @@ impl SpliceWallet {
         let mut state = self.lock();
         state.reservations.reserve(id, outpoints);
         state.reservations.save(&self.store)
+    }
+
+    /// Writes the reservations made through a [`CoinPool::for_batch`] pool.
+    pub fn save_reservations(&self) -> Result<(), WalletError> {
+        self.lock().reservations.save(&self.store)
+    }
+
+    fn reserve_unsaved(&self, id: SpliceId, outpoints: &[OutPoint]) {
+        self.lock().reservations.reserve(id, outpoints);
     }
 
     /// Frees every coin splice `id` holds, and returns them.
@@ -270,10 +291,12 @@ impl CoinSelectionSourceSync for SpliceCoinSource<'_> {
         }
         let outpoints: Vec<OutPoint> = confirmed_utxos.iter().map(|u| u.outpoint()).collect();
         self.pool.take(&outpoints);
-        if let Some(id) = self.reserve_for {
-            self.wallet.reserve(id, &outpoints).map_err(|e| {
+        match self.reserve_for {
+            Some(id) if self.pool.save_later => self.wallet.reserve_unsaved(id, &outpoints),
+            Some(id) => self.wallet.reserve(id, &outpoints).map_err(|e| {
                 log::error!("could not reserve coins for {id}: {e}");
-            })?;
+            })?,
+            None => {}
         }
         Ok(CoinSelection {
             confirmed_utxos,
