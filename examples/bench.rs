@@ -61,6 +61,8 @@ const SPLICE: Amount = Amount::from_sat(20_000);
 const COIN: Amount = Amount::from_sat(100_000);
 const FEERATE: FeeRate = FeeRate::from_sat_per_kwu(500);
 const WAIT: Duration = Duration::from_secs(600);
+/// Coins per funding transaction of the hub's wallet.
+const FAN_OUT: usize = 10;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -117,13 +119,18 @@ impl Setup {
         for peer in &peer_nodes {
             chain.mine_blocks(1, &peer.new_address()?);
         }
-        let faucet = Faucet::new(&chain);
+        let mut faucet = Faucet::new(&chain);
         chain.mine_blocks_to_burn(100);
         let hub_outputs: Vec<Address> = (0..coins)
             .map(|_| hub.new_address())
             .collect::<Result<_, _>>()?;
-        faucet.fan_out(&chain, &hub_outputs, COIN);
-        chain.mine_blocks_to_burn(1);
+        // Wallet-sized transactions: every splice-in input carries its whole
+        // previous transaction (tx_add_input), so one giant fan-out would
+        // make every leg ship and store the same huge transaction.
+        for chunk in hub_outputs.chunks(FAN_OUT) {
+            faucet.fan_out(&chain, chunk, COIN);
+            chain.mine_blocks_to_burn(1);
+        }
         let everyone: Vec<&Node> = std::iter::once(&hub).chain(peer_nodes.iter()).collect();
         wait_synced(&chain, &everyone).await?;
 
@@ -401,8 +408,9 @@ impl Faucet {
         }
     }
 
-    /// Pays `each` to every address in one transaction.
-    fn fan_out(&self, chain: &DevChain, to: &[Address], each: Amount) {
+    /// Pays `each` to every address in one transaction; its change is the
+    /// faucet's next coin.
+    fn fan_out(&mut self, chain: &DevChain, to: &[Address], each: Amount) {
         let secp = Secp256k1::new();
         let (outpoint, prevout) = &self.coin;
         let own = ScriptBuf::new_p2wpkh(&self.public.wpubkey_hash());
@@ -438,5 +446,13 @@ impl Faucet {
         };
         tx.input[0].witness = Witness::p2wpkh(&signature, &self.public.0);
         chain.send_raw_transaction(&tx).expect("fan-out accepted");
+        let change = tx.output.len() - 1;
+        self.coin = (
+            OutPoint {
+                txid: tx.compute_txid(),
+                vout: change as u32,
+            },
+            tx.output[change].clone(),
+        );
     }
 }

@@ -283,13 +283,30 @@ async fn a_mixed_batch_with_moves_locks_everywhere_with_exact_balances() {
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].channel_id, hub.channels[5].0);
 
-    // Mine until every leg, the queued one included, is locked.
+    // Mine until every leg, the queued one included, is locked. After each
+    // block, give a leg that just started time to reach the chain, so the
+    // blocks do not run ahead of its negotiation.
     let all = hub.all();
     for _ in 0..30 {
         if h.batch_status(id).unwrap().state == BatchState::Locked {
             break;
         }
         mine(&hub.chain, 1, &all).await;
+        let _ = h
+            .wait_until(
+                std::time::Duration::from_secs(5),
+                "every leg broadcast",
+                |n| {
+                    n.batch_status(id).is_some_and(|b| {
+                        b.parts.iter().all(|p| {
+                            p.splice
+                                .and_then(|s| n.splice_status(s))
+                                .is_some_and(|r| r.state.is_broadcast())
+                        })
+                    })
+                },
+            )
+            .await;
     }
     let done = h.batch_status(id).unwrap();
     assert_eq!(done.state, BatchState::Locked, "{done:?}");
