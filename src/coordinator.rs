@@ -987,6 +987,14 @@ where
                     maximum: Amount::from_sat(plan.channel.next_splice_out_maximum_sat),
                 }
             }
+            // Only a pending splice makes LDK ask for an RBF feerate: the
+            // counterparty's got there between our check and the template.
+            FundingContributionError::FeeRateBelowRbfMinimum { .. } => {
+                SpliceError::SpliceInFlight {
+                    channel_id: plan.channel.channel_id,
+                    existing: None,
+                }
+            }
             e => SpliceError::Lightning(e.to_string()),
         }
     }
