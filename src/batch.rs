@@ -570,11 +570,8 @@ where
         }
         // Every leg's coins and record, in two writes, before any leg
         // reaches LDK.
-        let saved = self.wallet.save_reservations();
-        if saved.is_ok() {
-            self.commit_staged(&mut state);
-        }
-        if saved.is_err() || state.journal.has_staged() {
+        let saved = self.wallet.save_reservations().is_ok();
+        if !(saved && self.commit_staged(&mut state)) {
             for (_, _, id, _) in &prepared {
                 self.release_quietly(*id);
                 let _ = state.journal.remove(*id);
@@ -778,8 +775,7 @@ where
             }
         }
         // Every leg's AwaitingSignatures in one write, before any is signed.
-        self.commit_staged(state);
-        if state.journal.has_staged() {
+        if !self.commit_staged(state) {
             self.fail_batch(
                 state,
                 batch,
@@ -978,8 +974,7 @@ where
                 .and_then(|p| {
                     let id = state.journal.next_id();
                     let contribution = self.prepare(state, id, &p, &fee, Some(batch.id), &pool)?;
-                    self.commit_staged(state);
-                    if state.journal.is_staged(id) {
+                    if !self.commit_staged(state) {
                         self.release_quietly(id);
                         let _ = state.journal.remove(id);
                         return Err(SpliceError::Persistence(format!("could not journal {id}")));

@@ -282,12 +282,7 @@ where
             }
             return Err(SpliceError::Lightning(e.to_string()));
         }
-        if record.batch.is_some() {
-            // The batch writes all its legs' progress at once.
-            self.stage_transition(state, id, SpliceState::Negotiating, |_| {});
-        } else {
-            self.transition(state, id, SpliceState::Negotiating);
-        }
+        self.step(state, id, SpliceState::Negotiating, |_| {});
         log::info!(
             "{id}: splicing channel {}: +{} sat, -{} sat out, fee {} sat",
             record.channel_id,
@@ -469,20 +464,13 @@ where
                     return Ok(());
                 };
                 state.tracker.watch(new_funding_txo.txid);
+                // LDK has its own record of the broadcast (a restart
+                // recovers it), so batch legs write it together.
                 let txid = Some(new_funding_txo.txid);
-                match state.journal.get(id).and_then(|r| r.batch) {
-                    Some(batch) => {
-                        // LDK has its own record of the broadcast (a restart
-                        // recovers it), so batch legs are written together.
-                        self.stage_transition(&mut state, id, SpliceState::Broadcast, |r| {
-                            r.txid = txid
-                        });
-                        if self.batch_broadcast(&state, batch) {
-                            self.commit_staged(&mut state);
-                        }
-                    }
-                    None => self
-                        .transition_with(&mut state, id, SpliceState::Broadcast, |r| r.txid = txid),
+                self.step(&mut state, id, SpliceState::Broadcast, |r| r.txid = txid);
+                let batch = state.journal.get(id).and_then(|r| r.batch);
+                if batch.is_some_and(|b| self.batch_broadcast(&state, b)) {
+                    self.commit_staged(&mut state);
                 }
                 Ok(())
             }
@@ -601,14 +589,14 @@ where
                 r.net_value_sat = contribution.net_value().to_sat();
             }
         };
-        let awaiting = SpliceState::AwaitingSignatures;
-        if record.batch.is_some() {
-            // A batch leg is only held until every leg is ready, and the
-            // batch writes them all before it signs any.
-            self.stage_transition(&mut state, record.id, awaiting, update);
-        } else {
-            self.transition_with(&mut state, record.id, awaiting, update);
-        }
+        // A batch leg is only held until every leg is ready, and the batch
+        // writes them all before it signs any.
+        self.step(
+            &mut state,
+            record.id,
+            SpliceState::AwaitingSignatures,
+            update,
+        );
         let record = state.journal.get(record.id).cloned().unwrap_or(record);
         if let Some(batch) = record.batch {
             // Batch legs are signed together once every leg is ready.
@@ -1093,15 +1081,15 @@ where
     }
 
     /// Writes every staged change in one journal write, then queues their
-    /// events in one more.
-    pub(crate) fn commit_staged(&self, state: &mut State) {
+    /// events in one more. Returns whether nothing is left unwritten.
+    pub(crate) fn commit_staged(&self, state: &mut State) -> bool {
         if !state.journal.has_staged() {
-            return;
+            return true;
         }
         if let Err(e) = state.journal.commit_staged() {
             // The records stay staged, so the next commit tries again.
             log::error!("could not journal staged splice changes: {e}");
-            return;
+            return false;
         }
         let events = std::mem::take(&mut state.staged_events);
         let batches: std::collections::BTreeSet<BatchId> = events
@@ -1112,6 +1100,23 @@ where
         self.events.push_all(events);
         for batch in batches {
             self.batch_leg_changed(state, batch);
+        }
+        true
+    }
+
+    /// Moves splice `id` on: a batch leg's change is staged (its batch
+    /// writes its legs together), any other is written at once.
+    pub(crate) fn step(
+        &self,
+        state: &mut State,
+        id: SpliceId,
+        new_state: SpliceState,
+        change: impl FnOnce(&mut SpliceRecord),
+    ) {
+        if state.journal.get(id).is_some_and(|r| r.batch.is_some()) {
+            self.stage_transition(state, id, new_state, change);
+        } else {
+            self.transition_with(state, id, new_state, change);
         }
     }
 
