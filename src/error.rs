@@ -4,7 +4,8 @@ use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Amount, FeeRate, Network};
 use lightning::ln::types::ChannelId;
 
-use crate::journal::{SpliceId, SpliceState};
+use crate::ids::{BatchId, SpliceId};
+use crate::record::SpliceState;
 use crate::wallet::WalletError;
 
 /// Why a splice request was refused or could not go on. Every variant that
@@ -90,12 +91,13 @@ pub enum SpliceError {
         error: Box<SpliceError>,
     },
     /// No batch with this id.
-    UnknownBatch(crate::batch::BatchId),
+    UnknownBatch(BatchId),
     /// LDK refused the splice.
     Lightning(String),
     /// The wallet failed.
     Wallet(WalletError),
-    /// The journal could not be written; nothing was sent.
+    /// The journal (or the wallet's state) could not be written; what the
+    /// write was for was not done.
     Persistence(String),
 }
 

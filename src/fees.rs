@@ -33,6 +33,9 @@ impl FeePolicy {
     pub const DEFAULT_MAX_FEERATE: FeeRate = FeeRate::from_sat_per_kwu(25_000);
     /// Default cap on the fee: 50 000 sat.
     pub const DEFAULT_MAX_FEE: Amount = Amount::from_sat(50_000);
+    /// The highest feerate LDK can express (it counts in `u32` sat/kwu);
+    /// a policy asking for more is refused, whatever its caps.
+    pub const LIMIT_FEERATE: FeeRate = FeeRate::from_sat_per_kwu(u32::MAX as u64);
 
     /// A fixed feerate with the default caps.
     pub fn fixed(feerate: FeeRate) -> Self {
@@ -64,8 +67,37 @@ impl FeePolicy {
         self
     }
 
+    /// Checks the policy itself: feerates LDK can express, a fee cap no
+    /// larger than all the bitcoin there is.
+    pub fn validate(&self) -> Result<(), SpliceError> {
+        if let FeeRateSource::Fixed(rate) = self.source {
+            if rate > Self::LIMIT_FEERATE {
+                return Err(SpliceError::InvalidRequest(format!(
+                    "feerate: {} sat/kwu is more than LDK can express ({} sat/kwu)",
+                    rate.to_sat_per_kwu(),
+                    Self::LIMIT_FEERATE.to_sat_per_kwu()
+                )));
+            }
+        }
+        if self.max_feerate > Self::LIMIT_FEERATE {
+            return Err(SpliceError::InvalidRequest(format!(
+                "max_feerate: {} sat/kwu is more than LDK can express ({} sat/kwu)",
+                self.max_feerate.to_sat_per_kwu(),
+                Self::LIMIT_FEERATE.to_sat_per_kwu()
+            )));
+        }
+        if self.max_fee > Amount::MAX_MONEY {
+            return Err(SpliceError::InvalidRequest(format!(
+                "max_fee: {} sat is more than 21 million bitcoin",
+                self.max_fee.to_sat()
+            )));
+        }
+        Ok(())
+    }
+
     /// The feerate to use now, checked against the cap.
     pub fn feerate<F: FeeEstimator + ?Sized>(&self, estimator: &F) -> Result<FeeRate, SpliceError> {
+        self.validate()?;
         let feerate = match self.source {
             FeeRateSource::Fixed(rate) => rate,
             FeeRateSource::Estimate(target) => {
@@ -132,38 +164,5 @@ impl SpliceQuote {
     /// The transaction weight.
     pub fn weight(&self) -> Weight {
         Weight::from_wu(self.weight_wu)
-    }
-}
-
-/// Weights of transaction parts the splice initiator pays for, as LDK counts
-/// them when it estimates a contribution's fee.
-pub mod weights {
-    use bitcoin::{TxOut, Weight};
-
-    /// Version, locktime, input and output counts, segwit marker and flag.
-    pub const TX_COMMON_FIELDS: Weight = Weight::from_wu((4 + 4 + 1 + 1) * 4 + 2);
-    /// Outpoint and sequence of an input, without its script.
-    pub const BASE_INPUT: Weight = Weight::from_wu((32 + 4 + 4) * 4);
-    /// An empty script_sig (its length byte).
-    pub const EMPTY_SCRIPT_SIG: Weight = Weight::from_wu(4);
-    /// The witness spending a 2-of-2 funding output.
-    pub const FUNDING_WITNESS: Weight = Weight::from_wu(1 + 1 + 1 + 72 + 1 + 72 + 1 + 71);
-    /// A P2WSH output (the new funding output).
-    pub const P2WSH_OUTPUT: Weight = Weight::from_wu((8 + 1 + 34) * 4);
-    /// A P2WPKH witness (the wallet's inputs).
-    pub const P2WPKH_WITNESS: Weight = Weight::from_wu(1 + 1 + 72 + 1 + 33);
-
-    /// The weight of `output` in a transaction.
-    pub fn output(output: &TxOut) -> Weight {
-        output.weight()
-    }
-
-    /// What the initiator of a splice pays for besides its own inputs and
-    /// outputs: the common fields, the old funding input and the new
-    /// funding output.
-    pub fn initiator_shared() -> Weight {
-        // LDK counts the funding witness with low-R signatures: one less.
-        TX_COMMON_FIELDS + BASE_INPUT + EMPTY_SCRIPT_SIG + FUNDING_WITNESS + P2WSH_OUTPUT
-            - Weight::from_wu(1)
     }
 }

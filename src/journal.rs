@@ -1,497 +1,521 @@
-//! Splice records, written to the node's `KVStore` (namespace `ldk_splice`,
-//! sub-namespace `splices`) before each change is acted on.
+//! The journal: every record this crate keeps (splices, batches), each
+//! written together with the events that report its change, in one store
+//! write.
 //!
-//! A batch changes many records at once: those changes are staged and
-//! written together as one group entry (sub-namespace `splice_groups`), so a
-//! batch of N legs costs one write instead of N. On load the newest revision
-//! of each record wins and the groups are folded back into the per-splice
-//! entries.
+//! A record is a document `{kind}-{id}` in `ldk_splice/journal`. A change
+//! to several records at once (a batch moving all its legs) is one group
+//! entry in `ldk_splice/journal_groups`; on load the newest revision of
+//! each document wins and the groups are folded back into documents.
+//!
+//! Events live inside the document whose change they report, so a change
+//! and its event are written together or not at all. The application
+//! acknowledges events oldest first; the sequence number of the last one
+//! acknowledged is kept in `ldk_splice/events/acked`, and a document drops
+//! acknowledged events the next time it is written.
+//!
+//! Nothing is changed in memory unless the write succeeded, so a failed
+//! write leaves the journal as the store has it and the caller acts on
+//! nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
-use bitcoin::secp256k1::PublicKey;
-use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, TxOut, Txid};
-use lightning::ln::types::ChannelId;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::error::SpliceError;
-use crate::wallet::{SharedStore, PERSISTENCE_NAMESPACE};
+use crate::events::{EventNotifier, SpliceEvent};
+use crate::store::{self, SharedStore, StoreError};
 
-const SPLICES_NAMESPACE: &str = "splices";
-const GROUPS_NAMESPACE: &str = "splice_groups";
+const DOCS: &str = "journal";
+const GROUPS: &str = "journal_groups";
+const EVENTS: &str = "events";
+const ACKED_KEY: &str = "acked";
+const FORMAT_VERSION: u32 = 1;
 
-/// Identifies one splice request for its whole life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct SpliceId(pub u64);
+/// The kind of document a splice record is.
+pub(crate) const SPLICE: &str = "splice";
+/// The kind of document a batch record is.
+pub(crate) const BATCH: &str = "batch";
 
-impl std::fmt::Display for SpliceId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "splice-{}", self.0)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct QueuedEvent {
+    seq: u64,
+    event: SpliceEvent,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredDoc {
+    v: u32,
+    kind: String,
+    id: u64,
+    revision: u64,
+    body: Value,
+    events: Vec<QueuedEvent>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredGroup {
+    v: u32,
+    docs: Vec<StoredDoc>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Acked {
+    v: u32,
+    through: u64,
+}
+
+/// A change to one document: its new body and the events reporting it.
+#[derive(Debug, Clone)]
+pub(crate) struct Change {
+    pub(crate) kind: &'static str,
+    pub(crate) id: u64,
+    pub(crate) body: Value,
+    pub(crate) events: Vec<SpliceEvent>,
+}
+
+impl Change {
+    /// A change of `kind` document `id` to `body`, reported by `events`.
+    pub(crate) fn new<T: Serialize>(
+        kind: &'static str,
+        id: u64,
+        body: &T,
+        events: Vec<SpliceEvent>,
+    ) -> Result<Self, SpliceError> {
+        let body = serde_json::to_value(body)
+            .map_err(|e| SpliceError::Persistence(format!("encoding {kind}-{id}: {e}")))?;
+        Ok(Change {
+            kind,
+            id,
+            body,
+            events,
+        })
     }
 }
 
-impl std::str::FromStr for SpliceId {
-    type Err = std::num::ParseIntError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.strip_prefix("splice-").unwrap_or(s).parse().map(SpliceId)
-    }
+#[derive(Debug, Default)]
+struct DocState {
+    /// Its events not acknowledged yet: written again with the document.
+    events: Vec<QueuedEvent>,
 }
 
-/// Where a splice stands.
-///
-/// `Requested -> Negotiating -> AwaitingSignatures -> Broadcast ->
-/// Confirmed { depth } -> Locked`; any stage before `Broadcast` can end in
-/// `Failed` or `Cancelled`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum SpliceState {
-    /// Accepted and journaled; about to be handed to LDK.
-    Requested,
-    /// Handed to LDK: waiting for quiescence and building the transaction with the peer.
-    Negotiating,
-    /// The transaction is built; we are checking and signing our inputs.
-    AwaitingSignatures,
-    /// Both sides signed; the transaction is broadcast.
-    Broadcast,
-    /// The transaction is in a block, `depth` deep.
-    Confirmed {
-        /// Confirmations so far.
-        depth: u32,
-    },
-    /// Both sides exchanged `splice_locked`: the channel runs on the new funding output.
-    Locked,
-    /// The splice did not happen.
-    Failed {
-        /// Why.
-        reason: String,
-    },
-    /// Cancelled by the user before signing.
-    Cancelled,
-}
-
-impl SpliceState {
-    /// Whether the splice has ended (locked, failed or cancelled).
-    pub fn is_final(&self) -> bool {
-        matches!(
-            self,
-            SpliceState::Locked | SpliceState::Failed { .. } | SpliceState::Cancelled
-        )
-    }
-
-    /// Whether the transaction is signed and out (so it can no longer be cancelled).
-    pub fn is_broadcast(&self) -> bool {
-        matches!(
-            self,
-            SpliceState::Broadcast | SpliceState::Confirmed { .. } | SpliceState::Locked
-        )
-    }
-}
-
-impl std::fmt::Display for SpliceState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SpliceState::Requested => write!(f, "requested"),
-            SpliceState::Negotiating => write!(f, "negotiating"),
-            SpliceState::AwaitingSignatures => write!(f, "awaiting signatures"),
-            SpliceState::Broadcast => write!(f, "broadcast"),
-            SpliceState::Confirmed { depth } => write!(f, "confirmed ({depth} deep)"),
-            SpliceState::Locked => write!(f, "locked"),
-            SpliceState::Failed { reason } => write!(f, "failed: {reason}"),
-            SpliceState::Cancelled => write!(f, "cancelled"),
-        }
-    }
-}
-
-/// One output a splice pays from the channel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SpliceOutput {
-    /// The script paid.
-    pub script_pubkey: ScriptBuf,
-    /// The amount paid.
-    #[serde(with = "bitcoin::amount::serde::as_sat")]
-    pub value: Amount,
-}
-
-impl From<&SpliceOutput> for TxOut {
-    fn from(output: &SpliceOutput) -> TxOut {
-        TxOut {
-            value: output.value,
-            script_pubkey: output.script_pubkey.clone(),
-        }
-    }
-}
-
-/// Everything known about one splice.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SpliceRecord {
-    /// Its id.
-    pub id: SpliceId,
-    /// The channel.
-    #[serde(with = "channel_id_hex")]
-    pub channel_id: ChannelId,
-    /// The channel's counterparty.
-    pub counterparty: PublicKey,
-    /// Where it stands.
-    #[serde(flatten)]
-    pub state: SpliceState,
-    /// What the wallet adds to the channel (before fees).
-    #[serde(with = "bitcoin::amount::serde::as_sat")]
-    pub add: Amount,
-    /// What the channel pays out.
-    pub outputs: Vec<SpliceOutput>,
-    /// The feerate the contribution was built at.
-    pub feerate_sat_per_kwu: u64,
-    /// Our share of the fee, as LDK estimated it for the contribution.
-    #[serde(with = "bitcoin::amount::serde::as_sat")]
-    pub fee: Amount,
-    /// Wallet coins the splice spends (reserved for it until it ends).
-    pub inputs: Vec<OutPoint>,
-    /// Change back to the wallet, if any.
-    pub change: Option<SpliceOutput>,
-    /// The channel's capacity before the splice.
-    #[serde(with = "bitcoin::amount::serde::as_sat")]
-    pub capacity_before: Amount,
-    /// Our balance change in the channel: what we add minus what we take out
-    /// minus our fee (negative for a splice-out).
-    pub net_value_sat: i64,
-    /// The splice transaction, once known.
-    pub txid: Option<Txid>,
-    /// Height of the block that confirmed it, while it is confirmed.
-    pub confirmation_height: Option<u32>,
-    /// The batch this splice is a leg of, if any.
-    #[serde(default)]
-    pub batch: Option<crate::batch::BatchId>,
-    /// Unix time of the request.
-    pub created_at: u64,
-    /// Unix time of the last change.
-    pub updated_at: u64,
-    /// Counts the record's writes: on load the highest revision wins.
-    #[serde(default)]
-    pub revision: u64,
-}
-
-impl SpliceRecord {
-    /// The feerate the contribution was built at.
-    pub fn feerate(&self) -> FeeRate {
-        FeeRate::from_sat_per_kwu(self.feerate_sat_per_kwu)
-    }
-}
-
-pub(crate) mod channel_id_hex {
-    use bitcoin::hex::{DisplayHex, FromHex};
-    use lightning::ln::types::ChannelId;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(id: &ChannelId, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&id.0.to_lower_hex_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ChannelId, D::Error> {
-        let hex = String::deserialize(d)?;
-        <[u8; 32]>::from_hex(&hex)
-            .map(ChannelId)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// The splice records, in memory and in the store.
-pub struct Journal {
-    store: SharedStore,
-    records: BTreeMap<SpliceId, SpliceRecord>,
-    /// Changed in memory, not yet written (see [`Journal::stage`]).
-    staged: BTreeSet<SpliceId>,
+struct Inner {
+    docs: BTreeMap<(String, u64), DocState>,
+    /// Bodies read at load, handed once to whoever owns their kind.
+    loaded: BTreeMap<String, Vec<Value>>,
+    pending: VecDeque<QueuedEvent>,
+    acked: u64,
+    next_seq: u64,
     revision: u64,
     next_group: u64,
 }
 
+/// Records and their events, in memory and in the store.
+pub struct Journal {
+    store: SharedStore,
+    inner: Mutex<Inner>,
+    ready: Condvar,
+    notifier: Mutex<Option<EventNotifier>>,
+}
+
+fn doc_key(kind: &str, id: u64) -> String {
+    format!("{kind}-{id:020}")
+}
+
+fn persistence(e: StoreError) -> SpliceError {
+    SpliceError::Persistence(e.to_string())
+}
+
 impl Journal {
-    /// Reads every record from `store`, folding group entries in.
-    pub fn load(store: SharedStore) -> Result<Self, SpliceError> {
-        let persistence = |e: lightning::io::Error| SpliceError::Persistence(e.to_string());
-        let mut records = BTreeMap::new();
-        for key in store
-            .list(PERSISTENCE_NAMESPACE, SPLICES_NAMESPACE)
-            .map_err(persistence)?
-        {
-            let bytes = store
-                .read(PERSISTENCE_NAMESPACE, SPLICES_NAMESPACE, &key)
-                .map_err(persistence)?;
-            let record: SpliceRecord = serde_json::from_slice(&bytes).map_err(|e| {
-                SpliceError::Persistence(format!("unreadable splice record {key}: {e}"))
-            })?;
-            records.insert(record.id, record);
+    /// Reads every document, folds group entries in and queues every event
+    /// not acknowledged yet. An unreadable entry is an error, never skipped:
+    /// a journal that lost a record could release coins a splice still
+    /// needs.
+    pub(crate) fn load(store: SharedStore) -> Result<Self, SpliceError> {
+        let mut winners: BTreeMap<(String, u64), (StoredDoc, bool)> = BTreeMap::new();
+        for key in store::list(&store, DOCS).map_err(persistence)? {
+            let doc: StoredDoc = store::read_json(&store, DOCS, &key)
+                .map_err(persistence)?
+                .ok_or_else(|| SpliceError::Persistence(format!("journal entry {key} vanished")))?;
+            check_version(doc.v, &key)?;
+            winners.insert((doc.kind.clone(), doc.id), (doc, false));
         }
-        let mut groups = store
-            .list(PERSISTENCE_NAMESPACE, GROUPS_NAMESPACE)
-            .map_err(persistence)?;
+        let mut groups = store::list(&store, GROUPS).map_err(persistence)?;
         groups.sort();
-        let mut newer = BTreeSet::new();
+        let mut next_group = 0;
         for key in &groups {
-            let bytes = store
-                .read(PERSISTENCE_NAMESPACE, GROUPS_NAMESPACE, key)
-                .map_err(persistence)?;
-            let group: Vec<SpliceRecord> = serde_json::from_slice(&bytes).map_err(|e| {
-                SpliceError::Persistence(format!("unreadable splice group {key}: {e}"))
+            let sequence: u64 = key.parse().map_err(|_| {
+                SpliceError::Persistence(format!("unexpected journal group key {key}"))
             })?;
-            for record in group {
-                if records
-                    .get(&record.id)
-                    .is_none_or(|r: &SpliceRecord| r.revision < record.revision)
+            next_group = next_group.max(sequence + 1);
+            let group: StoredGroup = store::read_json(&store, GROUPS, key)
+                .map_err(persistence)?
+                .ok_or_else(|| SpliceError::Persistence(format!("journal group {key} vanished")))?;
+            check_version(group.v, key)?;
+            for doc in group.docs {
+                let slot = (doc.kind.clone(), doc.id);
+                if winners
+                    .get(&slot)
+                    .is_none_or(|(old, _)| old.revision < doc.revision)
                 {
-                    newer.insert(record.id);
-                    records.insert(record.id, record);
+                    winners.insert(slot, (doc, true));
                 }
             }
         }
-        let revision = records.values().map(|r| r.revision).max().unwrap_or(0);
-        let journal = Journal {
-            store,
-            records,
-            staged: BTreeSet::new(),
-            revision,
-            next_group: 0,
+        let acked = store::read_json::<Acked>(&store, EVENTS, ACKED_KEY)
+            .map_err(persistence)?
+            .map_or(0, |a| a.through);
+
+        let mut inner = Inner {
+            docs: BTreeMap::new(),
+            loaded: BTreeMap::new(),
+            pending: VecDeque::new(),
+            acked,
+            next_seq: acked + 1,
+            revision: 0,
+            next_group,
         };
-        // Fold the groups back into one entry per splice.
-        for id in newer {
-            if let Some(record) = journal.records.get(&id) {
-                journal.write_record(record)?;
+        let mut pending = Vec::new();
+        let mut to_fold = Vec::new();
+        for ((kind, id), (doc, from_group)) in winners {
+            inner.revision = inner.revision.max(doc.revision);
+            for event in &doc.events {
+                inner.next_seq = inner.next_seq.max(event.seq + 1);
+            }
+            let unacked: Vec<QueuedEvent> = doc
+                .events
+                .iter()
+                .filter(|e| e.seq > acked)
+                .cloned()
+                .collect();
+            pending.extend(unacked.iter().cloned());
+            inner
+                .loaded
+                .entry(kind.clone())
+                .or_default()
+                .push(doc.body.clone());
+            inner.docs.insert((kind, id), DocState { events: unacked });
+            if from_group {
+                to_fold.push(doc);
             }
         }
-        for key in groups {
-            journal
-                .store
-                .remove(PERSISTENCE_NAMESPACE, GROUPS_NAMESPACE, &key, false)
+        pending.sort_by_key(|e| e.seq);
+        inner.pending = pending.into();
+
+        // Fold the groups back into one entry per document, then drop them.
+        for doc in &to_fold {
+            store::write_json(&store, DOCS, &doc_key(&doc.kind, doc.id), doc)
                 .map_err(persistence)?;
         }
-        Ok(journal)
+        for key in groups {
+            store::remove(&store, GROUPS, &key).map_err(persistence)?;
+        }
+        Ok(Journal {
+            store,
+            inner: Mutex::new(inner),
+            ready: Condvar::new(),
+            notifier: Mutex::new(None),
+        })
     }
 
-    /// The id the next record gets.
-    pub fn next_id(&self) -> SpliceId {
-        SpliceId(self.records.keys().next_back().map_or(1, |id| id.0 + 1))
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes `record` to the store, then keeps it.
-    pub fn put(&mut self, record: SpliceRecord) -> Result<(), SpliceError> {
-        let record = self.next_revision(record);
-        self.write_record(&record)?;
-        self.staged.remove(&record.id);
-        self.records.insert(record.id, record);
-        Ok(())
+    /// The bodies of every `kind` document read at load (each only once).
+    pub(crate) fn take_loaded(&self, kind: &str) -> Vec<Value> {
+        self.lock().loaded.remove(kind).unwrap_or_default()
     }
 
-    /// Keeps `record` in memory only; [`Journal::commit_staged`] writes it
-    /// with every other staged record in one store write.
-    pub fn stage(&mut self, record: SpliceRecord) {
-        let record = self.next_revision(record);
-        self.staged.insert(record.id);
-        self.records.insert(record.id, record);
-    }
-
-    /// Whether `id` has changes not written yet.
-    pub fn is_staged(&self, id: SpliceId) -> bool {
-        self.staged.contains(&id)
-    }
-
-    /// Whether anything is staged.
-    pub fn has_staged(&self) -> bool {
-        !self.staged.is_empty()
-    }
-
-    /// Writes every staged record in one store write.
-    pub fn commit_staged(&mut self) -> Result<(), SpliceError> {
-        let records: Vec<&SpliceRecord> = self
-            .staged
-            .iter()
-            .filter_map(|id| self.records.get(id))
-            .collect();
-        match records.as_slice() {
-            [] => {}
-            [record] => self.write_record(record)?,
-            records => {
-                let bytes = serde_json::to_vec(records)
-                    .map_err(|e| SpliceError::Persistence(e.to_string()))?;
-                self.store
-                    .write(
-                        PERSISTENCE_NAMESPACE,
-                        GROUPS_NAMESPACE,
-                        &format!("{:020}", self.next_group),
-                        bytes,
-                    )
-                    .map_err(|e| SpliceError::Persistence(e.to_string()))?;
-                self.next_group += 1;
+    /// Writes `changes` in one store write, with their events. On success
+    /// the events are queued for the application and the notifier sees
+    /// each; on failure nothing changed and the error says why.
+    pub(crate) fn commit(&self, changes: Vec<Change>) -> Result<(), SpliceError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut inner = self.lock();
+        let mut docs = Vec::with_capacity(changes.len());
+        let mut new_events = Vec::new();
+        let mut seq = inner.next_seq;
+        let mut revision = inner.revision;
+        for change in changes {
+            revision += 1;
+            let slot = (change.kind.to_string(), change.id);
+            let mut events: Vec<QueuedEvent> = inner
+                .docs
+                .get(&slot)
+                .map(|d| d.events.clone())
+                .unwrap_or_default();
+            // A document changed twice in one commit keeps the newest body.
+            if let Some(position) = docs
+                .iter()
+                .position(|d: &StoredDoc| d.kind == change.kind && d.id == change.id)
+            {
+                events = docs.remove(position).events;
+            }
+            for event in change.events {
+                let queued = QueuedEvent { seq, event };
+                seq += 1;
+                events.push(queued.clone());
+                new_events.push(queued);
+            }
+            docs.push(StoredDoc {
+                v: FORMAT_VERSION,
+                kind: change.kind.to_string(),
+                id: change.id,
+                revision,
+                body: change.body,
+                events,
+            });
+        }
+        if let [doc] = docs.as_slice() {
+            store::write_json(&self.store, DOCS, &doc_key(&doc.kind, doc.id), doc)
+                .map_err(persistence)?;
+        } else {
+            let key = format!("{:020}", inner.next_group);
+            let group = StoredGroup {
+                v: FORMAT_VERSION,
+                docs,
+            };
+            store::write_json(&self.store, GROUPS, &key, &group).map_err(persistence)?;
+            docs = group.docs;
+            inner.next_group += 1;
+        }
+        inner.next_seq = seq;
+        inner.revision = revision;
+        for doc in docs {
+            inner
+                .docs
+                .insert((doc.kind, doc.id), DocState { events: doc.events });
+        }
+        inner.pending.extend(new_events.iter().cloned());
+        drop(inner);
+        if !new_events.is_empty() {
+            self.ready.notify_all();
+            let notifier = self.notifier.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(notify) = notifier.as_ref() {
+                for queued in &new_events {
+                    notify(&queued.event);
+                }
             }
         }
-        self.staged.clear();
         Ok(())
     }
 
-    /// Forgets a record that never reached LDK.
-    pub fn remove(&mut self, id: SpliceId) -> Result<(), SpliceError> {
-        self.store
-            .remove(
-                PERSISTENCE_NAMESPACE,
-                SPLICES_NAMESPACE,
-                &id.0.to_string(),
-                false,
-            )
-            .map_err(|e| SpliceError::Persistence(e.to_string()))?;
-        self.staged.remove(&id);
-        self.records.remove(&id);
+    /// Calls `f` with every event right after the write holding it.
+    pub(crate) fn set_notifier(&self, f: EventNotifier) {
+        *self.notifier.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
+    }
+
+    /// The oldest event not acknowledged yet.
+    pub(crate) fn next_event(&self) -> Option<SpliceEvent> {
+        self.lock().pending.front().map(|q| q.event.clone())
+    }
+
+    /// Waits up to `timeout` for an event and returns the oldest one.
+    pub(crate) fn wait_next_event(&self, timeout: Duration) -> Option<SpliceEvent> {
+        let inner = self.lock();
+        let (inner, _) = self
+            .ready
+            .wait_timeout_while(inner, timeout, |i| i.pending.is_empty())
+            .unwrap_or_else(|e| e.into_inner());
+        inner.pending.front().map(|q| q.event.clone())
+    }
+
+    /// Acknowledges the oldest event. It is gone only once that is written;
+    /// on error it stays first in line.
+    pub(crate) fn event_handled(&self) -> Result<(), SpliceError> {
+        let mut inner = self.lock();
+        let Some(oldest) = inner.pending.front().map(|q| q.seq) else {
+            return Ok(());
+        };
+        store::write_json(
+            &self.store,
+            EVENTS,
+            ACKED_KEY,
+            &Acked {
+                v: FORMAT_VERSION,
+                through: oldest,
+            },
+        )
+        .map_err(persistence)?;
+        inner.pending.pop_front();
+        inner.acked = oldest;
+        for doc in inner.docs.values_mut() {
+            doc.events.retain(|e| e.seq > oldest);
+        }
         Ok(())
     }
 
-    /// The record with `id`.
-    pub fn get(&self, id: SpliceId) -> Option<&SpliceRecord> {
-        self.records.get(&id)
-    }
-
-    /// Every record, oldest first.
-    pub fn all(&self) -> impl Iterator<Item = &SpliceRecord> {
-        self.records.values()
-    }
-
-    /// The record of the splice still running on `channel_id`, if any.
-    pub fn active_on(&self, channel_id: &ChannelId) -> Option<&SpliceRecord> {
-        self.records
-            .values()
-            .rev()
-            .find(|r| r.channel_id == *channel_id && !r.state.is_final())
-    }
-
-    fn next_revision(&mut self, mut record: SpliceRecord) -> SpliceRecord {
-        self.revision += 1;
-        record.revision = self.revision;
-        record.updated_at = unix_now();
-        record
-    }
-
-    fn write_record(&self, record: &SpliceRecord) -> Result<(), SpliceError> {
-        let bytes =
-            serde_json::to_vec(record).map_err(|e| SpliceError::Persistence(e.to_string()))?;
-        self.store
-            .write(
-                PERSISTENCE_NAMESPACE,
-                SPLICES_NAMESPACE,
-                &record.id.0.to_string(),
-                bytes,
-            )
-            .map_err(|e| SpliceError::Persistence(e.to_string()))
+    /// Every event not acknowledged yet, oldest first.
+    pub(crate) fn pending_events(&self) -> Vec<SpliceEvent> {
+        self.lock()
+            .pending
+            .iter()
+            .map(|q| q.event.clone())
+            .collect()
     }
 }
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+fn check_version(version: u32, key: &str) -> Result<(), SpliceError> {
+    if version == FORMAT_VERSION {
+        Ok(())
+    } else {
+        Err(SpliceError::Persistence(format!(
+            "journal entry {key} has format version {version}; this build reads version {FORMAT_VERSION}"
+        )))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
-    use bitcoin::secp256k1::{Secp256k1, SecretKey};
     use lightning_persister::fs_store::v1::FilesystemStore;
+    use serde_json::json;
 
     use super::*;
+    use crate::ids::BatchId;
+    use crate::record::BatchState;
 
     fn store(dir: &std::path::Path) -> SharedStore {
         Arc::new(FilesystemStore::new(dir.to_path_buf()))
     }
 
-    fn record(id: u64) -> SpliceRecord {
-        let key = SecretKey::from_slice(&[1; 32]).expect("valid key");
-        SpliceRecord {
-            id: SpliceId(id),
-            channel_id: ChannelId([id as u8; 32]),
-            counterparty: key.public_key(&Secp256k1::new()),
-            state: SpliceState::Requested,
-            add: Amount::from_sat(1_000),
-            outputs: Vec::new(),
-            feerate_sat_per_kwu: 253,
-            fee: Amount::from_sat(200),
-            inputs: Vec::new(),
-            change: None,
-            capacity_before: Amount::from_sat(100_000),
-            net_value_sat: 800,
-            txid: None,
-            confirmation_height: None,
-            batch: None,
-            created_at: 0,
-            updated_at: 0,
-            revision: 0,
+    fn event(n: u64) -> SpliceEvent {
+        SpliceEvent::BatchStateChanged {
+            batch: BatchId(n),
+            state: BatchState::Negotiating,
         }
     }
 
-    fn states(journal: &Journal) -> Vec<(u64, SpliceState)> {
-        journal.all().map(|r| (r.id.0, r.state.clone())).collect()
+    fn change(id: u64, body: Value, events: Vec<SpliceEvent>) -> Change {
+        Change {
+            kind: SPLICE,
+            id,
+            body,
+            events,
+        }
+    }
+
+    fn bodies(journal: &Journal) -> Vec<Value> {
+        journal.take_loaded(SPLICE)
     }
 
     #[test]
-    fn staged_records_are_written_together_and_the_newest_revision_wins() {
+    fn groups_and_single_writes_fold_on_load_and_the_newest_revision_wins() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut journal = Journal::load(store(dir.path())).expect("empty journal");
-        journal.put(record(1)).expect("put");
-        for id in 2..=4 {
-            journal.stage(record(id));
-        }
-        assert!(journal.is_staged(SpliceId(3)));
-        // Staged records are visible at once but not yet in the store.
-        assert_eq!(journal.all().count(), 4);
+        let journal = Journal::load(store(dir.path())).expect("empty journal");
+        journal
+            .commit(vec![change(1, json!("one"), vec![])])
+            .expect("single");
+        journal
+            .commit(
+                (2..=4)
+                    .map(|id| change(id, json!("group"), vec![]))
+                    .collect(),
+            )
+            .expect("group");
+        journal
+            .commit(vec![change(3, json!("three later"), vec![])])
+            .expect("single after group");
+        journal
+            .commit(vec![
+                change(1, json!("one later"), vec![]),
+                change(4, json!("four later"), vec![]),
+            ])
+            .expect("group after single");
+        drop(journal);
+        let reloaded = Journal::load(store(dir.path())).expect("load");
+        assert_eq!(
+            bodies(&reloaded),
+            vec![
+                json!("one later"),
+                json!("group"),
+                json!("three later"),
+                json!("four later")
+            ]
+        );
+        let groups = store::list(&store(dir.path()), GROUPS).expect("list");
+        assert!(groups.is_empty(), "groups left: {groups:?}");
+        let again = Journal::load(store(dir.path())).expect("load again");
+        assert_eq!(bodies(&again).len(), 4);
+    }
+
+    #[test]
+    fn events_survive_a_restart_until_acknowledged_and_follow_their_documents() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let journal = Journal::load(store(dir.path())).expect("empty journal");
+        journal
+            .commit(vec![change(1, json!(1), vec![event(1)])])
+            .expect("write");
+        journal
+            .commit(vec![
+                change(2, json!(2), vec![event(2)]),
+                change(3, json!(3), vec![event(3), event(4)]),
+            ])
+            .expect("group");
+        // Document 1 is written again before its first event is handled:
+        // that event must not be lost.
+        journal
+            .commit(vec![change(1, json!(11), vec![event(5)])])
+            .expect("rewrite");
+        let all: Vec<SpliceEvent> = (1..=5).map(event).collect();
+        assert_eq!(journal.pending_events(), all);
         assert_eq!(
             Journal::load(store(dir.path()))
                 .expect("load")
-                .all()
-                .count(),
-            1
+                .pending_events(),
+            all
         );
-        journal.commit_staged().expect("commit");
-        assert!(!journal.has_staged());
 
-        // A later single write supersedes the group's copy of splice 3...
-        let mut negotiating = journal.get(SpliceId(3)).expect("kept").clone();
-        negotiating.state = SpliceState::Negotiating;
-        journal.put(negotiating).expect("put");
-        // ...and a later group supersedes splice 1's single write.
-        let mut cancelled = journal.get(SpliceId(1)).expect("kept").clone();
-        cancelled.state = SpliceState::Cancelled;
-        journal.stage(cancelled);
-        let mut failed = journal.get(SpliceId(4)).expect("kept").clone();
-        failed.state = SpliceState::Failed {
-            reason: "test".into(),
-        };
-        journal.stage(failed);
-        journal.commit_staged().expect("commit");
-        let expected = states(&journal);
-
+        journal.event_handled().expect("ack");
+        journal.event_handled().expect("ack");
+        assert_eq!(journal.next_event(), Some(event(3)));
         let reloaded = Journal::load(store(dir.path())).expect("load");
-        assert_eq!(states(&reloaded), expected);
-        assert_eq!(expected[0].1, SpliceState::Cancelled);
-        assert_eq!(expected[2].1, SpliceState::Negotiating);
-        // Loading folded the groups into per-splice entries.
-        let groups = store(dir.path())
-            .list(PERSISTENCE_NAMESPACE, GROUPS_NAMESPACE)
-            .expect("list");
-        assert!(groups.is_empty(), "groups left: {groups:?}");
         assert_eq!(
-            states(&Journal::load(store(dir.path())).expect("load again")),
-            expected
+            reloaded.pending_events(),
+            (3..=5).map(event).collect::<Vec<_>>()
         );
+        // Events written after a reload follow the older ones.
+        reloaded
+            .commit(vec![change(9, json!(9), vec![event(6)])])
+            .expect("write");
+        assert_eq!(
+            Journal::load(store(dir.path()))
+                .expect("load")
+                .pending_events(),
+            (3..=6).map(event).collect::<Vec<_>>()
+        );
+        for _ in 0..4 {
+            reloaded.event_handled().expect("ack");
+        }
+        assert_eq!(reloaded.next_event(), None);
+        assert!(Journal::load(store(dir.path()))
+            .expect("load")
+            .pending_events()
+            .is_empty());
     }
 
     #[test]
-    fn a_staged_record_is_lost_if_never_committed() {
+    fn an_unreadable_entry_is_an_error_not_a_skip() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut journal = Journal::load(store(dir.path())).expect("empty journal");
-        journal.put(record(1)).expect("put");
-        let mut negotiating = record(1);
-        negotiating.state = SpliceState::Negotiating;
-        journal.stage(negotiating);
-        drop(journal);
-        let reloaded = Journal::load(store(dir.path())).expect("load");
-        assert_eq!(states(&reloaded), vec![(1, SpliceState::Requested)]);
-        assert_eq!(reloaded.next_id(), SpliceId(2));
+        let journal = Journal::load(store(dir.path())).expect("empty journal");
+        journal
+            .commit(vec![change(1, json!(1), vec![event(1)])])
+            .expect("write");
+        store(dir.path())
+            .write(
+                crate::store::PERSISTENCE_NAMESPACE,
+                DOCS,
+                &doc_key(SPLICE, 1),
+                b"{not json".to_vec(),
+            )
+            .expect("corrupt it");
+        let err = Journal::load(store(dir.path())).err().expect("refused");
+        assert!(err.to_string().contains("splice-"), "{err}");
     }
 }

@@ -8,16 +8,20 @@ pub mod devchain;
 pub mod error;
 pub mod events;
 pub mod fees;
-pub mod journal;
+pub mod ids;
+mod journal;
 pub mod logger;
 #[cfg(feature = "node")]
 pub mod node;
-pub mod tracker;
+pub mod record;
+pub mod store;
 pub mod wallet;
+pub mod weights;
 
-pub use batch::{BatchId, BatchPlan, BatchQuote, BatchRecord, BatchState, ChannelRef, Leg};
+pub use batch::{BatchCoordinator, BatchPlan, BatchQuote, BatchRecord, Leg};
 pub use coordinator::{CoordinatorConfig, Destination, Payout, ResizeRequest, SpliceCoordinator};
 pub use error::SpliceError;
 pub use events::SpliceEvent;
 pub use fees::{FeePolicy, FeeRateSource, SpliceQuote};
-pub use journal::{SpliceId, SpliceRecord, SpliceState};
+pub use ids::{BatchId, ChannelRef, SpliceId};
+pub use record::{BatchState, SpliceOrigin, SpliceOutput, SpliceRecord, SpliceState};

@@ -266,7 +266,7 @@ async fn a_mixed_batch_with_moves_locks_everywhere_with_exact_balances() {
         "{quote:?}"
     );
     assert!(
-        h.wallet().reservations().is_empty(),
+        h.coordinator().locked_coins().is_empty(),
         "a quote reserves nothing"
     );
     let capacities: Vec<Amount> = (0..6).map(|i| hub.capacity(i)).collect();
@@ -361,7 +361,7 @@ async fn a_mixed_batch_with_moves_locks_everywhere_with_exact_balances() {
     })
     .await
     .unwrap_or_else(|_| panic!("wallet {:?}, want {wallet}", h.onchain_balance()));
-    assert!(h.wallet().reservations().is_empty());
+    assert!(h.coordinator().locked_coins().is_empty());
     let paid: Amount = hub
         .chain
         .transaction(
@@ -406,7 +406,7 @@ async fn assert_nothing_left(
         "nothing broadcast"
     );
     h.wait_until(WAIT, "every reservation released", |n| {
-        n.wallet().reservations().is_empty()
+        n.coordinator().locked_coins().is_empty()
     })
     .await
     .expect("reservations released");
@@ -670,5 +670,5 @@ async fn a_hub_restarted_after_signing_still_locks_the_batch() {
         capacities[1] - Amount::from_sat(100_000) - fee(1)
     );
     assert_eq!(hub.capacity(2), capacities[2] + Amount::from_sat(100_000));
-    assert!(hub.node().wallet().reservations().is_empty());
+    assert!(hub.node().coordinator().locked_coins().is_empty());
 }

@@ -91,7 +91,7 @@ struct Snapshot {
 
 fn snapshot(chain: &DevChain, node: &Node) -> Snapshot {
     Snapshot {
-        reservations: node.wallet().reservations(),
+        reservations: node.coordinator().locked_coins(),
         splices: node
             .list_splices()
             .into_iter()
@@ -160,7 +160,7 @@ impl<'a> Watch<'a> {
         let now = snapshot(self.chain, self.a);
         assert_eq!(now, self.before, "{what}: state changed");
         assert!(
-            self.a.wallet().reservations().is_empty(),
+            self.a.coordinator().locked_coins().is_empty(),
             "{what}: coins reserved"
         );
         assert!(
@@ -654,7 +654,7 @@ async fn refused_requests_reserve_nothing_and_send_nothing() {
             vec![first],
             "{what}: only the first is journaled"
         );
-        let reserved = a.wallet().reservations();
+        let reserved = a.coordinator().locked_coins();
         assert!(
             reserved.iter().all(|(_, id)| *id == first),
             "{what}: coins reserved for another splice: {reserved:?}"
@@ -729,7 +729,7 @@ async fn refused_requests_reserve_nothing_and_send_nothing() {
         a.channel(&channel_id).unwrap().channel_value_satoshis,
         (CAPACITY + added).to_sat()
     );
-    assert!(a.wallet().reservations().is_empty());
+    assert!(a.coordinator().locked_coins().is_empty());
 }
 
 /// The fee does not fit in the wallet: the error says how much is needed,
@@ -1046,7 +1046,7 @@ async fn check_quote_against_splice(setup: &Setup, request: ResizeRequest, polic
         quote.net_value_sat,
         "the capacity changes by our net contribution"
     );
-    assert!(a.wallet().reservations().is_empty());
+    assert!(a.coordinator().locked_coins().is_empty());
 
     // A splice that has locked cannot be cancelled; an unknown id is unknown.
     let err = a.cancel_splice(id).expect_err("cancel after lock");
@@ -1188,13 +1188,13 @@ async fn cancel_before_signing_releases_the_coins() {
     let id = a
         .splice_in(&channel_id, &bob, Amount::from_sat(200_000), policy)
         .expect("splice-in starts");
-    let held: BTreeSet<OutPoint> = a.wallet().reserved_for(id).into_iter().collect();
+    let held: BTreeSet<OutPoint> = a.coordinator().coins_held_by(id).into_iter().collect();
     assert_eq!(
         held,
         quote.inputs.iter().copied().collect(),
         "the quoted coins are reserved"
     );
-    assert!(a.wallet().reservations().iter().all(|(_, i)| *i == id));
+    assert!(a.coordinator().locked_coins().iter().all(|(_, i)| *i == id));
     assert!(a.wallet().available_balance() < watch.before.available);
 
     // Alice asked Bob to quiesce; Bob's side swallowed it: the splice is
@@ -1216,8 +1216,8 @@ async fn cancel_before_signing_releases_the_coins() {
         .expect_err("cancel of an unknown id");
     assert!(matches!(err, SpliceError::UnknownSplice(_)), "{err:?}");
     assert_eq!(
-        a.wallet()
-            .reserved_for(id)
+        a.coordinator()
+            .coins_held_by(id)
             .into_iter()
             .collect::<BTreeSet<_>>(),
         held,
@@ -1226,7 +1226,7 @@ async fn cancel_before_signing_releases_the_coins() {
 
     a.cancel_splice(id).expect("cancel before signing");
     assert_eq!(a.splice_status(id).unwrap().state, SpliceState::Cancelled);
-    assert!(a.wallet().reservations().is_empty(), "coins released");
+    assert!(a.coordinator().locked_coins().is_empty(), "coins released");
     assert_eq!(a.wallet().available_balance(), watch.before.available);
     assert_eq!(
         splice_candidates(a, &channel_id),
@@ -1262,6 +1262,6 @@ async fn cancel_before_signing_releases_the_coins() {
         )
         .expect("quote after the cancel");
     assert_eq!(again.inputs, quote.inputs);
-    assert!(a.wallet().reservations().is_empty());
+    assert!(a.coordinator().locked_coins().is_empty());
     assert_eq!(a.splice_status(id).unwrap().state, SpliceState::Cancelled);
 }

@@ -131,7 +131,9 @@ fn state_of(event: &SpliceEvent) -> SpliceState {
 fn drain_events(node: &Node) -> Vec<SpliceEvent> {
     std::iter::from_fn(|| {
         let event = node.coordinator().next_event()?;
-        node.coordinator().event_handled();
+        node.coordinator()
+            .event_handled()
+            .expect("event acknowledged");
         Some(event)
     })
     .collect()
@@ -192,13 +194,13 @@ async fn dead_splice_is_failed_and_its_coins_spendable_after_restart() {
         .expect("stfu sent");
     let before = alice.node.splice_status(id).expect("journaled");
     assert_eq!(before.state, SpliceState::Negotiating);
-    let reserved = alice.node.wallet().reserved_for(id);
+    let reserved = alice.node.coordinator().coins_held_by(id);
     assert!(!reserved.is_empty(), "the splice holds coins");
     assert_eq!(as_set(&reserved), as_set(&before.inputs));
     assert!(alice
         .node
-        .wallet()
-        .reservations()
+        .coordinator()
+        .locked_coins()
         .iter()
         .all(|(_, holder)| *holder == id));
     assert_eq!(
@@ -226,13 +228,17 @@ async fn dead_splice_is_failed_and_its_coins_spendable_after_restart() {
     // Its events, in order, ending with the failure.
     assert_eq!(
         drain_states(a, id),
-        vec![SpliceState::Negotiating, after.state.clone()]
+        vec![
+            SpliceState::Requested,
+            SpliceState::Negotiating,
+            after.state.clone()
+        ]
     );
     // Its coins are free again, and LDK holds no contribution. (LDK also
     // replays a `DiscardFunding` for the lost contribution after the
     // restart, which frees the same coins; the journal's reconciliation at
     // start is what fails the record with the restart as its reason.)
-    assert_eq!(a.wallet().reservations(), Vec::new());
+    assert_eq!(a.coordinator().locked_coins(), Vec::new());
     assert_eq!(a.wallet().available_balance(), full);
     assert_eq!(a.onchain_balance().confirmed, full);
     let splice_details = a.channel(&channel_id).and_then(|c| c.splice_details);
@@ -249,7 +255,7 @@ async fn dead_splice_is_failed_and_its_coins_spendable_after_restart() {
         .splice_in(&channel_id, &bob_id, add, fee())
         .expect("a new splice-in with the released coins");
     assert_ne!(again, id, "the journal does not reuse an id");
-    let held = a.wallet().reserved_for(again);
+    let held = a.coordinator().coins_held_by(again);
     assert!(
         as_set(&reserved).is_subset(&as_set(&held)),
         "the new splice holds {held:?}, not the released {reserved:?}"
@@ -288,7 +294,7 @@ async fn dead_splice_is_failed_and_its_coins_spendable_after_restart() {
             full - add - record.fee
         )
     });
-    assert!(a.wallet().reservations().is_empty());
+    assert!(a.coordinator().locked_coins().is_empty());
     assert_eq!(
         a.splice_status(id).map(|r| r.state),
         Some(after.state.clone()),
@@ -322,11 +328,13 @@ async fn unacknowledged_events_survive_a_restart_in_order() {
     let txid = broadcast.txid.expect("txid once broadcast");
     wait_in_mempool(&chain, &txid).await;
 
-    // The application handles the first event only; the other two stay
+    // The application handles the first two events only; the others stay
     // queued.
-    let first = a.coordinator().next_event().expect("an event per state");
-    assert_eq!(state_of(&first), SpliceState::Negotiating);
-    a.coordinator().event_handled();
+    for expected in [SpliceState::Requested, SpliceState::Negotiating] {
+        let event = a.coordinator().next_event().expect("an event per state");
+        assert_eq!(state_of(&event), expected);
+        a.coordinator().event_handled().expect("event acknowledged");
+    }
     let second = a.coordinator().next_event().expect("more events");
     assert_eq!(state_of(&second), SpliceState::AwaitingSignatures);
     assert_eq!(
@@ -356,9 +364,10 @@ async fn unacknowledged_events_survive_a_restart_in_order() {
         events.iter().all(|e| e.splice_id() == Some(id)),
         "{events:?}"
     );
-    assert!(events.len() > 2, "{events:?}");
+    assert!(events.len() > 3, "{events:?}");
     assert_eq!(events[0], second, "the unacknowledged events first");
-    match &events[1] {
+    assert_eq!(state_of(&events[1]), SpliceState::Signed, "{events:?}");
+    match &events[2] {
         SpliceEvent::StateChanged {
             state,
             txid: event_txid,
@@ -373,7 +382,7 @@ async fn unacknowledged_events_survive_a_restart_in_order() {
         }
         other => panic!("not a splice's event: {other:?}"),
     }
-    let later: Vec<SpliceState> = events[2..].iter().map(state_of).collect();
+    let later: Vec<SpliceState> = events[3..].iter().map(state_of).collect();
     assert_eq!(
         later.last(),
         Some(&SpliceState::Locked),
@@ -400,8 +409,8 @@ async fn unacknowledged_events_survive_a_restart_in_order() {
 
 /// Alice's splice is negotiated and signed on her side, but Bob's
 /// `tx_signatures` never reach her (nor hers him) when she restarts: the
-/// splice is alive in LDK, so its record stays `AwaitingSignatures` and
-/// keeps its coins; once the real Bob is back the signatures are exchanged,
+/// splice is alive in LDK, so its record stays `Signed` and keeps its
+/// coins; once the real Bob is back the signatures are exchanged,
 /// the transaction broadcast, and the splice locks with those coins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn splice_awaiting_signatures_goes_on_after_restart() {
@@ -431,7 +440,7 @@ async fn splice_awaiting_signatures_goes_on_after_restart() {
         .wait_until(WAIT, "the splice to reach the signature exchange", |n| {
             fake.handler.tx_signatures_withheld.load(Ordering::SeqCst) > 0
                 && n.splice_status(id)
-                    .is_some_and(|r| r.state == SpliceState::AwaitingSignatures)
+                    .is_some_and(|r| r.state == SpliceState::Signed)
                 && awaiting_signatures_txid(n, &channel_id).is_some()
         })
         .await
@@ -442,7 +451,7 @@ async fn splice_awaiting_signatures_goes_on_after_restart() {
         "nobody could broadcast"
     );
     let before = alice.node.splice_status(id).unwrap();
-    let reserved = alice.node.wallet().reserved_for(id);
+    let reserved = alice.node.coordinator().coins_held_by(id);
     assert!(!reserved.is_empty());
     assert_eq!(as_set(&reserved), as_set(&before.inputs));
 
@@ -452,7 +461,7 @@ async fn splice_awaiting_signatures_goes_on_after_restart() {
     assert_eq!(identity(&after), identity(&before));
     assert_eq!(
         after.state,
-        SpliceState::AwaitingSignatures,
+        SpliceState::Signed,
         "a splice LDK still has is not failed by the restart"
     );
     assert_eq!(
@@ -461,11 +470,11 @@ async fn splice_awaiting_signatures_goes_on_after_restart() {
         "LDK kept the signing session"
     );
     assert_eq!(
-        as_set(&a.wallet().reserved_for(id)),
+        as_set(&a.coordinator().coins_held_by(id)),
         as_set(&reserved),
         "its coins stay reserved"
     );
-    assert!(a.wallet().reservations().iter().all(|(_, h)| *h == id));
+    assert!(a.coordinator().locked_coins().iter().all(|(_, h)| *h == id));
     assert_eq!(
         a.wallet().available_balance(),
         full - value_of(&chain, &reserved),
@@ -509,7 +518,7 @@ async fn splice_awaiting_signatures_goes_on_after_restart() {
             full - add - record.fee
         )
     });
-    assert!(a.wallet().reservations().is_empty());
+    assert!(a.coordinator().locked_coins().is_empty());
     assert_eq!(a.list_splices().len(), 1);
     pay(a, b, 1_000_000).await;
 }

@@ -77,7 +77,7 @@ async fn splice_in_reaches_locked_with_exact_balances() {
         )
     });
     assert!(
-        a.wallet().reservations().is_empty(),
+        a.coordinator().locked_coins().is_empty(),
         "nothing stays reserved"
     );
 
@@ -141,7 +141,7 @@ async fn splice_to_lock(
     .await
     .expect("counterparty locked too");
     assert!(
-        a.wallet().reservations().is_empty(),
+        a.coordinator().locked_coins().is_empty(),
         "nothing stays reserved"
     );
     Spliced { record, tx }

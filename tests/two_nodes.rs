@@ -102,6 +102,7 @@ async fn open_pay_restart_pay_close_accounts_for_every_satoshi() {
     alice
         .node
         .close_channel(&channel.channel_id, &bob_id)
+        .await
         .expect("close starts");
     let close_tx = wait_for_mempool_tx(&chain, |tx| {
         tx.input

@@ -574,6 +574,7 @@ async fn dispatch(state: &AppState, command: &str, p: Value) -> ApiResult {
             let c: ChannelParams = params(command, p)?;
             let channel = c.parse()?;
             node.close_channel(&channel.channel_id, &channel.counterparty)
+                .await
                 .map_err(ApiError::refused)?;
             Ok(json!({ "closing": channel.channel_id.0.to_lower_hex_string() }))
         }

@@ -41,7 +41,12 @@ pub struct Bitcoind {
     runtime: tokio::runtime::Handle,
     /// Transactions we handed to bitcoind and whether it took them.
     broadcasts: Arc<Mutex<Vec<BroadcastRecord>>>,
+    /// Told of every transaction LDK broadcasts, before it is sent.
+    on_broadcast: Mutex<Option<BroadcastHook>>,
 }
+
+/// Called with each transaction LDK broadcasts.
+pub type BroadcastHook = Box<dyn Fn(&Transaction) + Send + Sync>;
 
 /// What happened to a transaction LDK asked us to broadcast.
 #[derive(Debug, Clone)]
@@ -93,6 +98,7 @@ impl Bitcoind {
             fee_cache,
             runtime: tokio::runtime::Handle::current(),
             broadcasts: Arc::new(Mutex::new(Vec::new())),
+            on_broadcast: Mutex::new(None),
         });
         this.update_fee_estimates().await;
         Ok(this)
@@ -166,6 +172,11 @@ impl Bitcoind {
         send_raw(&self.rpc, &self.broadcasts, tx).await
     }
 
+    /// Calls `hook` with every transaction LDK broadcasts from now on.
+    pub fn on_broadcast(&self, hook: BroadcastHook) {
+        *self.on_broadcast.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    }
+
     /// Every broadcast attempt so far, oldest first.
     pub fn broadcasts(&self) -> Vec<BroadcastRecord> {
         self.broadcasts
@@ -190,6 +201,16 @@ impl BroadcasterInterface for Bitcoind {
         // blocking the caller. Several transactions are one package (a child
         // and its parents), given in no particular order.
         let txs = parents_first(txs.iter().map(|(tx, _)| (*tx).clone()).collect());
+        if let Some(hook) = self
+            .on_broadcast
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            for tx in &txs {
+                hook(tx);
+            }
+        }
         let rpc = Arc::clone(&self.rpc);
         let records = Arc::clone(&self.broadcasts);
         self.runtime.spawn(async move {

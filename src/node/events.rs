@@ -68,8 +68,13 @@ impl NodeEventHandler {
                                 counterparty_node_id,
                                 tx.clone(),
                             )
-                            .map(|()| tx)
-                            .map_err(|e| format!("{e:?}"))
+                            .map(|()| tx.clone())
+                            .map_err(|e| {
+                                if let Err(e) = self.wallet.payment_abandoned(&tx) {
+                                    log::warn!("could not free the funding's coins: {e}");
+                                }
+                                format!("{e:?}")
+                            })
                     });
                 match funding {
                     Ok(tx) => {

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Address, Amount, Network};
 use lightning::bolt11_invoice::{Bolt11Invoice, Bolt11InvoiceDescription, Description};
-use lightning::chain::{BlockLocator, Listen, Watch};
+use lightning::chain::{BlockLocator, Listen};
 use lightning::ln::channel_state::ChannelDetails;
 use lightning::ln::channelmanager::{
     Bolt11InvoiceParameters, ChainParameters, ChannelManagerReadArgs, OptionalBolt11PaymentParams,
@@ -51,7 +51,9 @@ pub use self::bitcoind::{Bitcoind, BroadcastRecord};
 pub use self::keys::WalletSignerProvider;
 pub use self::payments::{PaymentDirection, PaymentInfo, PaymentStatus};
 pub use self::sync::ChainListeners;
-pub use self::types::{ChainMonitor, ChannelManager, NodeCoordinator, PeerManager, Store};
+pub use self::types::{
+    ChainMonitor, ChannelManager, NodeBatches, NodeCoordinator, PeerManager, Store,
+};
 
 use self::events::NodeEventHandler;
 use self::payments::PaymentStore;
@@ -59,8 +61,9 @@ use self::peers::PeerStore;
 use crate::batch::{BatchId, BatchPlan, BatchQuote, BatchRecord, BatchState};
 use crate::coordinator::{CoordinatorConfig, Destination, ResizeRequest};
 use crate::fees::{FeePolicy, SpliceQuote};
-use crate::journal::{SpliceId, SpliceRecord};
+use crate::ids::SpliceId;
 use crate::logger::LogBridge;
+use crate::record::SpliceRecord;
 use crate::wallet::{SharedStore, SpliceWallet, WalletBalance, WalletError};
 use crate::SpliceError;
 
@@ -132,11 +135,25 @@ pub struct NodeConfig {
     pub reconnect_interval: Duration,
 }
 
+/// Turns the node's store into the one this crate's own state (the splice
+/// journal and the wallet) is written through.
+pub type StoreWrapper = Arc<dyn Fn(SharedStore) -> SharedStore + Send + Sync>;
+
 /// Builds a [`Node`] from a data directory, network, bitcoind RPC endpoint
 /// and listen address.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NodeBuilder {
     config: NodeConfig,
+    wrap_store: Option<StoreWrapper>,
+}
+
+impl std::fmt::Debug for NodeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeBuilder")
+            .field("config", &self.config)
+            .field("wraps_store", &self.wrap_store.is_some())
+            .finish()
+    }
 }
 
 impl NodeBuilder {
@@ -157,6 +174,7 @@ impl NodeBuilder {
                 fee_update_interval: Duration::from_secs(60),
                 reconnect_interval: Duration::from_secs(5),
             },
+            wrap_store: None,
         }
     }
 
@@ -209,6 +227,18 @@ impl NodeBuilder {
         self
     }
 
+    /// Writes this crate's own state (the splice journal and the wallet)
+    /// through the store `wrap` makes of the node's store: to count writes,
+    /// mirror them, or (in tests) make them fail. LDK's own state is written
+    /// to the node's store directly.
+    pub fn wrap_splice_store(
+        mut self,
+        wrap: impl Fn(SharedStore) -> SharedStore + Send + Sync + 'static,
+    ) -> Self {
+        self.wrap_store = Some(Arc::new(wrap));
+        self
+    }
+
     /// The configuration built so far.
     pub fn config(&self) -> &NodeConfig {
         &self.config
@@ -216,7 +246,7 @@ impl NodeBuilder {
 
     /// Starts the node. Must be called inside a multi-threaded tokio runtime.
     pub async fn start(self) -> Result<Node, NodeError> {
-        Node::start(self.config).await
+        Node::start(self.config, self.wrap_store).await
     }
 }
 
@@ -233,6 +263,7 @@ pub struct Node {
     peer_manager: Arc<PeerManager>,
     chain_listeners: Arc<ChainListeners>,
     coordinator: Arc<NodeCoordinator>,
+    batches: Arc<NodeBatches>,
     payments: Arc<PaymentStore>,
     peers: Arc<PeerStore>,
     notify: Arc<tokio::sync::Notify>,
@@ -245,7 +276,10 @@ pub struct Node {
 const SEED_FILE: &str = "seed";
 
 impl Node {
-    async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+    async fn start(
+        config: NodeConfig,
+        wrap_store: Option<StoreWrapper>,
+    ) -> Result<Node, NodeError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             NodeError::Storage(format!("cannot create {}: {e}", config.data_dir.display()))
         })?;
@@ -260,7 +294,11 @@ impl Node {
             true,
         ));
         let store = Arc::new(Store::new(config.data_dir.join("ldk")));
-        let shared_store: SharedStore = store.clone();
+        let node_store: SharedStore = store.clone();
+        let shared_store: SharedStore = match &wrap_store {
+            Some(wrap) => wrap(node_store.clone()),
+            None => node_store.clone(),
+        };
         let logger = Arc::new(LogBridge);
 
         let bitcoind = Bitcoind::connect(
@@ -295,7 +333,11 @@ impl Node {
             store.clone(),
             keys.clone(),
             keys.get_peer_storage_key(),
-            false,
+            // Monitor updates are written only after the ChannelManager that
+            // produced them (the background processor persists, then
+            // flushes): a crash can then never leave a manager older than
+            // its monitors, which LDK would answer with a force-close.
+            true,
         ));
 
         let graph = Arc::new(read_network_graph(&store, config.network, &logger));
@@ -410,7 +452,7 @@ impl Node {
             for (_, (monitor, ..)) in monitor_listeners {
                 let channel_id = monitor.channel_id();
                 chain_monitor
-                    .watch_channel(channel_id, monitor)
+                    .load_existing_monitor(channel_id, monitor)
                     .map_err(|()| {
                         NodeError::Storage(format!("monitor for {channel_id} refused"))
                     })?;
@@ -418,6 +460,12 @@ impl Node {
             synced
         };
 
+        {
+            // Whatever we broadcast (splices, channel fundings, closes) is
+            // the wallet's at once: its inputs spent, its change pending.
+            let wallet = wallet.clone();
+            bitcoind.on_broadcast(Box::new(move |tx| wallet.transaction_broadcast(tx)));
+        }
         let coordinator = Arc::new(
             NodeCoordinator::new(
                 channel_manager.clone(),
@@ -430,6 +478,8 @@ impl Node {
             )
             .map_err(|e| NodeError::Storage(format!("splice journal: {e}")))?,
         );
+        let batches = NodeBatches::new(coordinator.clone())
+            .map_err(|e| NodeError::Storage(format!("batches: {e}")))?;
 
         let chain_listeners = Arc::new(ChainListeners::default());
         chain_listeners.add(channel_manager.clone());
@@ -456,12 +506,12 @@ impl Node {
             keys.clone(),
         ));
 
-        let payments = Arc::new(PaymentStore::load(shared_store.clone()));
-        let peers = Arc::new(PeerStore::load(shared_store.clone()));
+        let payments = Arc::new(PaymentStore::load(node_store.clone()));
+        let peers = Arc::new(PeerStore::load(node_store.clone()));
         let notify = Arc::new(tokio::sync::Notify::new());
         {
             let notify = notify.clone();
-            coordinator.set_event_notifier(Box::new(move || notify.notify_waiters()));
+            coordinator.set_event_notifier(Box::new(move |_| notify.notify_waiters()));
         }
         let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
 
@@ -470,7 +520,7 @@ impl Node {
             wallet: wallet.clone(),
             bitcoind: bitcoind.clone(),
             payments: payments.clone(),
-            store: shared_store.clone(),
+            store: node_store.clone(),
             notify: notify.clone(),
             accept_inbound_channels: config.accept_inbound_channels,
             coordinator: coordinator.clone(),
@@ -522,7 +572,7 @@ impl Node {
             )));
         }
         tasks.push(tokio::spawn(tick_coordinator(
-            coordinator.clone(),
+            batches.clone(),
             stop_receiver.clone(),
         )));
         tasks.push(tokio::spawn(update_fees(
@@ -553,6 +603,7 @@ impl Node {
             peer_manager,
             chain_listeners,
             coordinator,
+            batches,
             payments,
             peers,
             notify,
@@ -671,7 +722,7 @@ impl Node {
             .filter(|_| push < capacity)
             .ok_or_else(|| NodeError::InvalidInput("push must be less than the capacity".into()))?;
         let needed = capacity;
-        let available = self.wallet.balance().confirmed;
+        let available = self.wallet.available_balance();
         if needed > available {
             return Err(NodeError::Wallet(WalletError::InsufficientFunds {
                 needed,
@@ -726,12 +777,21 @@ impl Node {
             })
     }
 
-    /// Closes a channel cooperatively.
-    pub fn close_channel(
+    /// Closes a channel cooperatively. LDK refuses to start a close while
+    /// a channel monitor update is still being written; the node writes
+    /// them right after persisting the channel manager (deferred monitor
+    /// writes), so this first waits (up to ten seconds) for those to land.
+    pub async fn close_channel(
         &self,
         channel_id: &ChannelId,
         counterparty: &PublicKey,
     ) -> Result<(), NodeError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.chain_monitor.pending_operation_count() > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         self.channel_manager
             .close_channel(channel_id, counterparty)
             .map_err(|e| NodeError::Lightning(format!("{e:?}")))
@@ -843,6 +903,16 @@ impl Node {
         &self.coordinator
     }
 
+    /// The batch coordinator.
+    pub fn batches(&self) -> &Arc<NodeBatches> {
+        &self.batches
+    }
+
+    /// Every batch, oldest first.
+    pub fn list_batches(&self) -> Vec<BatchRecord> {
+        self.batches.list()
+    }
+
     /// Adds `amount` from the on-chain wallet to a channel.
     pub fn splice_in(
         &self,
@@ -901,9 +971,14 @@ impl Node {
             .quote(channel_id, counterparty, request, fee)
     }
 
-    /// Cancels a splice that has not been signed yet.
+    /// Cancels a splice that has not been signed yet (a leg of a batch
+    /// cancels its whole batch).
     pub fn cancel_splice(&self, id: SpliceId) -> Result<(), SpliceError> {
-        let result = self.coordinator.cancel(id);
+        let batch = self.coordinator.status(id).and_then(|r| r.batch);
+        let result = match batch {
+            Some(batch) => self.batches.cancel(batch),
+            None => self.coordinator.cancel(id),
+        };
         self.send_queued_messages();
         result
     }
@@ -920,24 +995,24 @@ impl Node {
 
     /// Starts a batch of splices over several channels.
     pub fn batch(&self, plan: BatchPlan) -> Result<BatchId, SpliceError> {
-        let result = self.coordinator.execute_batch(plan);
+        let result = self.batches.execute(plan);
         self.send_queued_messages();
         result
     }
 
     /// What a batch would cost, without reserving or sending anything.
     pub fn quote_batch(&self, plan: &BatchPlan) -> Result<BatchQuote, SpliceError> {
-        self.coordinator.quote_batch(plan)
+        self.batches.quote(plan)
     }
 
     /// The record of a batch.
     pub fn batch_status(&self, id: BatchId) -> Option<BatchRecord> {
-        self.coordinator.batch_status(id)
+        self.batches.status(id)
     }
 
     /// Cancels a batch that is not signed yet.
     pub fn cancel_batch(&self, id: BatchId) -> Result<(), SpliceError> {
-        let result = self.coordinator.cancel_batch(id);
+        let result = self.batches.cancel(id);
         self.send_queued_messages();
         result
     }
@@ -1136,13 +1211,10 @@ async fn accept_peers(
     }
 }
 
-async fn tick_coordinator(
-    coordinator: Arc<NodeCoordinator>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+async fn tick_coordinator(batches: Arc<NodeBatches>, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => coordinator.timer_tick(),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => batches.timer_tick(),
             _ = stop.changed() => return,
         }
     }

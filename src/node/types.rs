@@ -99,3 +99,6 @@ pub type NoSweeper = lightning::util::sweep::OutputSweeperSync<
 /// The splice coordinator as the node runs it.
 pub type NodeCoordinator =
     crate::coordinator::SpliceCoordinator<Arc<ChannelManager>, Arc<Bitcoind>>;
+
+/// The batch coordinator as the node runs it.
+pub type NodeBatches = crate::batch::BatchCoordinator<Arc<ChannelManager>, Arc<Bitcoind>>;

@@ -6,8 +6,7 @@ use lightning::util::wallet_utils::{CoinSelection, CoinSelectionSourceSync, Conf
 
 use super::selection::{self, Candidate, Target};
 use super::{SpliceWallet, WalletError};
-use crate::fees::weights;
-use crate::journal::SpliceId;
+use crate::weights;
 
 /// A P2WPKH change output.
 const P2WPKH_OUTPUT: Weight = Weight::from_wu((8 + 1 + 22) * 4);
@@ -19,29 +18,13 @@ const P2WPKH_OUTPUT: Weight = Weight::from_wu((8 + 1 + 22) * 4);
 pub struct CoinPool {
     coins: std::sync::Mutex<Option<Vec<(OutPoint, TxOut)>>>,
     picked: std::sync::Mutex<std::collections::BTreeSet<OutPoint>>,
-    /// Reservations are kept in memory until the caller saves them all
-    /// with [`SpliceWallet::save_reservations`] (a batch saves once).
-    save_later: bool,
 }
 
 impl CoinPool {
-    /// A pool for a batch: its reservations are saved once, by the caller,
-    /// with [`SpliceWallet::save_reservations`].
-    pub fn for_batch() -> Self {
-        CoinPool {
-            save_later: true,
-            ..CoinPool::default()
-        }
-    }
-
     /// The pool's coins not handed out yet.
-    fn remaining(
-        &self,
-        wallet: &SpliceWallet,
-        for_splice: Option<SpliceId>,
-    ) -> Vec<(OutPoint, TxOut)> {
+    fn remaining(&self, wallet: &SpliceWallet) -> Vec<(OutPoint, TxOut)> {
         let mut coins = self.coins.lock().unwrap_or_else(|e| e.into_inner());
-        let coins = coins.get_or_insert_with(|| wallet.spendable_coins(for_splice));
+        let coins = coins.get_or_insert_with(|| wallet.spendable_coins());
         let picked = self.picked.lock().unwrap_or_else(|e| e.into_inner());
         coins
             .iter()
@@ -52,10 +35,20 @@ impl CoinPool {
 
     /// What the pool's remaining coins are worth.
     pub fn available(&self, wallet: &SpliceWallet) -> Amount {
-        self.remaining(wallet, None)
+        self.remaining(wallet)
             .iter()
             .map(|(_, txout)| txout.value)
             .sum()
+    }
+
+    /// Every coin handed out so far.
+    pub fn picked(&self) -> Vec<OutPoint> {
+        self.picked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect()
     }
 
     fn take(&self, outpoints: &[OutPoint]) {
@@ -66,45 +59,37 @@ impl CoinPool {
     }
 }
 
-/// Hands LDK the wallet's confirmed coins for one splice. With a splice id
-/// the picked coins are reserved for it at once; without one (a quote)
-/// nothing is reserved.
+/// Hands LDK the wallet's confirmed, unlocked coins for one splice. A
+/// source that locks (see [`SpliceWallet::coin_source`]) locks what it
+/// picks in the wallet at once, in memory, so that no other spend takes
+/// them before the caller writes the lock; one that does not (a quote)
+/// only looks.
 pub struct SpliceCoinSource<'a> {
     wallet: &'a SpliceWallet,
-    reserve_for: Option<SpliceId>,
+    lock: bool,
     pool: std::sync::Arc<CoinPool>,
 }
 
 impl SpliceWallet {
-    /// A coin source for splice `id` that reserves what it picks, or, with
-    /// `None`, one that only looks.
-    pub fn coin_source(&self, id: Option<SpliceId>) -> SpliceCoinSource<'_> {
-        self.coin_source_in(id, &std::sync::Arc::default())
-    }
-
-    /// A coin source for splice `id` drawing from `pool`, shared with the
-    /// other splices of a batch.
-    pub fn coin_source_in(
-        &self,
-        id: Option<SpliceId>,
-        pool: &std::sync::Arc<CoinPool>,
-    ) -> SpliceCoinSource<'_> {
+    /// A coin source drawing from `pool` (shared with the other splices of
+    /// a batch) that locks what it picks when `lock` is true.
+    pub fn coin_source(&self, lock: bool, pool: &std::sync::Arc<CoinPool>) -> SpliceCoinSource<'_> {
         SpliceCoinSource {
             wallet: self,
-            reserve_for: id,
+            lock,
             pool: pool.clone(),
         }
     }
 
-    /// Confirmed P2WPKH coins not promised to another splice.
-    pub fn spendable_coins(&self, for_splice: Option<SpliceId>) -> Vec<(OutPoint, TxOut)> {
+    /// Confirmed P2WPKH coins that are not locked.
+    pub fn spendable_coins(&self) -> Vec<(OutPoint, TxOut)> {
         let state = self.lock();
         state
             .wallet
             .list_unspent()
             .filter(|utxo| utxo.chain_position.is_confirmed())
             .filter(|utxo| utxo.txout.script_pubkey.is_p2wpkh())
-            .filter(|utxo| state.reservations.available_to(&utxo.outpoint, for_splice))
+            .filter(|utxo| !state.wallet.is_outpoint_locked(utxo.outpoint))
             .map(|utxo| (utxo.outpoint, utxo.txout))
             .collect()
     }
@@ -116,74 +101,27 @@ impl SpliceWallet {
         Some(tx.tx_node.tx.as_ref().clone())
     }
 
-    /// The confirmed balance not promised to any splice.
-    pub fn available_balance(&self) -> Amount {
-        self.spendable_coins(None)
-            .iter()
-            .map(|(_, txout)| txout.value)
-            .sum()
-    }
-
-    /// Reserves `outpoints` for splice `id`.
-    pub fn reserve(&self, id: SpliceId, outpoints: &[OutPoint]) -> Result<(), WalletError> {
-        let mut state = self.lock();
-        state.reservations.reserve(id, outpoints);
-        state.reservations.save(&self.store)
-    }
-
-    /// Writes the reservations made through a [`CoinPool::for_batch`] pool.
-    pub fn save_reservations(&self) -> Result<(), WalletError> {
-        self.lock().reservations.save(&self.store)
-    }
-
-    fn reserve_unsaved(&self, id: SpliceId, outpoints: &[OutPoint]) {
-        self.lock().reservations.reserve(id, outpoints);
-    }
-
-    /// Frees every coin splice `id` holds, and returns them.
-    pub fn release(&self, id: SpliceId) -> Result<Vec<OutPoint>, WalletError> {
-        let mut state = self.lock();
-        let released = state.reservations.release(id);
-        if !released.is_empty() {
-            state.reservations.save(&self.store)?;
-        }
-        Ok(released)
-    }
-
-    /// Frees these coins, whoever holds them.
-    pub fn release_outpoints(&self, outpoints: &[OutPoint]) -> Result<(), WalletError> {
-        let mut state = self.lock();
-        state.reservations.release_outpoints(outpoints);
-        state.reservations.save(&self.store)
-    }
-
-    /// The splice holding `outpoint`, if any.
-    pub fn holder(&self, outpoint: &OutPoint) -> Option<SpliceId> {
-        self.lock().reservations.holder(outpoint)
-    }
-
-    /// The coins splice `id` holds.
-    pub fn reserved_for(&self, id: SpliceId) -> Vec<OutPoint> {
-        self.lock().reservations.held_by(id)
-    }
-
-    /// Every reservation: coin and the splice holding it.
-    pub fn reservations(&self) -> Vec<(OutPoint, SpliceId)> {
-        self.lock()
-            .reservations
-            .iter()
-            .map(|(outpoint, id)| (*outpoint, *id))
-            .collect()
-    }
-
-    /// Whether `outpoint` is (or was) an output of this wallet.
-    pub fn owns_outpoint(&self, outpoint: &OutPoint) -> bool {
+    /// The output `outpoint` names, if it is (or was) one of this wallet's.
+    pub fn owned_output(&self, outpoint: &OutPoint) -> Option<TxOut> {
         let state = self.lock();
         state
             .wallet
             .get_tx(outpoint.txid)
             .and_then(|tx| tx.tx_node.tx.output.get(outpoint.vout as usize).cloned())
-            .is_some_and(|txout| state.wallet.is_mine(txout.script_pubkey))
+            .filter(|txout| state.wallet.is_mine(txout.script_pubkey.clone()))
+    }
+
+    /// The confirmed balance that is not locked.
+    pub fn available_balance(&self) -> Amount {
+        self.spendable_coins()
+            .iter()
+            .map(|(_, txout)| txout.value)
+            .sum()
+    }
+
+    /// Whether `outpoint` is (or was) an output of this wallet.
+    pub fn owns_outpoint(&self, outpoint: &OutPoint) -> bool {
+        self.owned_output(outpoint).is_some()
     }
 
     fn change_script(&self) -> Result<ScriptBuf, WalletError> {
@@ -227,7 +165,7 @@ impl CoinSelectionSourceSync for SpliceCoinSource<'_> {
         target_feerate_sat_per_1000_weight: u32,
         max_tx_weight: u64,
     ) -> Result<CoinSelection, ()> {
-        let coins = self.pool.remaining(self.wallet, self.reserve_for);
+        let coins = self.pool.remaining(self.wallet);
         // Every coin is P2WPKH: one spending weight, exactly as LDK will
         // count it in its fee estimate.
         let input_weight = p2wpkh_input_weight();
@@ -291,12 +229,8 @@ impl CoinSelectionSourceSync for SpliceCoinSource<'_> {
         }
         let outpoints: Vec<OutPoint> = confirmed_utxos.iter().map(|u| u.outpoint()).collect();
         self.pool.take(&outpoints);
-        match self.reserve_for {
-            Some(id) if self.pool.save_later => self.wallet.reserve_unsaved(id, &outpoints),
-            Some(id) => self.wallet.reserve(id, &outpoints).map_err(|e| {
-                log::error!("could not reserve coins for {id}: {e}");
-            })?,
-            None => {}
+        if self.lock {
+            self.wallet.lock_coins_unsaved(&outpoints);
         }
         Ok(CoinSelection {
             confirmed_utxos,
@@ -309,16 +243,12 @@ impl CoinSelectionSourceSync for SpliceCoinSource<'_> {
 
     fn sign_psbt(&self, psbt: Psbt) -> Result<Transaction, ()> {
         // LDK signs nothing through this for splices (the coordinator signs
-        // on FundingTransactionReadyForSigning); sign what is ours anyway.
-        let tx = psbt.unsigned_tx.clone();
-        let ours: Vec<OutPoint> = tx
-            .input
-            .iter()
-            .map(|i| i.previous_output)
-            .filter(|o| self.wallet.owns_outpoint(o))
-            .collect();
-        self.wallet.sign_inputs(tx, &ours).map_err(|e| {
-            log::error!("signing failed: {e}");
-        })
+        // on FundingTransactionReadyForSigning, after checking the
+        // transaction); nothing is signed here.
+        log::error!(
+            "refusing to sign {}: only the splice coordinator signs, after its checks",
+            psbt.unsigned_tx.compute_txid()
+        );
+        Err(())
     }
 }

@@ -3,20 +3,24 @@
 //! It is fed blocks through [`lightning::chain::Listen`] (the same blocks the
 //! channel manager sees), funds channel opens, hands out addresses for
 //! channel close outputs so that closed-channel funds come back here, selects
-//! and reserves coins for splices, and signs its own splice inputs.
+//! coins for splices, and signs its own splice inputs.
+//!
+//! Coins promised to a splice are locked in the BDK wallet itself
+//! (`lock_outpoint`, persisted with the wallet's state), so every spend the
+//! wallet builds honours them: splices, channel opens, payments. The wallet
+//! knows nothing of splices; the splice journal says which splice holds
+//! which coin.
 
 mod changeset_log;
 mod coin_source;
-mod reservations;
 mod selection;
 mod signing;
 
 pub use coin_source::{CoinPool, SpliceCoinSource};
 
-pub use reservations::Reservations;
 pub use selection::{select, Candidate, Selection, Target};
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
 use bdk_wallet::chain::BlockId;
 use bdk_wallet::miniscript::psbt::PsbtExt;
@@ -24,16 +28,11 @@ use bdk_wallet::template::Bip84;
 use bdk_wallet::{KeychainKind, Wallet};
 use bitcoin::bip32::Xpriv;
 use bitcoin::block::Header;
-use bitcoin::{Address, Amount, Block, FeeRate, Network, ScriptBuf, Transaction, Txid};
+use bitcoin::{Address, Amount, Block, FeeRate, Network, OutPoint, ScriptBuf, Transaction, Txid};
 use changeset_log::ChangeLog;
 use lightning::chain::{BlockLocator, Listen};
-use lightning::util::persist::KVStoreSync;
 
-/// KVStore primary namespace for everything this crate persists.
-pub const PERSISTENCE_NAMESPACE: &str = "ldk_splice";
-
-/// A `KVStoreSync` shared between threads, as the wallet and journal use it.
-pub type SharedStore = Arc<dyn KVStoreSync + Send + Sync>;
+pub use crate::store::{SharedStore, PERSISTENCE_NAMESPACE};
 
 /// What the wallet can fail with.
 #[derive(Debug)]
@@ -92,7 +91,6 @@ impl WalletBalance {
 
 struct State {
     wallet: Wallet,
-    reservations: Reservations,
     /// Where staged changes are written.
     log: ChangeLog,
 }
@@ -103,7 +101,6 @@ pub struct SpliceWallet {
     state: Mutex<State>,
     /// The BIP32 master key the descriptors derive from; signs our inputs.
     master_key: Xpriv,
-    store: SharedStore,
     network: Network,
 }
 
@@ -123,7 +120,7 @@ impl SpliceWallet {
         let external = Bip84(xprv, KeychainKind::External);
         let internal = Bip84(xprv, KeychainKind::Internal);
 
-        let (stored, log) = ChangeLog::load(store.clone())?;
+        let (stored, log) = ChangeLog::load(store)?;
         let wallet = match stored {
             Some(changeset) => Wallet::load()
                 .descriptor(KeychainKind::External, Some(external))
@@ -145,15 +142,9 @@ impl SpliceWallet {
                 wallet
             }
         };
-        let reservations = Reservations::load(&store)?;
         let this = SpliceWallet {
-            state: Mutex::new(State {
-                wallet,
-                log,
-                reservations,
-            }),
+            state: Mutex::new(State { wallet, log }),
             master_key: xprv,
-            store,
             network,
         };
         this.persist(&mut this.lock())?;
@@ -263,20 +254,139 @@ impl SpliceWallet {
         let tx = psbt
             .extract_tx()
             .map_err(|e| WalletError::Build(e.to_string()))?;
-        self.persist(&mut state)?;
+        // Until it is broadcast (and so known to spend them), its coins are
+        // locked like a splice's: nothing else may pick them meanwhile.
+        for input in &tx.input {
+            state.wallet.lock_outpoint(input.previous_output);
+        }
+        if let Err(e) = self.persist(&mut state) {
+            for input in &tx.input {
+                state.wallet.unlock_outpoint(input.previous_output);
+            }
+            return Err(e);
+        }
         Ok(tx)
     }
 
-    /// Records a transaction we broadcast, so its inputs count as spent and
-    /// its change as pending until it confirms.
+    /// A transaction from [`SpliceWallet::build_payment`] will not be
+    /// broadcast: its coins are free again.
+    pub fn payment_abandoned(&self, tx: &Transaction) -> Result<(), WalletError> {
+        let outpoints: Vec<OutPoint> = tx.input.iter().map(|i| i.previous_output).collect();
+        self.unlock_coins(&outpoints)
+    }
+
+    /// Records a transaction we broadcast (a payment, a channel funding, a
+    /// splice, a sweep), so its inputs count as spent and its outputs to us
+    /// as pending until it confirms. Transactions that neither spend nor
+    /// pay this wallet are ignored. The inputs of a payment built here are
+    /// unlocked: being spent now keeps them out of later spends.
     pub fn transaction_broadcast(&self, tx: &Transaction) {
         let mut state = self.lock();
-        let seen_at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        state.wallet.apply_unconfirmed_txs([(tx.clone(), seen_at)]);
+        let spends_ours = tx.input.iter().any(|i| {
+            state
+                .wallet
+                .get_tx(i.previous_output.txid)
+                .and_then(|prev| {
+                    prev.tx_node
+                        .tx
+                        .output
+                        .get(i.previous_output.vout as usize)
+                        .cloned()
+                })
+                .is_some_and(|out| state.wallet.is_mine(out.script_pubkey))
+        });
+        let pays_ours = tx
+            .output
+            .iter()
+            .any(|o| state.wallet.is_mine(o.script_pubkey.clone()));
+        if !spends_ours && !pays_ours {
+            return;
+        }
+        state
+            .wallet
+            .apply_unconfirmed_txs([(tx.clone(), crate::ids::unix_now())]);
         self.persist_or_log(&mut state);
+    }
+
+    /// A transaction we recorded as broadcast can no longer confirm (it was
+    /// never completed, or a conflicting one confirmed): its inputs are
+    /// unspent again as far as the wallet is concerned.
+    pub fn transaction_abandoned(&self, txid: Txid) {
+        let mut state = self.lock();
+        if state.wallet.get_tx(txid).is_none() {
+            return;
+        }
+        state
+            .wallet
+            .apply_evicted_txs([(txid, crate::ids::unix_now())]);
+        self.persist_or_log(&mut state);
+    }
+
+    /// Locks `outpoints` so no spend of the wallet picks them, and writes
+    /// the lock. On error nothing stays locked.
+    pub fn lock_coins(&self, outpoints: &[OutPoint]) -> Result<(), WalletError> {
+        let mut state = self.lock();
+        let newly: Vec<OutPoint> = outpoints
+            .iter()
+            .copied()
+            .filter(|o| !state.wallet.is_outpoint_locked(*o))
+            .collect();
+        for outpoint in &newly {
+            state.wallet.lock_outpoint(*outpoint);
+        }
+        if let Err(e) = self.persist(&mut state) {
+            for outpoint in &newly {
+                state.wallet.unlock_outpoint(*outpoint);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Locks `outpoints` in memory only; the next write of the wallet's
+    /// state (see [`SpliceWallet::save`]) makes it durable.
+    pub(crate) fn lock_coins_unsaved(&self, outpoints: &[OutPoint]) {
+        let mut state = self.lock();
+        for outpoint in outpoints {
+            state.wallet.lock_outpoint(*outpoint);
+        }
+    }
+
+    /// Unlocks `outpoints` in memory only (undoing
+    /// [`SpliceWallet::lock_coins_unsaved`] before anything was written).
+    pub(crate) fn unlock_coins_unsaved(&self, outpoints: &[OutPoint]) {
+        let mut state = self.lock();
+        for outpoint in outpoints {
+            state.wallet.unlock_outpoint(*outpoint);
+        }
+    }
+
+    /// Writes every change not written yet (locks included).
+    pub fn save(&self) -> Result<(), WalletError> {
+        let mut state = self.lock();
+        self.persist(&mut state)
+    }
+
+    /// Unlocks `outpoints` and writes it. They are spendable at once, even
+    /// if the write fails (the next write carries the change).
+    pub fn unlock_coins(&self, outpoints: &[OutPoint]) -> Result<(), WalletError> {
+        let mut state = self.lock();
+        for outpoint in outpoints {
+            state.wallet.unlock_outpoint(*outpoint);
+        }
+        self.persist(&mut state)
+    }
+
+    /// Every locked coin, spent or not.
+    pub fn locked_coins(&self) -> Vec<OutPoint> {
+        let mut locked: Vec<OutPoint> = self.lock().wallet.list_locked_outpoints().collect();
+        locked.sort();
+        locked
+    }
+
+    /// Whether `outpoint` is locked.
+    pub fn is_locked(&self, outpoint: &OutPoint) -> bool {
+        self.lock().wallet.is_outpoint_locked(*outpoint)
     }
 
     /// The fee the wallet paid in `tx`, if it knows all its inputs.

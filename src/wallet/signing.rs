@@ -12,8 +12,8 @@ use super::{SpliceWallet, WalletError};
 impl SpliceWallet {
     /// Signs, with SIGHASH_ALL, exactly the inputs of `tx` that spend
     /// `ours`, and returns the transaction with those witnesses filled in.
-    /// Every outpoint in `ours` must be an unspent P2WPKH coin of this
-    /// wallet and appear in `tx`.
+    /// Every outpoint in `ours` must be a P2WPKH coin of this wallet and
+    /// appear in `tx`. Nothing is changed in the wallet.
     pub fn sign_inputs(
         &self,
         mut tx: Transaction,
@@ -30,16 +30,28 @@ impl SpliceWallet {
                 .ok_or_else(|| {
                     WalletError::Build(format!("{outpoint} is not spent by the transaction"))
                 })?;
-            let utxo = state.wallet.get_utxo(*outpoint).ok_or_else(|| {
-                WalletError::Build(format!("{outpoint} is not an unspent coin of the wallet"))
-            })?;
-            to_sign.push((index, utxo));
+            // Spent or not: a fee bump of a broadcast splice signs the same
+            // coins again.
+            let txout = state
+                .wallet
+                .get_tx(outpoint.txid)
+                .and_then(|tx| tx.tx_node.tx.output.get(outpoint.vout as usize).cloned())
+                .ok_or_else(|| {
+                    WalletError::Build(format!("{outpoint} is not a coin of the wallet"))
+                })?;
+            let (keychain, derivation_index) = state
+                .wallet
+                .derivation_of_spk(txout.script_pubkey.clone())
+                .ok_or_else(|| {
+                    WalletError::Build(format!("{outpoint} is not a coin of the wallet"))
+                })?;
+            to_sign.push((index, *outpoint, txout, keychain, derivation_index));
         }
         let mut signatures = Vec::with_capacity(to_sign.len());
         {
             let mut cache = SighashCache::new(&tx);
-            for (index, utxo) in &to_sign {
-                let path = bip84_path(self.network, utxo.keychain, utxo.derivation_index);
+            for (index, outpoint, txout, keychain, derivation_index) in &to_sign {
+                let path = bip84_path(self.network, *keychain, *derivation_index);
                 let key = self
                     .master_key
                     .derive_priv(secp, &path)
@@ -47,17 +59,16 @@ impl SpliceWallet {
                     .to_priv();
                 let public = CompressedPublicKey::from_private_key(secp, &key)
                     .map_err(|e| WalletError::Build(e.to_string()))?;
-                if ScriptBuf::new_p2wpkh(&public.wpubkey_hash()) != utxo.txout.script_pubkey {
+                if ScriptBuf::new_p2wpkh(&public.wpubkey_hash()) != txout.script_pubkey {
                     return Err(WalletError::Build(format!(
-                        "{} is not a P2WPKH coin this wallet can sign",
-                        utxo.outpoint
+                        "{outpoint} is not a P2WPKH coin this wallet can sign"
                     )));
                 }
                 let sighash = cache
                     .p2wpkh_signature_hash(
                         *index,
-                        &utxo.txout.script_pubkey,
-                        utxo.txout.value,
+                        &txout.script_pubkey,
+                        txout.value,
                         EcdsaSighashType::All,
                     )
                     .map_err(|e| WalletError::Build(e.to_string()))?;

@@ -240,6 +240,7 @@ pub struct FakeBob {
     pub addr: SocketAddr,
     peer_manager: Arc<FakePeerManager>,
     writer: Arc<ManagerWriter>,
+    chain_monitor: Arc<ldk_splice::node::ChainMonitor>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     stopped: Arc<AtomicBool>,
 }
@@ -301,6 +302,7 @@ impl FakeBob {
         let driver = {
             let peer_manager = peer_manager.clone();
             let cm = bob.channel_manager().clone();
+            let chain_monitor = bob.chain_monitor().clone();
             let writer = writer.clone();
             let stopped = stopped.clone();
             tokio::spawn(async move {
@@ -310,7 +312,12 @@ impl FakeBob {
                         _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                     }
                     if cm.get_and_clear_needs_persistence() {
+                        // The node's chain monitor defers its writes until
+                        // the manager is written, as its background
+                        // processor would do.
+                        let pending = chain_monitor.pending_operation_count();
                         writer.write().expect("persist the channel manager");
+                        chain_monitor.flush(pending, &Arc::new(LogBridge));
                     }
                     peer_manager.process_events();
                 }
@@ -321,6 +328,7 @@ impl FakeBob {
             addr,
             peer_manager,
             writer,
+            chain_monitor: bob.chain_monitor().clone(),
             tasks: vec![accept, driver],
             stopped,
         }
@@ -334,7 +342,12 @@ impl Drop for FakeBob {
             task.abort();
         }
         self.peer_manager.disconnect_all_peers();
-        if let Err(e) = self.writer.write() {
+        let pending = self.chain_monitor.pending_operation_count();
+        let written = self.writer.write();
+        if written.is_ok() {
+            self.chain_monitor.flush(pending, &Arc::new(LogBridge));
+        }
+        if let Err(e) = written {
             if !std::thread::panicking() {
                 panic!("could not persist the channel manager: {e}");
             }

@@ -1,0 +1,347 @@
+//! `BatchCoordinator`: starting, quoting, cancelling and reading batches.
+
+use std::collections::BTreeMap;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bitcoin::Amount;
+use lightning::chain::chaininterface::FeeEstimator;
+use lightning::ln::channelmanager::AChannelManager;
+
+use super::{
+    expand, funding_order, leg_error, part_key, weight_for_fee, BatchId, BatchPart, BatchPlan,
+    BatchQuote, BatchRecord, BatchState, LegQuote, LegRole,
+};
+use crate::coordinator::{LegOutcome, LegStart, PlanMode, ResizeRequest, SpliceCoordinator};
+use crate::error::SpliceError;
+use crate::events::SpliceEvent;
+use crate::fees::FeePolicy;
+use crate::ids::unix_now;
+use crate::journal::{Change, BATCH};
+use crate::wallet::CoinPool;
+use crate::weights;
+
+/// Splices over many channels at once, atomic up to signing. It drives a
+/// [`SpliceCoordinator`] and hears from it about its legs: build it once
+/// beside the coordinator, and call [`BatchCoordinator::timer_tick`] every
+/// second or so (deadlines, queued moves).
+pub struct BatchCoordinator<CM: Deref, F: Deref>
+where
+    CM::Target: AChannelManager,
+    F::Target: FeeEstimator,
+{
+    pub(super) core: Arc<SpliceCoordinator<CM, F>>,
+    book: Mutex<Book>,
+}
+
+/// The batches, in memory; the journal has them on disk.
+pub(super) struct Book {
+    pub(super) records: BTreeMap<BatchId, BatchRecord>,
+    pub(super) next_id: u64,
+}
+
+impl<CM: Deref, F: Deref> BatchCoordinator<CM, F>
+where
+    CM::Target: AChannelManager,
+    F::Target: FeeEstimator,
+    CM: Send + Sync + 'static,
+    F: Send + Sync + 'static,
+{
+    /// Loads the batches from `coordinator`'s journal and settles those a
+    /// restart interrupted: a batch not signed yet is cancelled cleanly
+    /// (every leg, every coin); a signed one goes on.
+    pub fn new(coordinator: Arc<SpliceCoordinator<CM, F>>) -> Result<Arc<Self>, SpliceError> {
+        let mut records = BTreeMap::new();
+        for body in coordinator.journal.take_loaded(BATCH) {
+            let record: BatchRecord = serde_json::from_value(body)
+                .map_err(|e| SpliceError::Persistence(format!("unreadable batch record: {e}")))?;
+            records.insert(record.id, record);
+        }
+        let next_id = records.keys().next_back().map_or(1, |id| id.0 + 1);
+        let this = Arc::new(BatchCoordinator {
+            core: coordinator,
+            book: Mutex::new(Book { records, next_id }),
+        });
+        let weak = Arc::downgrade(&this);
+        this.core.set_wake(Box::new(move || {
+            if let Some(batches) = weak.upgrade() {
+                batches.process_notices();
+            }
+        }));
+        this.reconcile();
+        this.process_notices();
+        Ok(this)
+    }
+}
+
+impl<CM: Deref, F: Deref> BatchCoordinator<CM, F>
+where
+    CM::Target: AChannelManager,
+    F::Target: FeeEstimator,
+{
+    pub(super) fn lock(&self) -> MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The coordinator the batches drive.
+    pub fn coordinator(&self) -> &Arc<SpliceCoordinator<CM, F>> {
+        &self.core
+    }
+
+    /// Validates the whole plan, selects coins for every leg jointly, and
+    /// starts every leg at once. Nothing is started (or locked, or written)
+    /// if any leg is invalid; the error names the leg.
+    pub fn execute(&self, plan: BatchPlan) -> Result<BatchId, SpliceError> {
+        let result = {
+            let mut book = self.lock();
+            self.execute_locked(&mut book, &plan)
+        };
+        self.process_notices();
+        result
+    }
+
+    fn execute_locked(&self, book: &mut Book, plan: &BatchPlan) -> Result<BatchId, SpliceError> {
+        // Everything that can fail on its own comes before any leg is built.
+        let parts = expand(plan)?;
+        if plan.deadline > BatchPlan::MAX_DEADLINE || plan.deadline.is_zero() {
+            return Err(SpliceError::InvalidRequest(format!(
+                "deadline: {} s is not between 1 s and a day",
+                plan.deadline.as_secs()
+            )));
+        }
+        let feerate = self.core.feerate(&plan.fee)?;
+        // Every leg, and a queued move later, at the same feerate.
+        let fee = FeePolicy::fixed(feerate)
+            .with_max_feerate(plan.fee.max_feerate)
+            .with_max_fee(plan.fee.max_fee);
+        let now = unix_now();
+        let deadline = now.saturating_add(plan.deadline.as_secs().max(1));
+
+        let pool = Arc::new(CoinPool::default());
+        let mut starts = Vec::new();
+        let mut started_parts = Vec::new();
+        let mut queued = Vec::new();
+        for part in funding_order(&parts) {
+            let checked =
+                self.core
+                    .plan_leg(part.channel, &part.request, &fee, PlanMode::Execute, &pool);
+            match checked {
+                Ok(checked) => {
+                    starts.push(LegStart {
+                        plan: checked,
+                        fee,
+                        may_wait: part.role == LegRole::MoveIn,
+                    });
+                    started_parts.push(part_key(part));
+                }
+                Err(SpliceError::InsufficientFunds { .. }) if part.role == LegRole::MoveIn => {
+                    // Funded later by its splice-out: checked without funds.
+                    self.core
+                        .plan_leg(part.channel, &part.request, &fee, PlanMode::Unfunded, &pool)
+                        .map_err(leg_error(part.leg))?;
+                    queued.push(part_key(part));
+                }
+                Err(e) => return Err(leg_error(part.leg)(e)),
+            }
+        }
+
+        let id = BatchId(book.next_id);
+        let record_for = |outcomes: &[LegOutcome], state: BatchState| BatchRecord {
+            id,
+            state,
+            parts: parts
+                .iter()
+                .map(|part| {
+                    let key = part_key(part);
+                    let outcome = started_parts
+                        .iter()
+                        .position(|k| *k == key)
+                        .and_then(|i| outcomes.get(i).copied());
+                    BatchPart {
+                        leg: part.leg,
+                        role: part.role,
+                        channel_id: part.channel.channel_id,
+                        counterparty: part.channel.counterparty,
+                        amount: part.amount,
+                        splice: match outcome {
+                            Some(LegOutcome::Started(splice)) => Some(splice),
+                            _ => None,
+                        },
+                        queued: queued.contains(&key)
+                            || matches!(outcome, Some(LegOutcome::Waiting)),
+                    }
+                })
+                .collect(),
+            max_feerate_sat_per_kwu: fee.max_feerate.to_sat_per_kwu(),
+            max_fee_sat: fee.max_fee.to_sat(),
+            feerate_sat_per_kwu: feerate.to_sat_per_kwu(),
+            deadline,
+            created_at: now,
+        };
+        let leg_of = |index: usize| {
+            started_parts
+                .get(index)
+                .and_then(|key| parts.iter().find(|p| part_key(p) == *key))
+                .map_or(0, |p| p.leg)
+        };
+        let written: Mutex<Option<BatchRecord>> = Mutex::new(None);
+        let keep = |record: BatchRecord| -> Result<Option<Change>, SpliceError> {
+            let change = batch_change(&record)?;
+            *written.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
+            Ok(Some(change))
+        };
+        let started = self.core.start_legs(
+            id,
+            true,
+            starts,
+            |outcomes| keep(record_for(outcomes, BatchState::Negotiating)),
+            |index, error| {
+                let failed = BatchState::Failed {
+                    leg: leg_of(index),
+                    reason: error.to_string(),
+                };
+                let mut record = written
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                    .unwrap_or_else(|| record_for(&[], failed.clone()));
+                record.state = failed;
+                keep(record)
+            },
+        );
+        if let Some(record) = written.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            book.next_id = book.next_id.max(record.id.0 + 1);
+            book.records.insert(record.id, record);
+        }
+        match started {
+            Ok(_) => {
+                log::info!("{id}: {} legs negotiating", plan.legs.len());
+                Ok(id)
+            }
+            Err((_, e @ SpliceError::Persistence(_))) => Err(e),
+            Err((index, e)) => Err(leg_error(leg_of(index))(e)),
+        }
+    }
+
+    /// What a batch would cost: every leg's fee, weight and wallet coins
+    /// (selected jointly, no coin twice), the total, and the weight one
+    /// transaction carrying the whole batch would have. Nothing is locked
+    /// or sent.
+    pub fn quote(&self, plan: &BatchPlan) -> Result<BatchQuote, SpliceError> {
+        let parts = expand(plan)?;
+        let pool = Arc::new(CoinPool::default());
+        let source = self.core.wallet.coin_source(false, &pool);
+        let mut legs = Vec::with_capacity(parts.len());
+        // Splice-ins of moves come last: they take what coins are left, and
+        // wait for their splice-out when none are.
+        for part in funding_order(&parts) {
+            let quoted = self
+                .core
+                .plan_leg(
+                    part.channel,
+                    &part.request,
+                    &plan.fee,
+                    PlanMode::Quote,
+                    &pool,
+                )
+                .and_then(|checked| self.core.quote_plan(&checked, &plan.fee, &source));
+            let leg = match quoted {
+                Ok(quote) => LegQuote {
+                    leg: part.leg,
+                    role: part.role,
+                    fee: quote.fee,
+                    weight_wu: quote.weight_wu,
+                    inputs: quote.inputs,
+                    queued: false,
+                },
+                Err(SpliceError::InsufficientFunds { .. }) if part.role == LegRole::MoveIn => {
+                    // Funded later by the splice-out's output: estimate alone.
+                    let request = ResizeRequest::splice_in(part.amount);
+                    let checked = self
+                        .core
+                        .plan_leg(part.channel, &request, &plan.fee, PlanMode::Unfunded, &pool)
+                        .map_err(leg_error(part.leg))?;
+                    let fee = crate::coordinator::estimated_fee(&checked, 1);
+                    LegQuote {
+                        leg: part.leg,
+                        role: part.role,
+                        fee,
+                        weight_wu: weight_for_fee(fee, checked.feerate),
+                        inputs: Vec::new(),
+                        queued: true,
+                    }
+                }
+                Err(e) => return Err(leg_error(part.leg)(e)),
+            };
+            legs.push(leg);
+        }
+        legs.sort_by_key(|l| (l.leg, l.role == LegRole::MoveIn));
+        let total_fee = legs.iter().map(|l| l.fee).sum::<Amount>();
+        let total_weight_wu: u64 = legs.iter().map(|l| l.weight_wu).sum();
+        // One transaction would carry the common fields once and a single
+        // change output for everything the wallet puts in.
+        let transactions = legs.len() as u64;
+        let changes = legs.iter().filter(|l| !l.inputs.is_empty()).count() as u64;
+        let change_weight = (8 + 1 + 22) * 4;
+        let single_tx_weight_wu = total_weight_wu
+            .saturating_sub(weights::TX_COMMON_FIELDS.to_wu() * transactions.saturating_sub(1))
+            .saturating_sub(change_weight * changes.saturating_sub(1));
+        Ok(BatchQuote {
+            legs,
+            total_fee,
+            total_weight_wu,
+            single_tx_weight_wu,
+        })
+    }
+
+    /// The record of batch `id`.
+    pub fn status(&self, id: BatchId) -> Option<BatchRecord> {
+        self.lock().records.get(&id).cloned()
+    }
+
+    /// Every batch, oldest first.
+    pub fn list(&self) -> Vec<BatchRecord> {
+        self.lock().records.values().cloned().collect()
+    }
+
+    /// Cancels a batch that is not signed yet: every leg is cancelled and
+    /// every coin released.
+    pub fn cancel(&self, id: BatchId) -> Result<(), SpliceError> {
+        let result = {
+            let mut book = self.lock();
+            let record = book
+                .records
+                .get(&id)
+                .cloned()
+                .ok_or(SpliceError::UnknownBatch(id))?;
+            if record.state != BatchState::Negotiating {
+                return Err(SpliceError::InvalidRequest(format!(
+                    "{id} is {} and can no longer be cancelled",
+                    record.state
+                )));
+            }
+            self.end_batch(&mut book, id, BatchState::Cancelled)
+        };
+        self.process_notices();
+        result
+    }
+}
+
+/// The journal change writing `record`, with the event reporting its
+/// state.
+pub(super) fn batch_change(record: &BatchRecord) -> Result<Change, SpliceError> {
+    Change::new(
+        BATCH,
+        record.id.0,
+        record,
+        vec![SpliceEvent::BatchStateChanged {
+            batch: record.id,
+            state: record.state.clone(),
+        }],
+    )
+}
+
+/// The journal change writing `record` when its state did not change.
+pub(super) fn quiet_change(record: &BatchRecord) -> Result<Change, SpliceError> {
+    Change::new(BATCH, record.id.0, record, Vec::new())
+}

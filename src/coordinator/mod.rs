@@ -1,0 +1,301 @@
+//! `SpliceCoordinator`: the one-call splice API, driving LDK's splice
+//! primitives and following each splice to lock.
+//!
+//! - [`request`]: requests, quotes, cancel, starting a batch's legs;
+//! - [`planning`]: checking a request and building its contribution;
+//! - [`signing`]: the pre-sign check, signing alone or with a batch;
+//! - [`ldk_events`]: what each LDK event means for our records;
+//! - [`recovery`]: reading LDK's view (depth, lock, what it dropped) at
+//!   start-up and on every tick, so no record contradicts LDK for long;
+//! - [`engine`]: the one place records change, written with their events.
+//!
+//! Batches (`crate::batch`) sit above: they drive the coordinator through
+//! the narrow `pub(crate)` interface of [`request`] and [`signing`], and
+//! hear about their legs through [`Notice`]s.
+
+mod engine;
+mod ldk_events;
+mod planning;
+mod recovery;
+mod request;
+mod signing;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bitcoin::{Network, OutPoint, Transaction, Txid};
+use lightning::chain::chaininterface::FeeEstimator;
+use lightning::ln::channelmanager::AChannelManager;
+
+pub use request::{Destination, Payout, ResizeRequest};
+
+pub(crate) use engine::Update;
+pub(crate) use planning::estimated_fee;
+pub(crate) use request::{LegOutcome, LegStart, PlanMode};
+pub(crate) use signing::SignLegsError;
+
+use crate::error::SpliceError;
+use crate::events::{EventNotifier, SpliceEvent};
+use crate::ids::{BatchId, SpliceId};
+use crate::journal::{Journal, SPLICE};
+use crate::record::{SpliceRecord, SpliceState};
+use crate::store::SharedStore;
+use crate::wallet::SpliceWallet;
+
+/// Settings of a [`SpliceCoordinator`].
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// The network addresses must belong to.
+    pub network: Network,
+}
+
+/// The splice API of an LDK node. Build it next to the `ChannelManager`,
+/// pass every LDK event to [`SpliceCoordinator::handle_event`], call
+/// [`SpliceCoordinator::timer_tick`] every second or so, and (optionally)
+/// add it to the chain listeners so that depth changes are seen at once.
+pub struct SpliceCoordinator<CM: Deref, F: Deref>
+where
+    CM::Target: AChannelManager,
+    F::Target: FeeEstimator,
+{
+    pub(crate) channel_manager: CM,
+    pub(crate) wallet: Arc<SpliceWallet>,
+    pub(crate) fee_estimator: F,
+    pub(crate) config: CoordinatorConfig,
+    pub(crate) journal: Arc<Journal>,
+    pub(crate) state: Mutex<State>,
+    notices: Mutex<Vec<Notice>>,
+    wake: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+}
+
+/// The coordinator's records and what it holds in memory only.
+pub(crate) struct State {
+    pub(crate) records: BTreeMap<SpliceId, SpliceRecord>,
+    /// The id the next record gets.
+    pub(crate) next_id: u64,
+    /// Unsigned transactions of batch legs held until their batch signs.
+    pub(crate) held: HashMap<SpliceId, Transaction>,
+    /// Transactions we signed, until LDK says they are broadcast (then
+    /// they are recorded in the wallet).
+    pub(crate) signed: HashMap<Txid, Transaction>,
+    /// The last depth seen for each confirmed splice (depth increases are
+    /// not written; a depth that falls back is).
+    pub(crate) depths: HashMap<SpliceId, u32>,
+}
+
+/// What happened to a batch leg, for the batch layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Notice {
+    /// The leg's transaction is built, checked and held for signing.
+    ReadyToSign {
+        /// Its batch.
+        batch: BatchId,
+        /// The leg.
+        id: SpliceId,
+    },
+    /// The leg reached `state`.
+    Changed {
+        /// Its batch.
+        batch: BatchId,
+        /// The leg.
+        id: SpliceId,
+        /// Where it stands now.
+        state: SpliceState,
+    },
+}
+
+impl<CM: Deref, F: Deref> SpliceCoordinator<CM, F>
+where
+    CM::Target: AChannelManager,
+    F::Target: FeeEstimator,
+{
+    /// Builds the coordinator and loads its journal from `store`. Splices
+    /// a restart interrupted are settled against LDK's view: those LDK
+    /// dropped before they were signed fail and free their coins, the rest
+    /// go on; coins locked in the wallet that no splice holds are freed.
+    pub fn new(
+        channel_manager: CM,
+        wallet: Arc<SpliceWallet>,
+        fee_estimator: F,
+        store: SharedStore,
+        config: CoordinatorConfig,
+    ) -> Result<Self, SpliceError> {
+        let journal = Arc::new(Journal::load(store)?);
+        let mut records = BTreeMap::new();
+        for body in journal.take_loaded(SPLICE) {
+            let record: SpliceRecord = serde_json::from_value(body)
+                .map_err(|e| SpliceError::Persistence(format!("unreadable splice record: {e}")))?;
+            records.insert(record.id, record);
+        }
+        let next_id = records.keys().next_back().map_or(1, |id| id.0 + 1);
+        let this = SpliceCoordinator {
+            channel_manager,
+            wallet,
+            fee_estimator,
+            config,
+            journal,
+            state: Mutex::new(State {
+                records,
+                next_id,
+                held: HashMap::new(),
+                signed: HashMap::new(),
+                depths: HashMap::new(),
+            }),
+            notices: Mutex::new(Vec::new()),
+            wake: Mutex::new(None),
+        };
+        {
+            let mut state = this.lock();
+            this.refresh(&mut state);
+            this.free_orphan_locks(&state)?;
+        }
+        Ok(this)
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // ---- reading ----------------------------------------------------------
+
+    /// The record of splice `id`, its confirmation depth as LDK counts it now.
+    pub fn status(&self, id: SpliceId) -> Option<SpliceRecord> {
+        let record = self.lock().records.get(&id).cloned()?;
+        Some(self.live_view(record))
+    }
+
+    /// Every splice, oldest first: ours, and those the counterparty started
+    /// on our channels.
+    pub fn list(&self) -> Vec<SpliceRecord> {
+        let records: Vec<SpliceRecord> = self.lock().records.values().cloned().collect();
+        records.into_iter().map(|r| self.live_view(r)).collect()
+    }
+
+    /// Every wallet coin a splice holds, with the splice holding it.
+    pub fn locked_coins(&self) -> Vec<(OutPoint, SpliceId)> {
+        let state = self.lock();
+        let mut coins: Vec<(OutPoint, SpliceId)> = state
+            .records
+            .values()
+            .filter(|r| r.holds_coins())
+            .flat_map(|r| r.inputs.iter().map(move |o| (*o, r.id)))
+            .collect();
+        coins.sort();
+        coins
+    }
+
+    /// The wallet coins splice `id` holds (none once it has ended).
+    pub fn coins_held_by(&self, id: SpliceId) -> Vec<OutPoint> {
+        self.lock()
+            .records
+            .get(&id)
+            .filter(|r| r.holds_coins())
+            .map(|r| r.inputs.clone())
+            .unwrap_or_default()
+    }
+
+    /// The oldest unacknowledged event.
+    pub fn next_event(&self) -> Option<SpliceEvent> {
+        self.journal.next_event()
+    }
+
+    /// Waits up to `timeout` for an event.
+    pub fn wait_next_event(&self, timeout: Duration) -> Option<SpliceEvent> {
+        self.journal.wait_next_event(timeout)
+    }
+
+    /// Acknowledges the event [`SpliceCoordinator::next_event`] returned.
+    /// It is gone once this returns `Ok`; on error it is delivered again.
+    pub fn event_handled(&self) -> Result<(), SpliceError> {
+        self.journal.event_handled()
+    }
+
+    /// Every event not acknowledged yet, oldest first.
+    pub fn pending_events(&self) -> Vec<SpliceEvent> {
+        self.journal.pending_events()
+    }
+
+    /// Calls `f` with each new event, right after the write that holds it
+    /// and before the change it reports is acted on.
+    pub fn set_event_notifier(&self, f: EventNotifier) {
+        self.journal.set_notifier(f)
+    }
+
+    /// Follows LDK: confirmation depths, locks, splices LDK dropped, and
+    /// splices the counterparty started. Call it every second or so (and
+    /// after each block if you can: the coordinator's `chain::Listen` does).
+    pub fn timer_tick(&self) {
+        {
+            let mut state = self.lock();
+            self.refresh(&mut state);
+        }
+        self.deliver();
+    }
+
+    // ---- the batch layer's side -------------------------------------------
+
+    /// Registers what to call when batch legs have news (see
+    /// [`SpliceCoordinator::take_notices`]).
+    pub(crate) fn set_wake(&self, wake: Box<dyn Fn() + Send + Sync>) {
+        *self.wake.lock().unwrap_or_else(|e| e.into_inner()) = Some(wake);
+    }
+
+    /// Everything that happened to batch legs since the last call.
+    pub(crate) fn take_notices(&self) -> Vec<Notice> {
+        std::mem::take(&mut *self.notices.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub(crate) fn notify(&self, notice: Notice) {
+        self.notices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(notice);
+    }
+
+    /// Tells the batch layer there is news. Called by top-level entry
+    /// points only, with no lock of the coordinator held.
+    pub(crate) fn deliver(&self) {
+        let pending = !self
+            .notices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
+        if pending {
+            if let Some(wake) = self.wake.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                wake();
+            }
+        }
+    }
+
+    /// The record of `id` as written (no live depth), for the batch layer.
+    pub(crate) fn record(&self, id: SpliceId) -> Option<SpliceRecord> {
+        self.lock().records.get(&id).cloned()
+    }
+
+    /// Whether `id` holds an unsigned transaction for its batch.
+    pub(crate) fn is_held(&self, id: SpliceId) -> bool {
+        self.lock().held.contains_key(&id)
+    }
+}
+
+impl<CM: Deref, F: Deref> lightning::chain::Listen for SpliceCoordinator<CM, F>
+where
+    CM::Target: AChannelManager,
+    F::Target: FeeEstimator,
+{
+    fn filtered_block_connected(
+        &self,
+        _header: &bitcoin::block::Header,
+        _txdata: &lightning::chain::transaction::TransactionData,
+        _height: u32,
+    ) {
+        // LDK (listed before us) has seen the block: read its view now.
+        self.timer_tick();
+    }
+
+    fn blocks_disconnected(&self, _fork_point: lightning::chain::BlockLocator) {
+        self.timer_tick();
+    }
+}

@@ -1,0 +1,75 @@
+//! The names of things: splices, batches and channels.
+
+use bitcoin::secp256k1::PublicKey;
+use lightning::ln::types::ChannelId;
+use serde::{Deserialize, Serialize};
+
+/// Identifies one splice for its whole life. Ids only grow: records are
+/// never deleted, so an id is never handed out twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SpliceId(pub u64);
+
+impl std::fmt::Display for SpliceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "splice-{}", self.0)
+    }
+}
+
+impl std::str::FromStr for SpliceId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.strip_prefix("splice-").unwrap_or(s).parse().map(SpliceId)
+    }
+}
+
+/// Identifies a batch of splices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct BatchId(pub u64);
+
+impl std::fmt::Display for BatchId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "batch-{}", self.0)
+    }
+}
+
+impl std::str::FromStr for BatchId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.strip_prefix("batch-").unwrap_or(s).parse().map(BatchId)
+    }
+}
+
+/// A channel, named by its id and counterparty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelRef {
+    /// The channel id.
+    pub channel_id: ChannelId,
+    /// The counterparty.
+    pub counterparty: PublicKey,
+}
+
+/// Serde for a `ChannelId` as lower-case hex.
+pub(crate) mod channel_id_hex {
+    use bitcoin::hex::{DisplayHex, FromHex};
+    use lightning::ln::types::ChannelId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &ChannelId, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&id.0.to_lower_hex_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ChannelId, D::Error> {
+        let hex = String::deserialize(d)?;
+        <[u8; 32]>::from_hex(&hex)
+            .map(ChannelId)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

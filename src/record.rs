@@ -1,0 +1,256 @@
+//! What the crate knows of each splice and batch: states and records.
+
+use bitcoin::secp256k1::PublicKey;
+use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, TxOut, Txid};
+use lightning::ln::types::ChannelId;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{BatchId, SpliceId};
+
+/// Where a splice stands.
+///
+/// `Requested -> Negotiating -> AwaitingSignatures -> Signed -> Broadcast ->
+/// Confirmed { depth } -> Locked`. Before `Signed` a splice can end in
+/// `Failed` or `Cancelled`. `Signed` is written before our signatures go to
+/// LDK; from then on neither a cancel, a batch failure, a deadline nor a
+/// restart ends the splice. Only LDK can: when it refuses our signatures
+/// (nothing was sent) or discards the funding because the channel closed
+/// and its transaction can no longer confirm, the splice ends `Failed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum SpliceState {
+    /// Accepted and journaled; about to be handed to LDK.
+    Requested,
+    /// Handed to LDK: waiting for quiescence and building the transaction with the peer.
+    Negotiating,
+    /// The transaction is built; we are checking it before signing our inputs.
+    AwaitingSignatures,
+    /// We signed (or are about to hand our signatures to LDK); waiting for the peer's.
+    Signed,
+    /// Both sides signed; the transaction is broadcast.
+    Broadcast,
+    /// The transaction is in a block, `depth` deep (as LDK counts it).
+    Confirmed {
+        /// Confirmations so far.
+        depth: u32,
+    },
+    /// Both sides exchanged `splice_locked`: the channel runs on the new funding output.
+    Locked,
+    /// The splice did not happen.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// Cancelled by the user before signing.
+    Cancelled,
+}
+
+impl SpliceState {
+    /// Whether the splice has ended (locked, failed or cancelled).
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            SpliceState::Locked | SpliceState::Failed { .. } | SpliceState::Cancelled
+        )
+    }
+
+    /// Whether our signatures were (or are being) given: from here on the
+    /// splice cannot be cancelled.
+    pub fn is_signed(&self) -> bool {
+        matches!(
+            self,
+            SpliceState::Signed
+                | SpliceState::Broadcast
+                | SpliceState::Confirmed { .. }
+                | SpliceState::Locked
+        )
+    }
+
+    /// Whether the transaction is out (broadcast, confirmed or locked).
+    pub fn is_broadcast(&self) -> bool {
+        matches!(
+            self,
+            SpliceState::Broadcast | SpliceState::Confirmed { .. } | SpliceState::Locked
+        )
+    }
+}
+
+impl std::fmt::Display for SpliceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpliceState::Requested => write!(f, "requested"),
+            SpliceState::Negotiating => write!(f, "negotiating"),
+            SpliceState::AwaitingSignatures => write!(f, "awaiting signatures"),
+            SpliceState::Signed => write!(f, "signed"),
+            SpliceState::Broadcast => write!(f, "broadcast"),
+            SpliceState::Confirmed { depth } => write!(f, "confirmed ({depth} deep)"),
+            SpliceState::Locked => write!(f, "locked"),
+            SpliceState::Failed { reason } => write!(f, "failed: {reason}"),
+            SpliceState::Cancelled => write!(f, "cancelled"),
+        }
+    }
+}
+
+/// Who started a splice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpliceOrigin {
+    /// We asked for it through this crate.
+    #[default]
+    Ours,
+    /// The counterparty started it; we only follow it (read-only).
+    Theirs,
+}
+
+/// One output a splice pays from the channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpliceOutput {
+    /// The script paid.
+    pub script_pubkey: ScriptBuf,
+    /// The amount paid.
+    #[serde(with = "bitcoin::amount::serde::as_sat")]
+    pub value: Amount,
+}
+
+impl From<&SpliceOutput> for TxOut {
+    fn from(output: &SpliceOutput) -> TxOut {
+        TxOut {
+            value: output.value,
+            script_pubkey: output.script_pubkey.clone(),
+        }
+    }
+}
+
+impl From<&TxOut> for SpliceOutput {
+    fn from(output: &TxOut) -> SpliceOutput {
+        SpliceOutput {
+            script_pubkey: output.script_pubkey.clone(),
+            value: output.value,
+        }
+    }
+}
+
+/// Everything known about one splice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpliceRecord {
+    /// Its id.
+    pub id: SpliceId,
+    /// The channel.
+    #[serde(with = "crate::ids::channel_id_hex")]
+    pub channel_id: ChannelId,
+    /// The channel's counterparty.
+    pub counterparty: PublicKey,
+    /// Who started it.
+    #[serde(default)]
+    pub origin: SpliceOrigin,
+    /// Where it stands.
+    #[serde(flatten)]
+    pub state: SpliceState,
+    /// What the wallet adds to the channel (before fees).
+    #[serde(with = "bitcoin::amount::serde::as_sat")]
+    pub add: Amount,
+    /// What the channel pays out.
+    pub outputs: Vec<SpliceOutput>,
+    /// The feerate the contribution was built at.
+    pub feerate_sat_per_kwu: u64,
+    /// Our share of the fee, as LDK estimated it for the contribution.
+    #[serde(with = "bitcoin::amount::serde::as_sat")]
+    pub fee: Amount,
+    /// The most we agreed to pay in fees (the fee policy's cap); a
+    /// counterparty's fee bump of this splice is signed only within it.
+    #[serde(with = "bitcoin::amount::serde::as_sat")]
+    pub max_fee: Amount,
+    /// The highest feerate we agreed to, in sat/kwu.
+    pub max_feerate_sat_per_kwu: u64,
+    /// Wallet coins the splice spends; they stay locked in the wallet until
+    /// the splice ends.
+    pub inputs: Vec<OutPoint>,
+    /// Change back to the wallet, if any.
+    pub change: Option<SpliceOutput>,
+    /// The channel's capacity before the splice.
+    #[serde(with = "bitcoin::amount::serde::as_sat")]
+    pub capacity_before: Amount,
+    /// Our balance change in the channel: what we add minus what we take out
+    /// minus our fee (negative for a splice-out).
+    pub net_value_sat: i64,
+    /// The newest negotiated transaction.
+    pub txid: Option<Txid>,
+    /// Every transaction negotiated for this splice, oldest first (a fee
+    /// bump adds one); whichever confirms is the one that locks.
+    #[serde(default)]
+    pub candidates: Vec<Txid>,
+    /// Height of the block that confirmed it, while it is confirmed.
+    pub confirmation_height: Option<u32>,
+    /// The batch this splice is a leg of, if any.
+    #[serde(default)]
+    pub batch: Option<BatchId>,
+    /// Whether it is signed together with the other legs of its batch (a
+    /// queued move starting after its batch was signed is signed alone).
+    #[serde(default)]
+    pub sign_with_batch: bool,
+    /// Unix time of the request.
+    pub created_at: u64,
+    /// Unix time of the last change.
+    pub updated_at: u64,
+}
+
+impl SpliceRecord {
+    /// The feerate the contribution was built at.
+    pub fn feerate(&self) -> FeeRate {
+        FeeRate::from_sat_per_kwu(self.feerate_sat_per_kwu)
+    }
+
+    /// Whether this splice is one the counterparty started.
+    pub fn is_theirs(&self) -> bool {
+        self.origin == SpliceOrigin::Theirs
+    }
+
+    /// Whether the splice still holds its wallet coins.
+    pub fn holds_coins(&self) -> bool {
+        !self.state.is_final()
+    }
+}
+
+/// Where a batch stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum BatchState {
+    /// Legs are negotiating; none is signed.
+    Negotiating,
+    /// Every leg in the batch was signed; waiting for confirmations (and for
+    /// any queued move to start).
+    Signed,
+    /// Every leg is locked.
+    Locked,
+    /// A leg failed before signing; every leg was cancelled.
+    Failed {
+        /// The leg that failed.
+        leg: usize,
+        /// Why.
+        reason: String,
+    },
+    /// Cancelled by the user before signing.
+    Cancelled,
+}
+
+impl BatchState {
+    /// Whether the batch has ended.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            BatchState::Locked | BatchState::Failed { .. } | BatchState::Cancelled
+        )
+    }
+}
+
+impl std::fmt::Display for BatchState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchState::Negotiating => write!(f, "negotiating"),
+            BatchState::Signed => write!(f, "signed"),
+            BatchState::Locked => write!(f, "locked"),
+            BatchState::Failed { leg, reason } => write!(f, "failed at leg {leg}: {reason}"),
+            BatchState::Cancelled => write!(f, "cancelled"),
+        }
+    }
+}
