@@ -24,4 +24,6 @@ pub use error::SpliceError;
 pub use events::SpliceEvent;
 pub use fees::{FeePolicy, FeeRateSource, SpliceQuote};
 pub use ids::{BatchId, ChannelRef, SpliceId};
-pub use record::{BatchState, SpliceOrigin, SpliceOutput, SpliceRecord, SpliceState};
+pub use record::{
+    BatchState, SpliceCandidate, SpliceOrigin, SpliceOutput, SpliceRecord, SpliceState,
+};

@@ -176,9 +176,10 @@ pub struct SpliceRecord {
     /// The newest negotiated transaction.
     pub txid: Option<Txid>,
     /// Every transaction negotiated for this splice, oldest first (a fee
-    /// bump adds one); whichever confirms is the one that locks.
+    /// bump adds one); whichever confirms is the one that locks, and the
+    /// record then reports its fee and change.
     #[serde(default)]
-    pub candidates: Vec<Txid>,
+    pub candidates: Vec<SpliceCandidate>,
     /// Height of the block that confirmed it, while it is confirmed.
     pub confirmation_height: Option<u32>,
     /// The batch this splice is a leg of, if any.
@@ -194,7 +195,53 @@ pub struct SpliceRecord {
     pub updated_at: u64,
 }
 
+/// One transaction negotiated for a splice, with what it costs us.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpliceCandidate {
+    /// The transaction.
+    pub txid: Txid,
+    /// Our share of its fee.
+    #[serde(with = "bitcoin::amount::serde::as_sat")]
+    pub fee: Amount,
+    /// Our change in it.
+    #[serde(with = "bitcoin::amount::serde::as_sat::opt")]
+    pub change: Option<Amount>,
+    /// Our balance change in the channel if it is the one that locks.
+    pub net_value_sat: i64,
+}
+
 impl SpliceRecord {
+    /// Whether `txid` is one of the splice's negotiated transactions.
+    pub fn has_candidate(&self, txid: &Txid) -> bool {
+        self.candidates.iter().any(|c| c.txid == *txid)
+    }
+
+    /// Records `txid` as a candidate costing what the record says now.
+    pub(crate) fn add_candidate(&mut self, txid: Txid) {
+        let candidate = SpliceCandidate {
+            txid,
+            fee: self.fee,
+            change: self.change.as_ref().map(|c| c.value),
+            net_value_sat: self.net_value_sat,
+        };
+        match self.candidates.iter_mut().find(|c| c.txid == txid) {
+            Some(known) => *known = candidate,
+            None => self.candidates.push(candidate),
+        }
+    }
+
+    /// The splice is `txid`: the record takes that candidate's numbers.
+    pub(crate) fn settle_on(&mut self, txid: Txid) {
+        self.txid = Some(txid);
+        if let Some(candidate) = self.candidates.iter().find(|c| c.txid == txid).cloned() {
+            self.fee = candidate.fee;
+            self.net_value_sat = candidate.net_value_sat;
+            if let (Some(change), Some(value)) = (self.change.as_mut(), candidate.change) {
+                change.value = value;
+            }
+        }
+    }
+
     /// The feerate the contribution was built at.
     pub fn feerate(&self) -> FeeRate {
         FeeRate::from_sat_per_kwu(self.feerate_sat_per_kwu)

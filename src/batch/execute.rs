@@ -146,6 +146,8 @@ where
         }
 
         let id = BatchId(book.next_id);
+        // Used up even if the batch does not start (see the coordinator's ids).
+        book.next_id += 1;
         let record_for = |outcomes: &[LegOutcome], state: BatchState| BatchRecord {
             id,
             state,

@@ -97,10 +97,10 @@ where
             ref other => other.clone(),
         };
         self.step(state, record.id, new_state, |r| {
-            r.txid = Some(txid);
-            if !r.candidates.contains(&txid) {
-                r.candidates.push(txid);
+            if !r.has_candidate(&txid) {
+                r.add_candidate(txid);
             }
+            r.txid = Some(txid);
         })?;
         if let Some(tx) = state.signed.remove(&txid) {
             self.wallet.transaction_broadcast(&tx);
@@ -177,7 +177,7 @@ where
                 r.channel_id == *channel_id
                     && r.state.is_signed()
                     && !r.state.is_final()
-                    && (txid.is_some_and(|t| r.candidates.contains(&t))
+                    && (txid.is_some_and(|t| r.has_candidate(&t))
                         || outpoints.iter().any(|o| r.inputs.contains(o)))
             });
             if let Some(record) = dead.cloned() {
@@ -186,7 +186,7 @@ where
                         .to_string();
                 if self.end_signed(state, record.id, reason)? {
                     for candidate in &record.candidates {
-                        self.wallet.transaction_abandoned(*candidate);
+                        self.wallet.transaction_abandoned(candidate.txid);
                     }
                     self.release_coins(state, record.id);
                 }
@@ -216,16 +216,12 @@ where
         let record = state
             .records
             .values()
-            .find(|r| {
-                r.channel_id == *channel_id && !r.state.is_final() && r.candidates.contains(&txid)
-            })
+            .find(|r| r.channel_id == *channel_id && !r.state.is_final() && r.has_candidate(&txid))
             .cloned();
         let Some(record) = record else {
             return Ok(());
         };
-        if self.step(state, record.id, SpliceState::Locked, |r| {
-            r.txid = Some(txid);
-        })? {
+        if self.step(state, record.id, SpliceState::Locked, |r| r.settle_on(txid))? {
             state.depths.remove(&record.id);
             // Spent by the locked transaction, or (unique to a candidate
             // that lost) free again.

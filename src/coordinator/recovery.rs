@@ -86,8 +86,9 @@ where
 
         // Locked while we did not look (LDK replays ChannelReady too).
         let funding = channel.funding_txo.map(|o| o.txid);
-        if record.state.is_signed() && funding.is_some_and(|t| record.candidates.contains(&t)) {
-            if self.step(state, id, SpliceState::Locked, |r| r.txid = funding)? {
+        if let Some(txid) = funding.filter(|t| record.state.is_signed() && record.has_candidate(t))
+        {
+            if self.step(state, id, SpliceState::Locked, |r| r.settle_on(txid))? {
                 state.depths.remove(&id);
                 self.release_coins(state, id);
             }
@@ -95,11 +96,11 @@ where
         }
         if record.is_theirs() {
             let txids = negotiated(candidates);
-            if txids.iter().any(|t| !record.candidates.contains(t)) {
+            if txids.iter().any(|t| !record.has_candidate(t)) {
                 self.step(state, id, record.state.clone(), |r| {
                     for txid in &txids {
-                        if !r.candidates.contains(txid) {
-                            r.candidates.push(*txid);
+                        if !r.has_candidate(txid) {
+                            r.add_candidate(*txid);
                         }
                     }
                     r.txid = txids.last().copied();
@@ -120,7 +121,7 @@ where
             return Ok(());
         } else if record.state == SpliceState::Signed {
             let txids = negotiated(candidates);
-            if let Some(txid) = txids.iter().rev().find(|t| record.candidates.contains(t)) {
+            if let Some(txid) = txids.iter().rev().find(|t| record.has_candidate(t)) {
                 let txid = *txid;
                 self.step(state, id, SpliceState::Broadcast, |r| r.txid = Some(txid))?;
                 if let Some(tx) = state.signed.remove(&txid) {
@@ -162,7 +163,7 @@ where
         }
         let confirmed = details
             .and_then(|d| d.confirmed_candidate.as_ref())
-            .filter(|c| c.confirmations > 0 && record.candidates.contains(&c.txid));
+            .filter(|c| c.confirmations > 0 && record.has_candidate(&c.txid));
         match confirmed {
             Some(confirmed) => {
                 let depth = confirmed.confirmations;
@@ -208,7 +209,7 @@ where
         }
         let known = state.records.values().any(|r| {
             r.channel_id == channel.channel_id
-                && (!r.state.is_final() || txids.iter().any(|t| r.candidates.contains(t)))
+                && (!r.state.is_final() || txids.iter().any(|t| r.has_candidate(t)))
         });
         if known {
             return Ok(());
@@ -231,13 +232,17 @@ where
             capacity_before: Amount::from_sat(channel.channel_value_satoshis),
             net_value_sat: 0,
             txid: txids.last().copied(),
-            candidates: txids,
+            candidates: Vec::new(),
             confirmation_height: None,
             batch: None,
             sign_with_batch: false,
             created_at: now,
             updated_at: now,
         };
+        let mut record = record;
+        for txid in txids {
+            record.add_candidate(txid);
+        }
         log::info!(
             "{}: {} started a splice of channel {}",
             record.id,
@@ -292,7 +297,7 @@ where
         };
         let confirmed = details
             .confirmed_candidate
-            .filter(|c| c.confirmations > 0 && record.candidates.contains(&c.txid));
+            .filter(|c| c.confirmations > 0 && record.has_candidate(&c.txid));
         match confirmed {
             Some(c) => {
                 let tip = cm.current_best_block().height;

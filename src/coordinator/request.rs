@@ -334,6 +334,9 @@ where
                 }
             }
         }
+        // Ids are used up even if what follows fails: a write that errs may
+        // still have landed, and an id must never name two splices.
+        state.next_id = state.next_id.max(next_id);
         let picked = pool.picked();
         if let Err(e) = self.wallet.save() {
             unlock_picked();

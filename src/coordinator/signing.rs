@@ -384,22 +384,18 @@ where
 /// request when we are not the initiator, or the peer bumped the fee),
 /// and the candidate's txid.
 fn adopt(record: &mut SpliceRecord, contribution: Option<&FundingContribution>, tx: &Transaction) {
-    let txid = tx.compute_txid();
-    if !record.candidates.contains(&txid) {
-        record.candidates.push(txid);
-    }
-    let Some(contribution) = contribution else {
-        return;
-    };
-    record.fee = contribution.estimated_fee();
-    record.net_value_sat = contribution.net_value().to_sat();
-    if let Some(change) = &record.change {
-        if let Some(paid) = tx
-            .output
-            .iter()
-            .find(|o| o.script_pubkey == change.script_pubkey)
-        {
-            record.change = Some(SpliceOutput::from(paid));
+    if let Some(contribution) = contribution {
+        record.fee = contribution.estimated_fee();
+        record.net_value_sat = contribution.net_value().to_sat();
+        if let Some(change) = &record.change {
+            if let Some(paid) = tx
+                .output
+                .iter()
+                .find(|o| o.script_pubkey == change.script_pubkey)
+            {
+                record.change = Some(SpliceOutput::from(paid));
+            }
         }
     }
+    record.add_candidate(tx.compute_txid());
 }

@@ -250,6 +250,15 @@ impl DevChain {
         self.mine_blocks_to_script(n, &ScriptBuf::new_op_return([]))
     }
 
+    /// Mines one block with exactly `txs`, whether or not they are in the
+    /// mempool (a transaction replaced there can still be mined), as
+    /// bitcoind's `generateblock`; the coinbase is burnt. The rest of the
+    /// mempool stays, less what conflicts with `txs`.
+    pub fn mine_block_with(&self, txs: &[Transaction]) -> Result<BlockHash, RejectReason> {
+        let script = ScriptBuf::new_op_return([]);
+        self.shared().write(|s| s.mine_with(txs, &script))
+    }
+
     /// `sendrawtransaction`: validates `tx` and adds it to the mempool (replacing conflicting
     /// transactions when it pays enough). Sending a transaction already in the mempool succeeds
     /// again, as with bitcoind.

@@ -99,6 +99,51 @@ impl State {
         hashes
     }
 
+    /// Mines one block paying `script` with exactly `txs` (in or out of
+    /// the mempool, fees not checked), as bitcoind's `generateblock`. Mempool
+    /// transactions that conflict with them are dropped.
+    pub fn mine_with(
+        &mut self,
+        txs: &[Transaction],
+        script: &ScriptBuf,
+    ) -> Result<BlockHash, RejectReason> {
+        let wanted: Vec<Txid> = txs.iter().map(|tx| tx.compute_txid()).collect();
+        let mut scratch = Mempool::default();
+        let options = AcceptOptions {
+            test_only: false,
+            bypass_fees: true,
+            now: unix_now(),
+        };
+        for (tx, txid) in txs.iter().zip(&wanted) {
+            if scratch.get(txid).is_none() {
+                scratch.accept(&self.chain, tx, options)?;
+            }
+        }
+        self.extra_nonce += 1;
+        let now = u32::try_from(unix_now()).unwrap_or(u32::MAX);
+        let block = build_block(&self.chain, &scratch, script, self.extra_nonce, now);
+        let missing: Vec<&Txid> = wanted
+            .iter()
+            .filter(|t| !block.txdata.iter().any(|tx| tx.compute_txid() == **t))
+            .collect();
+        if !missing.is_empty() {
+            return Err(RejectReason::rejected(format!(
+                "{missing:?} do not fit in one block"
+            )));
+        }
+        let txdata = block.txdata.clone();
+        let hash = self
+            .chain
+            .connect_block(block)
+            .map_err(RejectReason::rejected)?;
+        self.mempool.remove_for_block(&txdata);
+        log::info!(
+            "devchain: mined block {hash} with {} chosen transactions",
+            txs.len()
+        );
+        Ok(hash)
+    }
+
     /// `sendrawtransaction`: adds `tx` to the mempool. A transaction already in the mempool is
     /// accepted again without change, as bitcoind does. With `max_fee_rate` (sat/kvB, 0 for no
     /// limit), a transaction paying more is refused.

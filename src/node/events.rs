@@ -82,7 +82,9 @@ impl NodeEventHandler {
                             "funding channel with {counterparty_node_id} in {}",
                             tx.compute_txid()
                         );
-                        self.wallet.transaction_broadcast(&tx);
+                        if let Err(e) = self.wallet.payment_sent(&tx) {
+                            log::warn!("could not record the funding in the wallet: {e}");
+                        }
                     }
                     Err(e) => {
                         log::error!("could not fund channel with {counterparty_node_id}: {e}");

@@ -225,8 +225,9 @@ impl SpliceWallet {
     }
 
     /// Builds and signs a transaction paying `amount` to `script` at
-    /// `fee_rate`, spending confirmed coins only. Nothing is marked spent
-    /// until [`SpliceWallet::transaction_broadcast`] is called.
+    /// `fee_rate`, spending confirmed coins that are not locked. Its coins
+    /// stay locked until [`SpliceWallet::payment_sent`] or
+    /// [`SpliceWallet::payment_abandoned`] is called.
     pub fn build_payment(
         &self,
         script: ScriptBuf,
@@ -275,11 +276,19 @@ impl SpliceWallet {
         self.unlock_coins(&outpoints)
     }
 
+    /// A transaction from [`SpliceWallet::build_payment`] was broadcast:
+    /// it is recorded (see [`SpliceWallet::transaction_broadcast`]) and its
+    /// coins unlocked, since being spent now keeps them out of later spends.
+    pub fn payment_sent(&self, tx: &Transaction) -> Result<(), WalletError> {
+        self.transaction_broadcast(tx);
+        let outpoints: Vec<OutPoint> = tx.input.iter().map(|i| i.previous_output).collect();
+        self.unlock_coins(&outpoints)
+    }
+
     /// Records a transaction we broadcast (a payment, a channel funding, a
     /// splice, a sweep), so its inputs count as spent and its outputs to us
     /// as pending until it confirms. Transactions that neither spend nor
-    /// pay this wallet are ignored. The inputs of a payment built here are
-    /// unlocked: being spent now keeps them out of later spends.
+    /// pay this wallet are ignored.
     pub fn transaction_broadcast(&self, tx: &Transaction) {
         let mut state = self.lock();
         let spends_ours = tx.input.iter().any(|i| {

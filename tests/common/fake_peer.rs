@@ -37,6 +37,8 @@ use lightning::util::ser::Writeable;
 /// How the [`Counterparty`] departs from plain forwarding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Behaviour {
+    /// Forward everything.
+    Plain,
     /// Advertise neither splicing nor quiescence.
     HideSplicing,
     /// Swallow every `stfu` (so a splice never gets past quiescence).
@@ -249,6 +251,25 @@ impl FakeBob {
     /// Serves `bob`'s channel manager (its node stopped with [`Node::stop`])
     /// on a new loopback port, behaving as `behaviour` says.
     pub async fn start(bob: &Node, behaviour: Behaviour) -> FakeBob {
+        Self::serve(bob, behaviour, None).await
+    }
+
+    /// Like [`FakeBob::start`], with `events` called for every event Bob's
+    /// channel manager produces (the node's own event handling is stopped
+    /// with the node).
+    pub async fn start_with_events(
+        bob: &Node,
+        behaviour: Behaviour,
+        events: Arc<dyn Fn(lightning::events::Event) + Send + Sync>,
+    ) -> FakeBob {
+        Self::serve(bob, behaviour, Some(events)).await
+    }
+
+    async fn serve(
+        bob: &Node,
+        behaviour: Behaviour,
+        events: Option<Arc<dyn Fn(lightning::events::Event) + Send + Sync>>,
+    ) -> FakeBob {
         let handler = Arc::new(Counterparty {
             cm: bob.channel_manager().clone(),
             behaviour,
@@ -310,6 +331,13 @@ impl FakeBob {
                     tokio::select! {
                         _ = cm.get_event_or_persistence_needed_future() => {}
                         _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                    if let Some(events) = &events {
+                        let handler = |event| {
+                            events(event);
+                            Ok(())
+                        };
+                        lightning::events::EventsProvider::process_pending_events(&*cm, &handler);
                     }
                     if cm.get_and_clear_needs_persistence() {
                         // The node's chain monitor defers its writes until

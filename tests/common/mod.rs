@@ -9,6 +9,9 @@ use ldk_splice::node::{Node, NodeBuilder};
 use tempfile::TempDir;
 pub mod fake_peer;
 
+use fake_peer::{Behaviour, FakeBob};
+use lightning::ln::types::ChannelId;
+
 /// How long any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -245,4 +248,79 @@ pub async fn two_nodes_with_channel(capacity: Amount, paid_to_bob_msat: u64) -> 
         bob,
         channel_id,
     }
+}
+
+/// Stops `node`, drops it, and starts a new node from the same data
+/// directory.
+pub async fn restart(chain: &DevChain, node: TestNode) -> TestNode {
+    node.node.stop().await.expect("node stops");
+    let TestNode { node, dir } = node;
+    drop(node);
+    let node = builder(chain, dir.path())
+        .start()
+        .await
+        .expect("node starts again from its data directory");
+    TestNode { node, dir }
+}
+
+/// Stops Bob's node and serves his channel manager through a [`FakeBob`]
+/// behaving as `behaviour`; Alice reconnects to it and the channel is
+/// usable again.
+pub async fn bob_behind_fake_peer(
+    a: &Node,
+    b: &Node,
+    channel_id: &ChannelId,
+    behaviour: Behaviour,
+) -> FakeBob {
+    let bob = b.node_id();
+    b.stop().await.expect("Bob stops");
+    a.wait_until(WAIT, "Alice to see Bob gone", |n| !n.is_connected(&bob))
+        .await
+        .expect("Bob disconnected");
+    let fake = FakeBob::start(b, behaviour).await;
+    a.connect(bob, fake.addr)
+        .await
+        .expect("Alice reaches Bob's channel manager");
+    a.wait_until(WAIT, "the channel usable, with splice support", |n| {
+        n.channel(channel_id)
+            .is_some_and(|c| c.is_usable && c.counterparty.features.supports_splicing())
+    })
+    .await
+    .expect("channel usable again");
+    fake
+}
+
+/// Tears `fake` down (it persists Bob's channel manager), then starts Bob's
+/// real node again from his data directory and connects Alice to it, until
+/// the channel is usable on both sides.
+pub async fn bob_back_for_real(
+    chain: &DevChain,
+    a: &Node,
+    bob: TestNode,
+    fake: FakeBob,
+) -> TestNode {
+    let bob_id = bob.node.node_id();
+    drop(fake);
+    a.wait_until(WAIT, "Alice to see the fake peer gone", |n| {
+        !n.is_connected(&bob_id)
+    })
+    .await
+    .expect("fake peer gone");
+    let TestNode { node, dir } = bob;
+    drop(node);
+    let node = builder(chain, dir.path())
+        .start()
+        .await
+        .expect("Bob starts again from his data directory");
+    a.connect(bob_id, node.listen_addr())
+        .await
+        .expect("Alice reaches Bob again");
+    for n in [a, &node] {
+        n.wait_until(WAIT, "the channel usable with the real Bob", |n| {
+            n.list_channels().iter().any(|c| c.is_usable)
+        })
+        .await
+        .expect("channel usable");
+    }
+    TestNode { node, dir }
 }
