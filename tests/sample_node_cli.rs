@@ -2,293 +2,27 @@
 //! two daemons, a channel opened and spliced through the CLI, balances
 //! checked from the CLI's JSON, both daemons stopped with `cli stop`.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 use bitcoin::address::NetworkUnchecked;
 use bitcoin::Address;
-use serde_json::Value;
+use std::time::{Duration, Instant};
 
-/// How long any one step may take.
-const WAIT: Duration = Duration::from_secs(90);
-/// A regtest coinbase.
-const SUBSIDY_SAT: u64 = 5_000_000_000;
+use common::processes::*;
+use serde_json::Value;
 const CAPACITY_SAT: u64 = 1_000_000;
 const SPLICE_SAT: u64 = 250_000;
-
-/// The `sample-node` example binary, built next to this test
-/// (target/<profile>/examples/sample-node). `cargo test` builds every
-/// example; when only this test was asked for, build it here.
-fn sample_node_binary() -> PathBuf {
-    example_binary("sample-node")
-}
-
-/// An example binary of this crate, built if need be.
-fn example_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
-    let binary = profile_dir
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .args(["build", "--example", name])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        build.arg("--release");
-    }
-    let status = build.status().expect("cargo runs");
-    assert!(status.success(), "building the {name} example failed");
-    assert!(binary.exists(), "{} not found", binary.display());
-    binary
-}
-
-/// The `devchain` example running as its own process, driven over its
-/// bitcoind-compatible RPC like any bitcoind.
-struct DevChain {
-    child: Child,
-    addr: String,
-}
-
-impl DevChain {
-    const USER: &'static str = "cli-test";
-    const PASSWORD: &'static str = "cli-test-password";
-
-    fn start() -> DevChain {
-        let mut child = Command::new(example_binary("devchain"))
-            .args([
-                "--rpc-bind",
-                "127.0.0.1:0",
-                "--rpc-auth",
-                &format!("{}:{}", Self::USER, Self::PASSWORD),
-                "--log-level",
-                "warn",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("devchain starts");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let mut chain = DevChain {
-            child,
-            addr: String::new(),
-        };
-        let line = rx
-            .recv_timeout(WAIT)
-            .unwrap_or_else(|_| panic!("devchain did not say it was listening in time"));
-        chain.addr = line
-            .trim()
-            .strip_prefix("devchain listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from the devchain: {line:?}"))
-            .to_string();
-        chain
-    }
-
-    fn rpc_user(&self) -> &str {
-        Self::USER
-    }
-
-    fn rpc_password(&self) -> &str {
-        Self::PASSWORD
-    }
-
-    fn rpc_addr(&self) -> &str {
-        &self.addr
-    }
-
-    /// One JSON-RPC call over HTTP with basic auth, as bitcoin-cli makes it.
-    fn rpc(&self, method: &str, params: Value) -> Value {
-        use base64::Engine;
-        let body =
-            serde_json::json!({"jsonrpc": "1.0", "id": 1, "method": method, "params": params})
-                .to_string();
-        let auth = base64::engine::general_purpose::STANDARD.encode(format!(
-            "{}:{}",
-            Self::USER,
-            Self::PASSWORD
-        ));
-        let mut stream = std::net::TcpStream::connect(&self.addr).expect("devchain reachable");
-        write!(
-            stream,
-            "POST / HTTP/1.1\r\nHost: {}\r\nAuthorization: Basic {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        )
-        .expect("request sent");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("response read");
-        let json = response
-            .split("\r\n\r\n")
-            .nth(1)
-            .unwrap_or_else(|| panic!("no body in {response:?}"));
-        let reply: Value = serde_json::from_str(json).expect("JSON reply");
-        assert!(reply["error"].is_null(), "{method} failed: {reply}");
-        reply["result"].clone()
-    }
-
-    fn mine_blocks(&self, n: usize, to: &Address) {
-        self.rpc("generatetoaddress", serde_json::json!([n, to.to_string()]));
-    }
-
-    /// Mines to an address nobody in the test holds.
-    fn mine_blocks_to_burn(&self, n: usize) {
-        let burn: Address<NetworkUnchecked> = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
-            .parse()
-            .expect("regtest address");
-        self.mine_blocks(n, &burn.assume_checked());
-    }
-
-    fn shutdown(&mut self) {
-        self.rpc("stop", serde_json::json!([]));
-        let deadline = Instant::now() + WAIT;
-        while self.child.try_wait().ok().flatten().is_none() {
-            assert!(Instant::now() < deadline, "devchain did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for DevChain {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// A running `sample-node daemon`.
-struct Daemon {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // Only reached with the process still running when the test failed.
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn start_daemon(binary: &Path, chain: &DevChain, dir: PathBuf) -> Daemon {
-    let mut child = Command::new(binary)
-        .arg("daemon")
-        .arg("--datadir")
-        .arg(&dir)
-        .args([
-            "--network",
-            "regtest",
-            "--bitcoind-rpc",
-            &format!(
-                "http://{}:{}@{}",
-                chain.rpc_user(),
-                chain.rpc_password(),
-                chain.rpc_addr()
-            ),
-            "--listen",
-            "127.0.0.1:0",
-            "--api",
-            "127.0.0.1:0",
-            "--chain-poll-ms",
-            "50",
-            "--reconnect-ms",
-            "200",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("daemon starts");
-    let stdout = child.stdout.take().expect("stdout piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let mut daemon = Daemon { child, dir };
-    let line = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
-        let _ = daemon.child.kill();
-        panic!("daemon did not report its API address in time")
-    });
-    let addr = line
-        .trim()
-        .strip_prefix("sample-node api listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line from the daemon: {line:?}"));
-    let written = std::fs::read_to_string(daemon.dir.join("api-addr")).expect("api-addr written");
-    assert_eq!(written.trim(), addr);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(daemon.dir.join("api-token"))
-            .expect("api-token written")
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600, "token readable only by its owner");
-    }
-    daemon
-}
-
-/// Runs `sample-node cli --datadir DIR args...`; returns its exit success and JSON.
-fn cli(binary: &Path, dir: &Path, args: &[&str]) -> (bool, Value) {
-    let output = Command::new(binary)
-        .arg("cli")
-        .arg("--datadir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("cli runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("cli {args:?} printed no JSON ({e}): {stdout}"));
-    (output.status.success(), value)
-}
-
-/// Like [`cli`], but the command must succeed.
-fn cli_ok(binary: &Path, dir: &Path, args: &[&str]) -> Value {
-    let (ok, value) = cli(binary, dir, args);
-    assert!(ok, "cli {args:?} failed: {value}");
-    value
-}
-
-/// Polls `check` every 100 ms until it returns `Some`, for at most [`WAIT`].
-fn poll<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn sat(value: &Value, field: &str) -> u64 {
-    value[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no {field} in {value}"))
-}
 
 /// Runs a splice command with `--wait locked` on `dir`'s daemon, mining a
 /// block every 200 ms until the CLI exits (bounded by [`WAIT`]). Returns the
 /// final record and the progress the CLI showed on stderr.
 fn splice_to_lock(
     binary: &Path,
-    chain: &DevChain,
+    chain: &ChainProcess,
     dir: &Path,
     progress_file: &Path,
     args: &[&str],
@@ -332,7 +66,7 @@ fn splice_to_lock(
 async fn sample_node_daemon_and_cli_splice_in() {
     let started = Instant::now();
     let binary = sample_node_binary();
-    let mut chain = DevChain::start();
+    let mut chain = ChainProcess::start();
     let tmp = tempfile::tempdir().expect("temp dir");
     let alice = start_daemon(&binary, &chain, tmp.path().join("alice"));
     let bob = start_daemon(&binary, &chain, tmp.path().join("bob"));
@@ -420,6 +154,66 @@ async fn sample_node_daemon_and_cli_splice_in() {
         error["error"].as_str().unwrap().contains("network")
             || error["error"].as_str().unwrap().contains("regtest"),
         "{error}"
+    );
+
+    // Out-of-range numbers over the HTTP API: a typed refusal naming the
+    // field, and nothing locked, written or sent.
+    let refused = |command: &str, params: Value, words: &[&str]| {
+        let (status, answer) = api(a, command, params);
+        assert!(
+            status == 400 || status == 422,
+            "{command}: {status} {answer}"
+        );
+        let message = answer["error"].as_str().unwrap_or_default();
+        for word in words {
+            assert!(
+                message.contains(word),
+                "{command}: {message:?} lacks {word:?}"
+            );
+        }
+        let balance = api_ok(a, "balance", serde_json::json!({}));
+        assert_eq!(balance["locked_coins"], serde_json::json!([]), "{command}");
+        assert_eq!(sat(&balance, "available_sat"), wallet_before, "{command}");
+        assert_eq!(
+            api_ok(a, "listsplices", serde_json::json!({})),
+            serde_json::json!([])
+        );
+    };
+    let channel_param = |extra: Value| {
+        let mut params = serde_json::json!({ "channel_id": channel_id, "node_id": bob_id });
+        params
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        params
+    };
+    refused(
+        "splicein",
+        channel_param(serde_json::json!({ "amount_sat": u64::MAX, "feerate_sat_per_vb": 2 })),
+        &["add", "21 million"],
+    );
+    refused(
+        "resize",
+        channel_param(serde_json::json!({
+            "outputs": [{ "to": "wallet", "amount_sat": 1u64 << 63 }, { "to": "wallet", "amount_sat": 1u64 << 63 }],
+            "feerate_sat_per_vb": 2,
+        })),
+        &["outputs[0]"],
+    );
+    refused(
+        "splicein",
+        channel_param(
+            serde_json::json!({ "amount_sat": 10_000, "feerate_sat_per_vb": 20_000_000u64 }),
+        ),
+        &["feerate"],
+    );
+    refused(
+        "batch",
+        serde_json::json!({
+            "legs": [{ "type": "splice_in", "channel_id": channel_id, "node_id": bob_id, "amount_sat": 10_000 }],
+            "deadline_secs": u64::MAX,
+        }),
+        &["deadline"],
     );
 
     // Quote first: nothing is reserved or sent.

@@ -36,6 +36,8 @@ pub struct AppState {
     pub token: String,
     /// Set when `stop` is called: the daemon then shuts down.
     pub stop: tokio::sync::watch::Sender<bool>,
+    /// Crash points, when the daemon was started for crash tests.
+    pub crash: Option<Arc<crate::crash::CrashPoints>>,
 }
 
 /// An error answer: an HTTP status and a message, sent as `{"error": msg}`.
@@ -408,7 +410,16 @@ async fn dispatch(state: &AppState, command: &str, p: Value) -> ApiResult {
             .map_err(ApiError::refused),
         "balance" => {
             let b = node.onchain_balance();
+            let shown = |o: &bitcoin::OutPoint| o.to_string();
             Ok(json!({
+                "available_sat": node.wallet().available_balance().to_sat(),
+                "locked_coins": node.wallet().locked_coins().iter().map(shown).collect::<Vec<_>>(),
+                "splice_locked_coins": node
+                    .coordinator()
+                    .locked_coins()
+                    .iter()
+                    .map(|(o, id)| json!({"outpoint": shown(o), "splice_id": id.to_string()}))
+                    .collect::<Vec<_>>(),
                 "confirmed_sat": b.confirmed.to_sat(),
                 "pending_sat": b.pending.to_sat(),
                 "untrusted_pending_sat": b.untrusted_pending.to_sat(),
@@ -577,6 +588,20 @@ async fn dispatch(state: &AppState, command: &str, p: Value) -> ApiResult {
                 .await
                 .map_err(ApiError::refused)?;
             Ok(json!({ "closing": channel.channel_id.0.to_lower_hex_string() }))
+        }
+        "crashat" => {
+            let Some(crash) = &state.crash else {
+                return Err(ApiError::not_found(format!("unknown command '{command}'")));
+            };
+            #[derive(Deserialize)]
+            struct P {
+                state: String,
+                #[serde(default)]
+                delay_ms: u64,
+            }
+            let P { state, delay_ms } = params(command, p)?;
+            crash.arm(state.clone(), Duration::from_millis(delay_ms));
+            Ok(json!({ "armed": state, "delay_ms": delay_ms }))
         }
         "stop" => {
             let _ = state.stop.send(true);

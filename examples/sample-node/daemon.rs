@@ -12,6 +12,7 @@ use ldk_splice::node::{Node, NodeBuilder};
 use lightning::sign::EntropySource;
 
 use crate::api::{self, AppState};
+use crate::crash::CrashPoints;
 
 /// File in the data dir holding the API address.
 pub const API_ADDR_FILE: &str = "api-addr";
@@ -45,6 +46,9 @@ pub struct DaemonArgs {
     /// Log level for DIR/logs/sample-node.log: error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log_level: log::LevelFilter,
+    /// Crash tests only: serve the `crashat` command (see crash.rs).
+    #[arg(long, hide = true)]
+    enable_crash_points: bool,
 }
 
 /// Splits `http://USER:PASS@HOST:PORT` into the URL without credentials, the
@@ -219,10 +223,17 @@ async fn serve_api(args: &DaemonArgs, node: Node) -> Result<(), String> {
         return Err(format!("cannot write {}: {e}", token_path.display()));
     }
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let crash = args.enable_crash_points.then(|| {
+        let crash = Arc::new(CrashPoints::default());
+        let observer = crash.clone();
+        node.add_event_listener(Box::new(move |event| observer.observe(event)));
+        crash
+    });
     let state = Arc::new(AppState {
         node,
         token,
         stop: stop_tx,
+        crash,
     });
     let router = api::router(state.clone());
     let addr_path = args.datadir.join(API_ADDR_FILE);

@@ -30,6 +30,7 @@
 
 mod api;
 mod cli;
+mod crash;
 mod daemon;
 
 use clap::{Parser, Subcommand};

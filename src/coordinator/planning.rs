@@ -244,7 +244,10 @@ where
                         .and_then(|builder| builder.build())
                 })
         };
-        let contribution = result.map_err(|e| self.contribution_error(e, plan))?;
+        let contribution = result.map_err(|e| match source.take_failure() {
+            Some(failure) => SpliceError::Persistence(failure.to_string()),
+            None => self.contribution_error(e, plan),
+        })?;
         fee.check_fee(contribution.estimated_fee())?;
         if contribution.net_value().is_negative() {
             let taken = contribution.net_value().unsigned_abs();

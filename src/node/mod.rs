@@ -60,6 +60,7 @@ use self::payments::PaymentStore;
 use self::peers::PeerStore;
 use crate::batch::{BatchId, BatchPlan, BatchQuote, BatchRecord, BatchState};
 use crate::coordinator::{CoordinatorConfig, Destination, ResizeRequest};
+use crate::events::EventNotifier;
 use crate::fees::{FeePolicy, SpliceQuote};
 use crate::ids::SpliceId;
 use crate::logger::LogBridge;
@@ -267,6 +268,7 @@ pub struct Node {
     payments: Arc<PaymentStore>,
     peers: Arc<PeerStore>,
     notify: Arc<tokio::sync::Notify>,
+    event_listeners: Arc<Mutex<Vec<EventNotifier>>>,
     listen_addr: SocketAddr,
     stop_sender: tokio::sync::watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -509,9 +511,16 @@ impl Node {
         let payments = Arc::new(PaymentStore::load(node_store.clone()));
         let peers = Arc::new(PeerStore::load(node_store.clone()));
         let notify = Arc::new(tokio::sync::Notify::new());
+        let event_listeners: Arc<Mutex<Vec<EventNotifier>>> = Arc::default();
         {
             let notify = notify.clone();
-            coordinator.set_event_notifier(Box::new(move |_| notify.notify_waiters()));
+            let listeners = event_listeners.clone();
+            coordinator.set_event_notifier(Box::new(move |event| {
+                for listener in listeners.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                    listener(event);
+                }
+                notify.notify_waiters();
+            }));
         }
         let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
 
@@ -607,6 +616,7 @@ impl Node {
             payments,
             peers,
             notify,
+            event_listeners,
             listen_addr,
             stop_sender,
             tasks: Mutex::new(tasks),
@@ -896,6 +906,15 @@ impl Node {
         .await?;
         self.payment(hash)
             .ok_or_else(|| NodeError::InvalidInput("unknown payment".into()))
+    }
+
+    /// Calls `f` with every splice and batch event, right after the write
+    /// that holds it and before the change it reports is acted on.
+    pub fn add_event_listener(&self, f: EventNotifier) {
+        self.event_listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(f);
     }
 
     /// The splice coordinator.

@@ -68,6 +68,19 @@ pub struct SpliceCoinSource<'a> {
     wallet: &'a SpliceWallet,
     lock: bool,
     pool: std::sync::Arc<CoinPool>,
+    /// A wallet failure during selection, which LDK only sees as "no coins".
+    failure: std::sync::Mutex<Option<WalletError>>,
+}
+
+impl SpliceCoinSource<'_> {
+    /// The wallet failure that made the last selection fail, if it was one
+    /// (rather than a lack of coins).
+    pub fn take_failure(&self) -> Option<WalletError> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
 }
 
 impl SpliceWallet {
@@ -78,6 +91,7 @@ impl SpliceWallet {
             wallet: self,
             lock,
             pool: pool.clone(),
+            failure: std::sync::Mutex::new(None),
         }
     }
 
@@ -195,6 +209,7 @@ impl CoinSelectionSourceSync for SpliceCoinSource<'_> {
             + must_pay_to.iter().map(weights::output).sum::<Weight>();
         let change_script = self.wallet.change_script().map_err(|e| {
             log::error!("no change script: {e}");
+            *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
         })?;
         let target = Target {
             value: outputs.checked_sub(fixed_inputs).unwrap_or(Amount::ZERO),

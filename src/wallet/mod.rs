@@ -93,6 +93,9 @@ struct State {
     wallet: Wallet,
     /// Where staged changes are written.
     log: ChangeLog,
+    /// Changes taken from the wallet whose write failed: written with the
+    /// next ones, never dropped.
+    unsaved: Option<bdk_wallet::ChangeSet>,
 }
 
 /// A BDK wallet (BIP84 P2WPKH, keys derived from the node seed) persisted in
@@ -143,7 +146,11 @@ impl SpliceWallet {
             }
         };
         let this = SpliceWallet {
-            state: Mutex::new(State { wallet, log }),
+            state: Mutex::new(State {
+                wallet,
+                log,
+                unsaved: None,
+            }),
             master_key: xprv,
             network,
         };
@@ -156,10 +163,18 @@ impl SpliceWallet {
     }
 
     fn persist(&self, state: &mut State) -> Result<(), WalletError> {
-        let Some(staged) = state.wallet.take_staged() else {
+        if let Some(staged) = state.wallet.take_staged() {
+            match &mut state.unsaved {
+                Some(unsaved) => bdk_wallet::chain::Merge::merge(unsaved, staged),
+                None => state.unsaved = Some(staged),
+            }
+        }
+        let Some(unsaved) = &state.unsaved else {
             return Ok(());
         };
-        state.log.append(&staged)
+        state.log.append(unsaved)?;
+        state.unsaved = None;
+        Ok(())
     }
 
     /// Whether `store` already holds a wallet.

@@ -8,6 +8,7 @@ use ldk_splice::devchain::{DevChain, DevChainConfig};
 use ldk_splice::node::{Node, NodeBuilder};
 use tempfile::TempDir;
 pub mod fake_peer;
+pub mod processes;
 
 use fake_peer::{Behaviour, FakeBob};
 use lightning::ln::types::ChannelId;
