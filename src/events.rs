@@ -1,7 +1,7 @@
 //! Splice events: what the application hears about splices and batches.
 //!
 //! Each event is written to the store in the same write as the record
-//! change it reports (see [`crate::journal`]), so an event is never lost
+//! change it reports (one store entry holds both), so an event is never lost
 //! and never reports a change that was not written.
 
 use bitcoin::secp256k1::PublicKey;

@@ -1,7 +1,9 @@
-//! Benchmarks batch splicing against one splice at a time.
+//! Benchmarks: batch splicing against one splice at a time, and the
+//! durable writes a splice costs (see `writes.rs`).
 //!
 //! ```text
 //! cargo run --release --example bench -- batch [--sizes 1,8,32,128]
+//! cargo run --release --example bench -- writes
 //! ```
 //!
 //! A hub with N peers over TCP loopback on an in-process devchain, one
@@ -22,6 +24,8 @@
 //! hub's ChannelManager takes while the N splices are pending. LDK does that
 //! encoding under its global lock every time it persists the manager, so it
 //! bounds how fast any number of splices can progress.
+
+mod writes;
 
 use std::time::{Duration, Instant};
 
@@ -53,6 +57,8 @@ enum Bench {
         #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 8, 32, 128])]
         sizes: Vec<usize>,
     },
+    /// Durable writes per splice, by kind.
+    Writes,
 }
 
 const CAPACITY: Amount = Amount::from_sat(1_000_000);
@@ -66,12 +72,14 @@ const FAN_OUT: usize = 10;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let Args {
-        bench: Bench::Batch { sizes },
-    } = Args::parse();
+    let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
         .init();
+    let sizes = match args.bench {
+        Bench::Batch { sizes } => sizes,
+        Bench::Writes => return writes::run().await,
+    };
     let max = sizes.iter().copied().max().unwrap_or(1);
     // Each size runs a batch and two sequential rounds of splice-ins: one
     // coin per splice.

@@ -1,0 +1,186 @@
+//! Building a node: its settings, its builder, and what can fail.
+
+use super::*;
+
+/// What building, running or asking the node can fail with.
+#[derive(Debug)]
+pub enum NodeError {
+    /// The data directory or the store could not be used.
+    Storage(String),
+    /// bitcoind could not be reached or answered something unusable.
+    Chain(String),
+    /// The on-chain wallet failed.
+    Wallet(WalletError),
+    /// A peer could not be reached.
+    Connection(String),
+    /// LDK refused the request.
+    Lightning(String),
+    /// The request itself is wrong.
+    InvalidInput(String),
+    /// The thing asked for did not happen in time.
+    Timeout(String),
+}
+
+impl std::fmt::Display for NodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeError::Storage(e) => write!(f, "storage error: {e}"),
+            NodeError::Chain(e) => write!(f, "chain source error: {e}"),
+            NodeError::Wallet(e) => write!(f, "wallet error: {e}"),
+            NodeError::Connection(e) => write!(f, "connection error: {e}"),
+            NodeError::Lightning(e) => write!(f, "lightning error: {e}"),
+            NodeError::InvalidInput(e) => write!(f, "invalid input: {e}"),
+            NodeError::Timeout(e) => write!(f, "timed out: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for NodeError {}
+
+impl From<WalletError> for NodeError {
+    fn from(e: WalletError) -> Self {
+        NodeError::Wallet(e)
+    }
+}
+
+/// Everything needed to start a [`Node`]. Build it with [`NodeBuilder`].
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Where the seed, channel state, wallet and logs live.
+    pub data_dir: PathBuf,
+    /// The Bitcoin network.
+    pub network: Network,
+    /// bitcoind's RPC URL, e.g. `http://127.0.0.1:18443`.
+    pub bitcoind_rpc_url: String,
+    /// RPC user name.
+    pub bitcoind_rpc_user: String,
+    /// RPC password.
+    pub bitcoind_rpc_password: String,
+    /// Where to accept Lightning peers; port 0 picks a free port.
+    pub listen_addr: SocketAddr,
+    /// Accept splices peers start on our channels (LDK's default is to refuse).
+    pub accept_inbound_splices: bool,
+    /// Accept channels peers open to us.
+    pub accept_inbound_channels: bool,
+    /// How often to poll bitcoind for new blocks.
+    pub chain_poll_interval: Duration,
+    /// How often to refresh fee estimates.
+    pub fee_update_interval: Duration,
+    /// How often to reconnect to channel peers we lost.
+    pub reconnect_interval: Duration,
+}
+
+/// Turns the node's store into the one this crate's own state (the splice
+/// journal and the wallet) is written through.
+pub type StoreWrapper = Arc<dyn Fn(SharedStore) -> SharedStore + Send + Sync>;
+
+/// Builds a [`Node`] from a data directory, network, bitcoind RPC endpoint
+/// and listen address.
+#[derive(Clone)]
+pub struct NodeBuilder {
+    config: NodeConfig,
+    wrap_store: Option<StoreWrapper>,
+}
+
+impl std::fmt::Debug for NodeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeBuilder")
+            .field("config", &self.config)
+            .field("wraps_store", &self.wrap_store.is_some())
+            .finish()
+    }
+}
+
+impl NodeBuilder {
+    /// A builder for a regtest node in `data_dir`, talking to bitcoind on
+    /// `127.0.0.1:18443` and listening on a free loopback port.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        NodeBuilder {
+            config: NodeConfig {
+                data_dir: data_dir.into(),
+                network: Network::Regtest,
+                bitcoind_rpc_url: "http://127.0.0.1:18443".into(),
+                bitcoind_rpc_user: String::new(),
+                bitcoind_rpc_password: String::new(),
+                listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+                accept_inbound_splices: true,
+                accept_inbound_channels: true,
+                chain_poll_interval: Duration::from_secs(1),
+                fee_update_interval: Duration::from_secs(60),
+                reconnect_interval: Duration::from_secs(5),
+            },
+            wrap_store: None,
+        }
+    }
+
+    /// Sets the network.
+    pub fn network(mut self, network: Network) -> Self {
+        self.config.network = network;
+        self
+    }
+
+    /// Sets bitcoind's RPC URL and credentials.
+    pub fn bitcoind_rpc(
+        mut self,
+        url: impl Into<String>,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.config.bitcoind_rpc_url = url.into();
+        self.config.bitcoind_rpc_user = user.into();
+        self.config.bitcoind_rpc_password = password.into();
+        self
+    }
+
+    /// Sets the address to accept Lightning peers on.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.config.listen_addr = addr;
+        self
+    }
+
+    /// Whether to accept splices that peers start (default: yes).
+    pub fn accept_inbound_splices(mut self, accept: bool) -> Self {
+        self.config.accept_inbound_splices = accept;
+        self
+    }
+
+    /// Whether to accept channels that peers open (default: yes).
+    pub fn accept_inbound_channels(mut self, accept: bool) -> Self {
+        self.config.accept_inbound_channels = accept;
+        self
+    }
+
+    /// How often to poll bitcoind for blocks (default 1 s).
+    pub fn chain_poll_interval(mut self, interval: Duration) -> Self {
+        self.config.chain_poll_interval = interval;
+        self
+    }
+
+    /// How often to reconnect to lost channel peers (default 5 s).
+    pub fn reconnect_interval(mut self, interval: Duration) -> Self {
+        self.config.reconnect_interval = interval;
+        self
+    }
+
+    /// Writes this crate's own state (the splice journal and the wallet)
+    /// through the store `wrap` makes of the node's store: to count writes,
+    /// mirror them, or (in tests) make them fail. LDK's own state is written
+    /// to the node's store directly.
+    pub fn wrap_splice_store(
+        mut self,
+        wrap: impl Fn(SharedStore) -> SharedStore + Send + Sync + 'static,
+    ) -> Self {
+        self.wrap_store = Some(Arc::new(wrap));
+        self
+    }
+
+    /// The configuration built so far.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// Starts the node. Must be called inside a multi-threaded tokio runtime.
+    pub async fn start(self) -> Result<Node, NodeError> {
+        Node::start(self.config, self.wrap_store).await
+    }
+}

@@ -1,0 +1,411 @@
+//! Assembling a node at start: keys, chain monitor, channel manager, chain
+//! sync, wallet, coordinator, peers and the background processor.
+
+use super::tasks::{accept_peers, reconnect_peers, tick_coordinator, update_fees};
+use super::*;
+
+impl Node {
+    pub(super) async fn start(
+        config: NodeConfig,
+        wrap_store: Option<StoreWrapper>,
+    ) -> Result<Node, NodeError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            NodeError::Storage(format!("cannot create {}: {e}", config.data_dir.display()))
+        })?;
+        let seed = read_or_create_seed(&config.data_dir.join(SEED_FILE))?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let keys = Arc::new(KeysManager::new(
+            &seed,
+            now.as_secs(),
+            now.subsec_nanos(),
+            true,
+        ));
+        let store = Arc::new(Store::new(config.data_dir.join("ldk")));
+        let node_store: SharedStore = store.clone();
+        let shared_store: SharedStore = match &wrap_store {
+            Some(wrap) => wrap(node_store.clone()),
+            None => node_store.clone(),
+        };
+        let logger = Arc::new(LogBridge);
+
+        let bitcoind = Bitcoind::connect(
+            &config.bitcoind_rpc_url,
+            &config.bitcoind_rpc_user,
+            &config.bitcoind_rpc_password,
+            config.network,
+        )
+        .await?;
+        let (tip_height, tip_hash) = bitcoind.tip().await?;
+
+        let wallet_is_new = !SpliceWallet::exists(&shared_store)?;
+        let birthday = if wallet_is_new {
+            Some(bitcoind.block(&tip_hash).await?)
+        } else {
+            None
+        };
+        let wallet = Arc::new(SpliceWallet::load_or_create(
+            &seed,
+            config.network,
+            shared_store.clone(),
+            birthday.as_ref(),
+            tip_height,
+        )?);
+        let signer_provider = Arc::new(WalletSignerProvider::new(keys.clone(), wallet.clone()));
+
+        let chain_monitor: Arc<ChainMonitor> = Arc::new(ChainMonitor::new(
+            None,
+            bitcoind.clone(),
+            logger.clone(),
+            bitcoind.clone(),
+            store.clone(),
+            keys.clone(),
+            keys.get_peer_storage_key(),
+            // Monitor updates are written only after the ChannelManager that
+            // produced them (the background processor persists, then
+            // flushes): a crash can then never leave a manager older than
+            // its monitors, which LDK would answer with a force-close.
+            true,
+        ));
+
+        let graph = Arc::new(read_network_graph(&store, config.network, &logger));
+        let scorer = Arc::new(RwLock::new(ProbabilisticScorer::new(
+            ProbabilisticScoringDecayParameters::default(),
+            graph.clone(),
+            logger.clone(),
+        )));
+        let router = Arc::new(DefaultRouter::new(
+            graph.clone(),
+            logger.clone(),
+            keys.clone(),
+            scorer.clone(),
+            ProbabilisticScoringFeeParameters::default(),
+        ));
+        let message_router = Arc::new(
+            lightning::onion_message::messenger::DefaultMessageRouter::new(
+                graph.clone(),
+                keys.clone(),
+            ),
+        );
+
+        let user_config = UserConfig {
+            reject_inbound_splices: !config.accept_inbound_splices,
+            ..Default::default()
+        };
+
+        let mut monitors =
+            read_channel_monitors(store.clone(), keys.clone(), signer_provider.clone())
+                .map_err(|e| NodeError::Storage(format!("reading channel monitors: {e}")))?;
+
+        let manager_bytes = store
+            .read(
+                CHANNEL_MANAGER_PERSISTENCE_PRIMARY_NAMESPACE,
+                CHANNEL_MANAGER_PERSISTENCE_SECONDARY_NAMESPACE,
+                CHANNEL_MANAGER_PERSISTENCE_KEY,
+            )
+            .ok();
+        let (manager_best_block, channel_manager) = match manager_bytes {
+            Some(bytes) => {
+                let read_args = ChannelManagerReadArgs::new(
+                    keys.clone(),
+                    keys.clone(),
+                    signer_provider.clone(),
+                    bitcoind.clone(),
+                    chain_monitor.clone(),
+                    bitcoind.clone(),
+                    router.clone(),
+                    message_router.clone(),
+                    logger.clone(),
+                    user_config,
+                    monitors.iter().map(|(_, m)| m).collect(),
+                );
+                let (best_block, manager) =
+                    <(BlockLocator, ChannelManager)>::read(&mut &bytes[..], read_args).map_err(
+                        |e| NodeError::Storage(format!("reading channel manager: {e:?}")),
+                    )?;
+                (best_block, manager)
+            }
+            None => {
+                let best_block = BlockLocator::new(tip_hash, tip_height);
+                let manager = ChannelManager::new(
+                    bitcoind.clone(),
+                    chain_monitor.clone(),
+                    bitcoind.clone(),
+                    router.clone(),
+                    message_router.clone(),
+                    logger.clone(),
+                    keys.clone(),
+                    keys.clone(),
+                    signer_provider.clone(),
+                    user_config,
+                    ChainParameters {
+                        network: config.network,
+                        best_block,
+                    },
+                    now.as_secs() as u32,
+                );
+                (best_block, manager)
+            }
+        };
+        let channel_manager = Arc::new(channel_manager);
+
+        // Bring every listener to the tip, each from where it stopped.
+        let rpc = bitcoind.rpc();
+        let (cache, chain_tip) = {
+            let monitor_listeners: Vec<_> = monitors
+                .drain(..)
+                .map(|(best, monitor)| {
+                    (
+                        best,
+                        (monitor, bitcoind.clone(), bitcoind.clone(), logger.clone()),
+                    )
+                })
+                .collect();
+            let mut listeners: Vec<(BlockLocator, &(dyn Listen + Send + Sync))> = Vec::new();
+            for (best, listener) in &monitor_listeners {
+                listeners.push((*best, listener as &(dyn Listen + Send + Sync)));
+            }
+            listeners.push((
+                manager_best_block,
+                &*channel_manager as &(dyn Listen + Send + Sync),
+            ));
+            listeners.push((wallet.best_block(), &*wallet as &(dyn Listen + Send + Sync)));
+            let synced = lightning_block_sync::init::synchronize_listeners(
+                rpc.clone(),
+                config.network,
+                listeners,
+            )
+            .await
+            .map_err(|e| NodeError::Chain(format!("initial chain sync failed: {e:?}")))?;
+            for (_, (monitor, ..)) in monitor_listeners {
+                let channel_id = monitor.channel_id();
+                chain_monitor
+                    .load_existing_monitor(channel_id, monitor)
+                    .map_err(|()| {
+                        NodeError::Storage(format!("monitor for {channel_id} refused"))
+                    })?;
+            }
+            synced
+        };
+
+        {
+            // Whatever we broadcast (splices, channel fundings, closes) is
+            // the wallet's at once: its inputs spent, its change pending.
+            let wallet = wallet.clone();
+            bitcoind.on_broadcast(Box::new(move |tx| wallet.transaction_broadcast(tx)));
+        }
+        let coordinator = Arc::new(
+            NodeCoordinator::new(
+                channel_manager.clone(),
+                wallet.clone(),
+                bitcoind.clone(),
+                shared_store.clone(),
+                CoordinatorConfig {
+                    network: config.network,
+                },
+            )
+            .map_err(|e| NodeError::Storage(format!("splice journal: {e}")))?,
+        );
+        let batches = NodeBatches::new(coordinator.clone())
+            .map_err(|e| NodeError::Storage(format!("batches: {e}")))?;
+
+        let chain_listeners = Arc::new(ChainListeners::default());
+        chain_listeners.add(channel_manager.clone());
+        chain_listeners.add(chain_monitor.clone());
+        chain_listeners.add(wallet.clone());
+        chain_listeners.add(coordinator.clone());
+
+        let gossip_sync = Arc::new(P2PGossipSync::new(
+            graph.clone(),
+            None::<types::NoUtxoLookup>,
+            logger.clone(),
+        ));
+        let peer_manager = Arc::new(PeerManager::new(
+            MessageHandler {
+                chan_handler: channel_manager.clone(),
+                route_handler: gossip_sync.clone(),
+                onion_message_handler: IgnoringMessageHandler {},
+                custom_message_handler: IgnoringMessageHandler {},
+                send_only_message_handler: chain_monitor.clone(),
+            },
+            now.as_secs() as u32,
+            &keys.get_secure_random_bytes(),
+            logger.clone(),
+            keys.clone(),
+        ));
+
+        let payments = Arc::new(PaymentStore::load(node_store.clone()));
+        let peers = Arc::new(PeerStore::load(node_store.clone()));
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let event_listeners: Arc<Mutex<Vec<EventNotifier>>> = Arc::default();
+        {
+            let notify = notify.clone();
+            let listeners = event_listeners.clone();
+            coordinator.set_event_notifier(Box::new(move |event| {
+                for listener in listeners.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                    listener(event);
+                }
+                notify.notify_waiters();
+            }));
+        }
+        let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
+
+        let handler = NodeEventHandler {
+            channel_manager: channel_manager.clone(),
+            wallet: wallet.clone(),
+            bitcoind: bitcoind.clone(),
+            payments: payments.clone(),
+            store: node_store.clone(),
+            notify: notify.clone(),
+            accept_inbound_channels: config.accept_inbound_channels,
+            coordinator: coordinator.clone(),
+            peer_manager: peer_manager.clone(),
+        };
+        let background = BackgroundProcessor::start(
+            store.clone(),
+            move |event| handler.handle(event),
+            chain_monitor.clone(),
+            channel_manager.clone(),
+            lightning_background_processor::NO_ONION_MESSENGER,
+            BpGossipSync::p2p(gossip_sync.clone()),
+            peer_manager.clone(),
+            lightning_background_processor::NO_LIQUIDITY_MANAGER_SYNC,
+            None::<Arc<types::NoSweeper>>,
+            logger.clone(),
+            Some(scorer.clone()),
+        );
+
+        let listener = tokio::net::TcpListener::bind(config.listen_addr)
+            .await
+            .map_err(|e| {
+                NodeError::Connection(format!("cannot listen on {}: {e}", config.listen_addr))
+            })?;
+        let listen_addr = listener
+            .local_addr()
+            .map_err(|e| NodeError::Connection(e.to_string()))?;
+
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(accept_peers(
+            listener,
+            peer_manager.clone(),
+            stop_receiver.clone(),
+        )));
+        {
+            let notify = notify.clone();
+            let client = sync::chain_client(
+                rpc,
+                config.network,
+                chain_tip,
+                cache,
+                chain_listeners.clone(),
+            );
+            tasks.push(tokio::spawn(sync::run_chain_sync(
+                client,
+                config.chain_poll_interval,
+                stop_receiver.clone(),
+                move || notify.notify_waiters(),
+            )));
+        }
+        tasks.push(tokio::spawn(tick_coordinator(
+            batches.clone(),
+            stop_receiver.clone(),
+        )));
+        tasks.push(tokio::spawn(update_fees(
+            bitcoind.clone(),
+            config.fee_update_interval,
+            stop_receiver.clone(),
+        )));
+        tasks.push(tokio::spawn(reconnect_peers(
+            channel_manager.clone(),
+            peer_manager.clone(),
+            peers.clone(),
+            config.reconnect_interval,
+            stop_receiver,
+        )));
+
+        log::info!(
+            "node {} listening on {listen_addr}",
+            channel_manager.get_our_node_id()
+        );
+        Ok(Node {
+            config,
+            keys,
+            bitcoind,
+            wallet,
+            store,
+            chain_monitor,
+            channel_manager,
+            peer_manager,
+            chain_listeners,
+            coordinator,
+            batches,
+            payments,
+            peers,
+            notify,
+            event_listeners,
+            listen_addr,
+            stop_sender,
+            tasks: Mutex::new(tasks),
+            background: Mutex::new(Some(background)),
+        })
+    }
+}
+
+pub(super) fn read_or_create_seed(path: &Path) -> Result<[u8; 32], NodeError> {
+    match std::fs::read(path) {
+        Ok(bytes) => bytes
+            .try_into()
+            .map_err(|_| NodeError::Storage(format!("{} is not a 32-byte seed", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut seed = [0u8; 32];
+            {
+                use bitcoin::secp256k1::rand::RngCore;
+                bitcoin::secp256k1::rand::rngs::OsRng.fill_bytes(&mut seed);
+            }
+            write_private_file(path, &seed)?;
+            Ok(seed)
+        }
+        Err(e) => Err(NodeError::Storage(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Writes `bytes` to `path` readable by the owner only.
+pub(crate) fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .map_err(|e| NodeError::Storage(format!("cannot create {}: {e}", path.display())))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| NodeError::Storage(format!("cannot write {}: {e}", path.display())))
+}
+
+pub(super) fn read_network_graph(
+    store: &Store,
+    network: Network,
+    logger: &Arc<LogBridge>,
+) -> types::Graph {
+    let stored = store.read(
+        NETWORK_GRAPH_PERSISTENCE_PRIMARY_NAMESPACE,
+        NETWORK_GRAPH_PERSISTENCE_SECONDARY_NAMESPACE,
+        NETWORK_GRAPH_PERSISTENCE_KEY,
+    );
+    if let Ok(bytes) = stored {
+        match types::Graph::read(&mut &bytes[..], logger.clone()) {
+            Ok(graph) => return graph,
+            Err(e) => log::warn!("ignoring unreadable network graph: {e:?}"),
+        }
+    }
+    types::Graph::new(network, logger.clone())
+}
