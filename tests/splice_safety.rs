@@ -104,27 +104,31 @@ async fn a_signed_splice_cannot_be_cancelled_and_goes_on_to_lock() {
 
     let bob = bob_back_for_real(&chain, a, bob, fake).await;
     let b = &bob.node;
-    let txid = a
-        .wait_for_splice(id, WAIT, |s| *s == SpliceState::Broadcast)
-        .await
-        .expect("broadcast once Bob is back")
-        .txid
-        .unwrap();
-    wait_in_mempool(&chain, &txid).await;
-    mine(&chain, 6, &[a, b]).await;
-    let record = a
-        .wait_for_splice(id, WAIT, |s| *s == SpliceState::Locked)
-        .await
-        .expect("locked");
+    let txid = broadcast_txid(&chain, a, id).await;
+    let record = mine_to_lock(&chain, a, b, id).await;
     assert_eq!(record.txid, Some(txid));
+    spliced_in_exactly(a, b, &channel_id, full, add, record.fee).await;
+}
+
+/// After a splice-in of `add` locked on `channel_id`: no coin locked, the
+/// wallet paid exactly `add` and `fee`, the channel grew by `add`, and a
+/// payment goes through.
+async fn spliced_in_exactly(
+    a: &Node,
+    b: &Node,
+    channel_id: &ChannelId,
+    wallet_before: Amount,
+    add: Amount,
+    fee: Amount,
+) {
     assert_no_locks(a);
     a.wait_until(WAIT, "the wallet to see the splice", |n| {
-        n.onchain_balance().confirmed == full - add - record.fee
+        n.onchain_balance().confirmed == wallet_before - add - fee
     })
     .await
     .expect("wallet paid exactly the amount and the fee");
     assert_eq!(
-        a.channel(&channel_id).unwrap().channel_value_satoshis,
+        a.channel(channel_id).unwrap().channel_value_satoshis,
         (CAPACITY + add).to_sat()
     );
     pay(a, b, 1_000_000).await;
@@ -168,13 +172,7 @@ async fn other_wallet_spends_leave_a_splices_coins_alone() {
         ),
         "{open:?}"
     );
-    let splice_txid = a
-        .wait_for_splice(id, WAIT, |s| *s == SpliceState::Broadcast)
-        .await
-        .unwrap()
-        .txid
-        .unwrap();
-    wait_in_mempool(&chain, &splice_txid).await;
+    let splice_txid = broadcast_txid(&chain, a, id).await;
 
     // Bob pays Alice a coin; only that payment is mined.
     let gift = Amount::from_sat(1_000_000);
@@ -251,12 +249,8 @@ async fn the_splice_locks_on_whichever_candidate_confirms() {
     let full = a.onchain_balance().confirmed;
     let add = Amount::from_sat(200_000);
     let id = a.splice_in(&channel_id, &bob_id, add, fee()).unwrap();
-    let first_record = a
-        .wait_for_splice(id, WAIT, |s| *s == SpliceState::Broadcast)
-        .await
-        .unwrap();
-    let first = first_record.txid.unwrap();
-    wait_in_mempool(&chain, &first).await;
+    let first = broadcast_txid(&chain, a, id).await;
+    let first_record = a.splice_status(id).unwrap();
     let first_tx = chain.transaction(&first).unwrap();
 
     // Bob's channel manager, driven here, signs with his own wallet.
@@ -343,17 +337,7 @@ async fn the_splice_locks_on_whichever_candidate_confirms() {
         "the fee of the one that locked"
     );
     assert_eq!(record.change, first_record.change);
-    assert_no_locks(a);
-    a.wait_until(WAIT, "the wallet to see the first candidate", |n| {
-        n.onchain_balance().confirmed == full - add - first_record.fee
-    })
-    .await
-    .expect("exact to the satoshi");
-    assert_eq!(
-        a.channel(&channel_id).unwrap().channel_value_satoshis,
-        (CAPACITY + add).to_sat()
-    );
-    pay(a, b, 1_000_000).await;
+    spliced_in_exactly(a, b, &channel_id, full, add, first_record.fee).await;
 }
 
 /// Finding 7: out-of-range input is refused with `InvalidRequest` naming
@@ -482,17 +466,8 @@ async fn out_of_range_requests_are_refused_and_leave_nothing() {
         .splice_in(&channel_id, &bob_id, Amount::from_sat(50_000), fee())
         .unwrap();
     assert_eq!(id.0, 1);
-    let txid = a
-        .wait_for_splice(id, WAIT, |s| *s == SpliceState::Broadcast)
-        .await
-        .unwrap()
-        .txid
-        .unwrap();
-    wait_in_mempool(&chain, &txid).await;
-    mine(&chain, 6, &[a, b]).await;
-    a.wait_for_splice(id, WAIT, |s| *s == SpliceState::Locked)
-        .await
-        .unwrap();
+    broadcast_txid(&chain, a, id).await;
+    mine_to_lock(&chain, a, b, id).await;
 }
 
 /// A contribution handed to LDK behind the coordinator's back: when LDK asks

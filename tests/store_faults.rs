@@ -325,6 +325,7 @@ async fn a_failed_write_anywhere_in_a_splice_leaves_everything_consistent() {
     world.restart_healthy().await;
     drain(world.a());
     seen.extend(world.a().list_splices().iter().map(|r| r.id));
+    let mut seen_in_events = BTreeSet::new();
     let add = Amount::from_sat(40_000);
     for n in 1..=total {
         for landed in [false, true] {
@@ -343,7 +344,15 @@ async fn a_failed_write_anywhere_in_a_splice_leaves_everything_consistent() {
                 FeePolicy::fixed(FEERATE),
             );
             match &started {
-                Ok(_) => {}
+                Ok(id) => {
+                    // Never an id seen before, even one whose record's write
+                    // "failed" after landing.
+                    assert!(
+                        seen.iter().all(|old| old < id)
+                            && seen_in_events.iter().all(|old| old < id),
+                        "{what}: {id} reused"
+                    );
+                }
                 Err(SpliceError::Persistence(_)) => {
                     assert!(
                         world.plan.injected.load(Ordering::SeqCst) > injected,
@@ -355,6 +364,14 @@ async fn a_failed_write_anywhere_in_a_splice_leaves_everything_consistent() {
             }
             // Carry on under the faulty store as far as the splice goes.
             world.drive_to_the_end(&what).await;
+            seen_in_events.extend(
+                world
+                    .a()
+                    .coordinator()
+                    .pending_events()
+                    .iter()
+                    .filter_map(SpliceEvent::splice_id),
+            );
             world.restart_healthy().await;
             world.drive_to_the_end(&what).await;
             let locked: Vec<_> = world

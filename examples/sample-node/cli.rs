@@ -151,7 +151,8 @@ enum Command {
     Batchstatus { id: String },
     /// A splice's record (splice-N or N).
     Splicestatus { id: String },
-    /// Every splice.
+    /// Every splice that changed a channel: ours, and those the counterparty
+    /// started (`"origin": "theirs"`).
     Listsplices,
     /// Cancel a splice not yet signed.
     Cancel { id: String },

@@ -325,3 +325,33 @@ pub async fn bob_back_for_real(
     }
     TestNode { node, dir }
 }
+
+/// Waits until splice `id` of `node` is broadcast and its transaction has
+/// reached the devchain's mempool; returns the txid.
+pub async fn broadcast_txid(
+    chain: &DevChain,
+    node: &Node,
+    id: ldk_splice::SpliceId,
+) -> bitcoin::Txid {
+    let txid = node
+        .wait_for_splice(id, WAIT, |s| *s == ldk_splice::SpliceState::Broadcast)
+        .await
+        .expect("broadcast")
+        .txid
+        .expect("a txid once broadcast");
+    wait_in_mempool(chain, &txid).await;
+    txid
+}
+
+/// Mines until splice `id` of `a` locks, and returns its record.
+pub async fn mine_to_lock(
+    chain: &DevChain,
+    a: &Node,
+    b: &Node,
+    id: ldk_splice::SpliceId,
+) -> ldk_splice::SpliceRecord {
+    mine(chain, 6, &[a, b]).await;
+    a.wait_for_splice(id, WAIT, |s| *s == ldk_splice::SpliceState::Locked)
+        .await
+        .expect("locked")
+}

@@ -47,6 +47,18 @@ pub fn example_binary(name: &str) -> PathBuf {
     binary
 }
 
+/// The first line `child` prints on its (piped) stdout, when it comes.
+fn first_line(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    rx
+}
+
 /// The `devchain` example running as its own process, driven over its
 /// bitcoind-compatible RPC like any bitcoind.
 pub struct ChainProcess {
@@ -72,18 +84,12 @@ impl ChainProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("devchain starts");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
+        let first = first_line(&mut child);
         let mut chain = ChainProcess {
             child,
             addr: String::new(),
         };
-        let line = rx
+        let line = first
             .recv_timeout(WAIT)
             .unwrap_or_else(|_| panic!("devchain did not say it was listening in time"));
         chain.addr = line
@@ -222,15 +228,9 @@ pub fn start_daemon_with(
         .stderr(Stdio::inherit())
         .spawn()
         .expect("daemon starts");
-    let stdout = child.stdout.take().expect("stdout piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
+    let first = first_line(&mut child);
     let mut daemon = Daemon { child, dir };
-    let line = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
+    let line = first.recv_timeout(WAIT).unwrap_or_else(|_| {
         let _ = daemon.child.kill();
         panic!("daemon did not report its API address in time")
     });
