@@ -423,12 +423,16 @@ where
                 LegOutcome::Waiting => None,
             })
             .collect();
+        let refused = match outcomes.get(failed) {
+            Some(LegOutcome::Started(id)) => Some(*id),
+            _ => None,
+        };
         let updates: Vec<Update> = ids
             .iter()
             .filter_map(|id| state.records.get(id).cloned())
             .map(|mut record| {
                 record.state = SpliceState::Failed {
-                    reason: if contributed.contains(&record.id) || ids.len() == 1 {
+                    reason: if Some(record.id) == refused {
                         format!("LDK refused the splice: {error}")
                     } else {
                         "another splice started with it was refused".to_string()
