@@ -13,7 +13,7 @@
 //! channel going through.
 //!
 //! `random_kills` kills the daemon at random instants instead (seeded; a
-//! failure prints its seed). CI runs a few; run more with
+//! failure prints its seed). CI runs 8; run more with
 //! `CRASH_KILLS=30 CRASH_SEED=1 cargo test --release --test crash_matrix random_kills`.
 
 mod common;
@@ -194,8 +194,9 @@ impl Pair {
         while !(self.usable(self.a()) && self.usable(self.b())) {
             assert!(
                 Instant::now() < deadline,
-                "{what}: the channels are not usable on both sides (force-closed?)\n{}",
-                self.alice.log_tail(40)
+                "{what}: the channels are not usable on both sides (force-closed?)\nAlice:\n{}\nBob:\n{}",
+                self.alice.log_notable(60),
+                self.bob.log_notable(60)
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -435,7 +436,8 @@ fn check(pair: &Pair, before: &Before, new: &[Value], what: &str) {
     if new.iter().any(|r| r["batch"].is_u64()) {
         assert!(
             locked.is_empty() || locked.len() == new.len(),
-            "{what}: a batch locked in part: {new:#?}"
+            "{what}: a batch locked in part: {new:#?}\nAlice:\n{}",
+            pair.alice.log_notable(150)
         );
     }
     let mut wallet = before.wallet;
@@ -524,7 +526,7 @@ fn random_kills() {
     let kills: usize = std::env::var("CRASH_KILLS")
         .ok()
         .and_then(|k| k.parse().ok())
-        .unwrap_or(4);
+        .unwrap_or(8);
     let seed: u64 = std::env::var("CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -535,7 +537,13 @@ fn random_kills() {
     let mut states = BTreeMap::<String, usize>::new();
     for k in 0..kills {
         let kind = kinds[rng.gen_range(0..kinds.len())];
-        let delay = Duration::from_millis(rng.gen_range(0..2_500));
+        // Negotiation and signing take tens of milliseconds here, the
+        // confirmations seconds: half the kills land in the first 150 ms.
+        let delay = Duration::from_millis(if rng.gen_bool(0.5) {
+            rng.gen_range(0..150)
+        } else {
+            rng.gen_range(150..2_500)
+        });
         let what = format!("random kill {k} (seed {seed}): {kind:?} after {delay:?}");
         eprintln!("{what}");
         let before = before(&pair);

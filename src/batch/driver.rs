@@ -140,6 +140,13 @@ where
         if ids.is_empty() || !ids.iter().all(|id| self.core.is_held(*id)) {
             return;
         }
+        if !self.core.negotiations_written(&ids) {
+            log::debug!(
+                "{}: every leg ready; waiting for LDK to write them",
+                record.id
+            );
+            return;
+        }
         let mut signed = record.clone();
         signed.state = BatchState::Signed;
         let change = match batch_change(&signed) {

@@ -14,6 +14,7 @@
 //! hear about their legs through [`Notice`]s.
 
 mod engine;
+mod handoff;
 mod ldk_events;
 mod planning;
 mod recovery;
@@ -49,6 +50,24 @@ use crate::wallet::SpliceWallet;
 pub struct CoordinatorConfig {
     /// The network addresses must belong to.
     pub network: Network,
+    /// Give our splice signatures to LDK only after the `ChannelManager`
+    /// was written since LDK asked for them; you then call
+    /// [`SpliceCoordinator::channel_manager_persisted`] after every write
+    /// of the manager. Without it, a crash right after signing can leave the
+    /// peer holding our signature for a negotiation we forgot, and it
+    /// force-closes the channel. The bundled node sets it.
+    pub signatures_wait_for_manager_persistence: bool,
+}
+
+impl CoordinatorConfig {
+    /// Settings for `network`, signing at once (see
+    /// [`CoordinatorConfig::signatures_wait_for_manager_persistence`]).
+    pub fn new(network: Network) -> Self {
+        CoordinatorConfig {
+            network,
+            signatures_wait_for_manager_persistence: false,
+        }
+    }
 }
 
 /// The splice API of an LDK node. Build it next to the `ChannelManager`,
@@ -68,6 +87,8 @@ where
     pub(crate) state: Mutex<State>,
     notices: Mutex<Vec<Notice>>,
     wake: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+    /// Writes of the `ChannelManager` the application reported.
+    manager_writes: std::sync::atomic::AtomicU64,
 }
 
 /// The coordinator's records and what it holds in memory only.
@@ -83,6 +104,14 @@ pub(crate) struct State {
     /// The last depth seen for each confirmed splice (depth increases are
     /// not written; a depth that falls back is).
     pub(crate) depths: HashMap<SpliceId, u32>,
+    /// Signatures waiting for the `ChannelManager` to be written.
+    pub(crate) handoffs: Vec<handoff::Handoff>,
+    /// For each splice, the manager writes reported when LDK last asked for
+    /// its signatures: any later write holds that negotiation.
+    pub(crate) asked_at: HashMap<SpliceId, u64>,
+    /// Transactions LDK awaited our signatures for when it was loaded: the
+    /// manager on disk holds their negotiation already.
+    pub(crate) loaded_awaiting: std::collections::HashSet<Txid>,
 }
 
 /// What happened to a batch leg, for the batch layer.
@@ -142,12 +171,17 @@ where
                 held: HashMap::new(),
                 signed: HashMap::new(),
                 depths: HashMap::new(),
+                handoffs: Vec::new(),
+                asked_at: HashMap::new(),
+                loaded_awaiting: std::collections::HashSet::new(),
             }),
             notices: Mutex::new(Vec::new()),
             wake: Mutex::new(None),
+            manager_writes: std::sync::atomic::AtomicU64::new(0),
         };
         {
             let mut state = this.lock();
+            state.loaded_awaiting = this.awaiting_our_signatures();
             this.refresh(&mut state);
             this.free_orphan_locks(&state)?;
         }

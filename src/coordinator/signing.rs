@@ -68,6 +68,7 @@ where
             return Ok(());
         };
         let id = record.id;
+        state.asked_at.insert(id, self.manager_writes());
         let checked = self.check_negotiated(&record, unsigned).and_then(|c| {
             self.wallet
                 .sign_inputs(unsigned.clone(), &record.inputs)
@@ -221,41 +222,6 @@ where
             self.release_coins(state, record.id);
         }
         Ok(())
-    }
-
-    /// Hands our signatures to LDK. `Signed` is already written.
-    fn hand_signatures(&self, state: &mut State, id: SpliceId, signed: Transaction) {
-        let Some(record) = state.records.get(&id).cloned() else {
-            return;
-        };
-        let txid = signed.compute_txid();
-        let cm = self.channel_manager.get_cm();
-        match cm.funding_transaction_signed(
-            &record.channel_id,
-            &record.counterparty,
-            signed.clone(),
-        ) {
-            Ok(()) => {
-                state.signed.insert(txid, signed);
-            }
-            Err(e) => {
-                // Nothing was sent and LDK still waits for signatures: back
-                // out, so no coin stays held for what cannot complete.
-                log::error!("{id}: LDK refused our signatures for {txid}: {e:?}");
-                match cm.cancel_funding_contributed(&record.channel_id, &record.counterparty) {
-                    Ok(()) if !record.state.is_broadcast() => {
-                        let reason = format!("LDK refused our signatures: {e:?}");
-                        match self.end_signed(state, id, reason) {
-                            Ok(true) => self.release_coins(state, id),
-                            Ok(false) => {}
-                            Err(e) => log::error!("{id}: could not journal its end: {e}"),
-                        }
-                    }
-                    Ok(()) => log::warn!("{id}: the fee bump to {txid} is dropped"),
-                    Err(e) => log::error!("{id}: could not back out of {txid} either: {e:?}"),
-                }
-            }
-        }
     }
 
     /// The check before signing: the transaction spends every coin locked

@@ -10,6 +10,7 @@ mod bitcoind;
 mod config;
 mod events;
 mod keys;
+mod manager_store;
 mod payments;
 mod peers;
 mod splicing;

@@ -203,6 +203,7 @@ impl Node {
                 shared_store.clone(),
                 CoordinatorConfig {
                     network: config.network,
+                    signatures_wait_for_manager_persistence: true,
                 },
             )
             .map_err(|e| NodeError::Storage(format!("splice journal: {e}")))?,
@@ -262,8 +263,16 @@ impl Node {
             coordinator: coordinator.clone(),
             peer_manager: peer_manager.clone(),
         };
+        // The background processor's writes of the ChannelManager tell the
+        // coordinator when it may give LDK our splice signatures.
+        let manager_store = Arc::new(super::manager_store::ManagerStore::new(store.clone()));
+        {
+            let coordinator = coordinator.clone();
+            manager_store
+                .on_manager_write(Box::new(move || coordinator.channel_manager_persisted()));
+        }
         let background = BackgroundProcessor::start(
-            store.clone(),
+            manager_store,
             move |event| handler.handle(event),
             chain_monitor.clone(),
             channel_manager.clone(),

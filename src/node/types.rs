@@ -91,7 +91,7 @@ pub type NoSweeper = lightning::util::sweep::OutputSweeperSync<
     Arc<crate::wallet::SpliceWallet>,
     Arc<Bitcoind>,
     NoFilter,
-    Arc<Store>,
+    Arc<super::manager_store::ManagerStore>,
     Arc<LogBridge>,
     Arc<KeysManager>,
 >;

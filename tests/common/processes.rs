@@ -395,4 +395,15 @@ impl Daemon {
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
+
+    /// The last `n` log lines that are not API chatter.
+    pub fn log_notable(&self, n: usize) -> String {
+        let log =
+            std::fs::read_to_string(self.dir.join("logs/sample-node.log")).unwrap_or_default();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.contains("sample_node::api"))
+            .collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
 }
