@@ -130,6 +130,7 @@ pub async fn run() -> Result<(), Error> {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         chain.mine_blocks_to_burn(1);
+        synced(&chain, &[&hub, &peer]).await?;
     }
     chain.mine_blocks_to_burn(6);
     synced(&chain, &[&hub, &peer]).await?;
