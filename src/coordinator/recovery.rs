@@ -9,13 +9,27 @@ use std::ops::Deref;
 
 use bitcoin::{Amount, OutPoint, Txid};
 use lightning::chain::chaininterface::FeeEstimator;
-use lightning::ln::channel_state::{ChannelDetails, SpliceCandidateDetails, SpliceCandidateStatus};
+use lightning::ln::channel_state::{
+    ChannelDetails, ConfirmedSpliceCandidate, SpliceCandidateDetails, SpliceCandidateStatus,
+    SpliceDetails,
+};
 use lightning::ln::channelmanager::AChannelManager;
 
 use super::{SpliceCoordinator, State, Update};
 use crate::error::SpliceError;
 use crate::ids::{unix_now, SpliceId};
 use crate::record::{SpliceOrigin, SpliceRecord, SpliceState};
+
+/// The candidate of `record` LDK counts as confirmed, if any.
+fn confirmed_for<'a>(
+    details: &'a SpliceDetails,
+    record: &SpliceRecord,
+) -> Option<&'a ConfirmedSpliceCandidate> {
+    details
+        .confirmed_candidate
+        .as_ref()
+        .filter(|c| c.confirmations > 0 && record.has_candidate(&c.txid))
+}
 
 /// The transactions LDK negotiated (both sides signed), oldest first.
 fn negotiated(candidates: &[SpliceCandidateDetails]) -> Vec<Txid> {
@@ -149,7 +163,7 @@ where
         &self,
         state: &mut State,
         id: SpliceId,
-        details: Option<&lightning::ln::channel_state::SpliceDetails>,
+        details: Option<&SpliceDetails>,
         tip: u32,
     ) -> Result<(), SpliceError> {
         let Some(record) = state.records.get(&id).cloned() else {
@@ -161,10 +175,7 @@ where
         ) {
             return Ok(());
         }
-        let confirmed = details
-            .and_then(|d| d.confirmed_candidate.as_ref())
-            .filter(|c| c.confirmations > 0 && record.has_candidate(&c.txid));
-        match confirmed {
+        match details.and_then(|d| confirmed_for(d, &record)) {
             Some(confirmed) => {
                 let depth = confirmed.confirmations;
                 let height = tip.saturating_sub(depth) + 1;
@@ -295,10 +306,7 @@ where
         else {
             return record;
         };
-        let confirmed = details
-            .confirmed_candidate
-            .filter(|c| c.confirmations > 0 && record.has_candidate(&c.txid));
-        match confirmed {
+        match confirmed_for(&details, &record).cloned() {
             Some(c) => {
                 let tip = cm.current_best_block().height;
                 record.state = SpliceState::Confirmed {

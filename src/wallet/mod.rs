@@ -346,27 +346,6 @@ impl SpliceWallet {
         self.persist_or_log(&mut state);
     }
 
-    /// Locks `outpoints` so no spend of the wallet picks them, and writes
-    /// the lock. On error nothing stays locked.
-    pub fn lock_coins(&self, outpoints: &[OutPoint]) -> Result<(), WalletError> {
-        let mut state = self.lock();
-        let newly: Vec<OutPoint> = outpoints
-            .iter()
-            .copied()
-            .filter(|o| !state.wallet.is_outpoint_locked(*o))
-            .collect();
-        for outpoint in &newly {
-            state.wallet.lock_outpoint(*outpoint);
-        }
-        if let Err(e) = self.persist(&mut state) {
-            for outpoint in &newly {
-                state.wallet.unlock_outpoint(*outpoint);
-            }
-            return Err(e);
-        }
-        Ok(())
-    }
-
     /// Locks `outpoints` in memory only; the next write of the wallet's
     /// state (see [`SpliceWallet::save`]) makes it durable.
     pub(crate) fn lock_coins_unsaved(&self, outpoints: &[OutPoint]) {
