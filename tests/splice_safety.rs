@@ -24,7 +24,7 @@ use bitcoin::{Amount, FeeRate, OutPoint};
 use common::fake_peer::{Behaviour, FakeBob};
 use common::*;
 use ldk_splice::node::{Node, NodeError};
-use ldk_splice::wallet::{CoinPool, WalletError};
+use ldk_splice::wallet::{SpliceCoinSource, WalletError};
 use ldk_splice::{
     BatchPlan, ChannelRef, Destination, FeePolicy, Leg, Payout, ResizeRequest, SpliceError,
     SpliceOrigin, SpliceState,
@@ -152,7 +152,7 @@ async fn other_wallet_spends_leave_a_splices_coins_alone() {
         .splice_in(&channel_id, &b.node_id(), Amount::from_sat(200_000), fee())
         .unwrap();
     let held = a.coordinator().coins_held_by(id);
-    assert_eq!(held, vec![coins[0].0]);
+    assert_eq!(held, vec![coins[0].outpoint]);
     assert_eq!(a.wallet().locked_coins(), held, "locked in the wallet");
 
     let payment = a.wallet().build_payment(
@@ -299,10 +299,9 @@ async fn the_splice_locks_on_whichever_candidate_confirms() {
         .min_rbf_feerate()
         .expect("a fee bump template")
         .max(FeeRate::from_sat_per_kwu(2_500));
-    let pool = Arc::new(CoinPool::default());
     let contribution = template
         .without_prior_contribution(min_rbf, FeePolicy::DEFAULT_MAX_FEERATE)
-        .with_coin_selection_source_sync(bob.node.wallet().coin_source(true, &pool))
+        .with_coin_selection_source_sync(SpliceCoinSource::new(&**bob.node.wallet(), true))
         .add_value(Amount::from_sat(100_000))
         .unwrap()
         .build()
@@ -484,13 +483,12 @@ async fn what_we_did_not_ask_for_is_not_signed_and_the_channel_is_not_left_waiti
     let (a, b) = (&alice.node, &bob.node);
     let cm = a.channel_manager();
     let template = cm.splice_channel(&channel_id, &b.node_id()).unwrap();
-    let pool = Arc::new(CoinPool::default());
     let contribution = template
         .splice_in_sync(
             Amount::from_sat(100_000),
             FEERATE,
             FeePolicy::DEFAULT_MAX_FEERATE,
-            a.wallet().coin_source(false, &pool),
+            SpliceCoinSource::new(&**a.wallet(), false),
         )
         .unwrap();
     cm.funding_contributed(&channel_id, &b.node_id(), contribution, None)

@@ -18,7 +18,7 @@ use crate::events::SpliceEvent;
 use crate::fees::FeePolicy;
 use crate::ids::unix_now;
 use crate::journal::{Change, BATCH};
-use crate::wallet::CoinPool;
+use crate::wallet::{CoinPool, SpliceCoinSource};
 use crate::weights;
 
 /// Splices over many channels at once, atomic up to signing. It drives a
@@ -232,7 +232,7 @@ where
     pub fn quote(&self, plan: &BatchPlan) -> Result<BatchQuote, SpliceError> {
         let parts = expand(plan)?;
         let pool = Arc::new(CoinPool::default());
-        let source = self.core.wallet.coin_source(false, &pool);
+        let source = SpliceCoinSource::with_pool(&*self.core.wallet, false, &pool);
         let mut legs = Vec::with_capacity(parts.len());
         // Splice-ins of moves come last: they take what coins are left, and
         // wait for their splice-out when none are.

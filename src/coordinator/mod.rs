@@ -43,7 +43,7 @@ use crate::ids::{BatchId, SpliceId};
 use crate::journal::{Journal, SPLICE};
 use crate::record::{SpliceRecord, SpliceState};
 use crate::store::SharedStore;
-use crate::wallet::SpliceWallet;
+use crate::wallet::FundingWallet;
 
 /// Settings of a [`SpliceCoordinator`].
 #[derive(Debug, Clone)]
@@ -80,7 +80,7 @@ where
     F::Target: FeeEstimator,
 {
     pub(crate) channel_manager: CM,
-    pub(crate) wallet: Arc<SpliceWallet>,
+    pub(crate) wallet: Arc<dyn FundingWallet>,
     pub(crate) fee_estimator: F,
     pub(crate) config: CoordinatorConfig,
     pub(crate) journal: Arc<Journal>,
@@ -146,7 +146,7 @@ where
     /// go on; coins locked in the wallet that no splice holds are freed.
     pub fn new(
         channel_manager: CM,
-        wallet: Arc<SpliceWallet>,
+        wallet: Arc<dyn FundingWallet>,
         fee_estimator: F,
         store: SharedStore,
         config: CoordinatorConfig,
@@ -311,25 +311,5 @@ where
     /// Whether `id` holds an unsigned transaction for its batch.
     pub(crate) fn is_held(&self, id: SpliceId) -> bool {
         self.lock().held.contains_key(&id)
-    }
-}
-
-impl<CM: Deref, F: Deref> lightning::chain::Listen for SpliceCoordinator<CM, F>
-where
-    CM::Target: AChannelManager,
-    F::Target: FeeEstimator,
-{
-    fn filtered_block_connected(
-        &self,
-        _header: &bitcoin::block::Header,
-        _txdata: &lightning::chain::transaction::TransactionData,
-        _height: u32,
-    ) {
-        // LDK (listed before us) has seen the block: read its view now.
-        self.timer_tick();
-    }
-
-    fn blocks_disconnected(&self, _fork_point: lightning::chain::BlockLocator) {
-        self.timer_tick();
     }
 }

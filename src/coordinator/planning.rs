@@ -164,7 +164,7 @@ where
         }
         let feerate = fee.feerate(&*self.fee_estimator)?;
         if request.add > Amount::ZERO && mode != PlanMode::Unfunded {
-            let available = pool.available(&self.wallet);
+            let available = pool.available(&*self.wallet);
             if request.add > available {
                 return Err(SpliceError::InsufficientFunds {
                     needed: request.add,
@@ -201,7 +201,7 @@ where
             Destination::Wallet if quote_only => Ok(ScriptBuf::new_p2wpkh(
                 &bitcoin::WPubkeyHash::from_raw_hash(bitcoin::hashes::Hash::all_zeros()),
             )),
-            Destination::Wallet => Ok(self.wallet.new_address()?.script_pubkey()),
+            Destination::Wallet => Ok(self.wallet.payout_script()?),
         }
     }
 
@@ -323,7 +323,7 @@ where
         match e {
             FundingContributionError::CoinSelectionFailed => SpliceError::InsufficientFunds {
                 needed: plan.add + estimated_fee(plan, 1),
-                available: self.wallet.available_balance(),
+                available: crate::wallet::available_balance(&*self.wallet),
             },
             FundingContributionError::FeeRateExceedsMaximum {
                 feerate,

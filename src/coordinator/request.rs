@@ -23,7 +23,7 @@ use crate::fees::{FeePolicy, SpliceQuote};
 use crate::ids::{BatchId, ChannelRef, SpliceId};
 use crate::journal::Change;
 use crate::record::SpliceState;
-use crate::wallet::CoinPool;
+use crate::wallet::{CoinPool, SpliceCoinSource};
 
 pub(crate) use super::planning::{Plan, PlanMode};
 
@@ -191,7 +191,11 @@ where
                 &pool,
             )?
         };
-        self.quote_plan(&plan, &fee, &self.wallet.coin_source(false, &pool))
+        self.quote_plan(
+            &plan,
+            &fee,
+            &SpliceCoinSource::with_pool(&*self.wallet, false, &pool),
+        )
     }
 
     /// [`SpliceCoordinator::quote`] for a splice-in.
@@ -295,8 +299,8 @@ where
         failed_doc: impl Fn(usize, &SpliceError) -> Result<Option<Change>, SpliceError>,
     ) -> Result<Vec<LegOutcome>, (usize, SpliceError)> {
         let pool = Arc::new(CoinPool::default());
-        let source = self.wallet.coin_source(true, &pool);
-        let unlock_picked = || self.wallet.unlock_coins_unsaved(&pool.picked());
+        let source = SpliceCoinSource::with_pool(&*self.wallet, true, &pool);
+        let unlock_picked = || self.unlock_written(&pool.picked());
         let mut outcomes = Vec::with_capacity(legs.len());
         let mut built: Vec<(usize, FundingContribution)> = Vec::new();
         let mut updates = Vec::new();

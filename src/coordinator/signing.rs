@@ -245,7 +245,7 @@ where
         }
         for input in &tx.input {
             let outpoint = input.previous_output;
-            if !record.inputs.contains(&outpoint) && self.wallet.owns_outpoint(&outpoint) {
+            if !record.inputs.contains(&outpoint) && self.wallet.owned_output(&outpoint).is_some() {
                 return Err(format!(
                     "it spends wallet coin {outpoint}, which is not this splice's"
                 ));

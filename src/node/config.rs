@@ -68,6 +68,23 @@ pub struct NodeConfig {
     pub fee_update_interval: Duration,
     /// How often to reconnect to channel peers we lost.
     pub reconnect_interval: Duration,
+    /// Where the node learns about blocks.
+    pub chain_feed: ChainFeed,
+}
+
+/// Where a [`Node`] learns about blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ChainFeed {
+    /// It polls bitcoind for new blocks and passes them through LDK's
+    /// `Listen` (catching up from where each part stopped at start).
+    #[default]
+    BitcoindBlocks,
+    /// The application feeds it through LDK's `Confirm` on
+    /// [`Node::confirmables`](super::Node::confirmables), as an Electrum or
+    /// Esplora sync (lightning-transaction-sync) does. bitcoind's RPC is
+    /// still used to broadcast and to estimate fees.
+    Confirm,
 }
 
 /// Turns the node's store into the one this crate's own state (the splice
@@ -80,6 +97,7 @@ pub type StoreWrapper = Arc<dyn Fn(SharedStore) -> SharedStore + Send + Sync>;
 pub struct NodeBuilder {
     config: NodeConfig,
     wrap_store: Option<StoreWrapper>,
+    funding_wallet: Option<Arc<dyn FundingWallet>>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -87,6 +105,7 @@ impl std::fmt::Debug for NodeBuilder {
         f.debug_struct("NodeBuilder")
             .field("config", &self.config)
             .field("wraps_store", &self.wrap_store.is_some())
+            .field("own_funding_wallet", &self.funding_wallet.is_some())
             .finish()
     }
 }
@@ -108,8 +127,10 @@ impl NodeBuilder {
                 chain_poll_interval: Duration::from_secs(1),
                 fee_update_interval: Duration::from_secs(60),
                 reconnect_interval: Duration::from_secs(5),
+                chain_feed: ChainFeed::BitcoindBlocks,
             },
             wrap_store: None,
+            funding_wallet: None,
         }
     }
 
@@ -174,6 +195,19 @@ impl NodeBuilder {
         self
     }
 
+    /// Where the node learns about blocks (default: it polls bitcoind).
+    pub fn chain_feed(mut self, feed: ChainFeed) -> Self {
+        self.config.chain_feed = feed;
+        self
+    }
+
+    /// Funds and signs splices from `wallet` instead of the node's own BDK
+    /// wallet (which still funds channel opens and receives closes).
+    pub fn funding_wallet(mut self, wallet: Arc<dyn FundingWallet>) -> Self {
+        self.funding_wallet = Some(wallet);
+        self
+    }
+
     /// The configuration built so far.
     pub fn config(&self) -> &NodeConfig {
         &self.config
@@ -181,6 +215,6 @@ impl NodeBuilder {
 
     /// Starts the node. Must be called inside a multi-threaded tokio runtime.
     pub async fn start(self) -> Result<Node, NodeError> {
-        Node::start(self.config, self.wrap_store).await
+        Node::start(self.config, self.wrap_store, self.funding_wallet).await
     }
 }

@@ -11,7 +11,8 @@ use lightning::util::ser::Writeable;
 use super::bitcoind::Bitcoind;
 use super::payments::{PaymentDirection, PaymentStatus, PaymentStore};
 use super::types::{ChannelManager, NodeCoordinator, PeerManager};
-use crate::wallet::{SharedStore, SpliceWallet, PERSISTENCE_NAMESPACE};
+use crate::store::{SharedStore, PERSISTENCE_NAMESPACE};
+use crate::wallet::BdkWallet;
 
 const SPENDABLE_OUTPUTS_NAMESPACE: &str = "spendable_outputs";
 
@@ -19,7 +20,7 @@ const SPENDABLE_OUTPUTS_NAMESPACE: &str = "spendable_outputs";
 /// payments, and outputs to keep.
 pub(crate) struct NodeEventHandler {
     pub(crate) channel_manager: Arc<ChannelManager>,
-    pub(crate) wallet: Arc<SpliceWallet>,
+    pub(crate) wallet: Arc<BdkWallet>,
     pub(crate) bitcoind: Arc<Bitcoind>,
     pub(crate) payments: Arc<PaymentStore>,
     pub(crate) store: SharedStore,

@@ -7,18 +7,18 @@ use bitcoin::ScriptBuf;
 use lightning::ln::script::ShutdownScript;
 use lightning::sign::{InMemorySigner, KeysManager, SignerProvider};
 
-use crate::wallet::SpliceWallet;
+use crate::wallet::BdkWallet;
 
 /// A [`SignerProvider`] that derives channel signers with [`KeysManager`]
-/// and takes destination and shutdown scripts from the [`SpliceWallet`].
+/// and takes destination and shutdown scripts from the [`BdkWallet`].
 pub struct WalletSignerProvider {
     keys: Arc<KeysManager>,
-    wallet: Arc<SpliceWallet>,
+    wallet: Arc<BdkWallet>,
 }
 
 impl WalletSignerProvider {
     /// Wraps `keys`, paying close outputs to `wallet`.
-    pub fn new(keys: Arc<KeysManager>, wallet: Arc<SpliceWallet>) -> Self {
+    pub fn new(keys: Arc<KeysManager>, wallet: Arc<BdkWallet>) -> Self {
         Self { keys, wallet }
     }
 

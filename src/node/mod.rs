@@ -53,7 +53,7 @@ use lightning::util::ser::{ReadableArgs, Writeable};
 use lightning_background_processor::{BackgroundProcessor, GossipSync as BpGossipSync};
 
 pub use self::bitcoind::{Bitcoind, BroadcastRecord};
-pub use self::config::{NodeBuilder, NodeConfig, NodeError, StoreWrapper};
+pub use self::config::{ChainFeed, NodeBuilder, NodeConfig, NodeError, StoreWrapper};
 pub use self::keys::WalletSignerProvider;
 pub use self::payments::{PaymentDirection, PaymentInfo, PaymentStatus};
 pub use self::sync::ChainListeners;
@@ -72,7 +72,8 @@ use crate::fees::{FeePolicy, SpliceQuote};
 use crate::ids::SpliceId;
 use crate::logger::LogBridge;
 use crate::record::SpliceRecord;
-use crate::wallet::{SharedStore, SpliceWallet, WalletBalance, WalletError};
+use crate::store::SharedStore;
+use crate::wallet::{BdkWallet, FundingWallet, WalletBalance, WalletError};
 use crate::SpliceError;
 
 /// A running LDK node. Stop it with [`Node::stop`]; start it again from the
@@ -81,7 +82,7 @@ pub struct Node {
     config: NodeConfig,
     keys: Arc<KeysManager>,
     bitcoind: Arc<Bitcoind>,
-    wallet: Arc<SpliceWallet>,
+    wallet: Arc<BdkWallet>,
     store: Arc<Store>,
     chain_monitor: Arc<ChainMonitor>,
     channel_manager: Arc<ChannelManager>,
@@ -133,7 +134,7 @@ impl Node {
     }
 
     /// The on-chain wallet.
-    pub fn wallet(&self) -> &Arc<SpliceWallet> {
+    pub fn wallet(&self) -> &Arc<BdkWallet> {
         &self.wallet
     }
 
@@ -170,6 +171,13 @@ impl Node {
     /// The height the node has synced to.
     pub fn best_block_height(&self) -> u32 {
         self.channel_manager.current_best_block().height
+    }
+
+    /// The node's parts that follow the chain, for a sync through LDK's
+    /// `Confirm` (see [`ChainFeed::Confirm`]): the `ChannelManager`, the
+    /// `ChainMonitor` and the on-chain wallet, in the order to feed them.
+    pub fn confirmables(&self) -> [&(dyn lightning::chain::Confirm + Send + Sync); 3] {
+        [&*self.channel_manager, &*self.chain_monitor, &*self.wallet]
     }
 
     /// Connects to a peer and waits for the handshake to finish.

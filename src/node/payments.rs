@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use lightning::types::payment::PaymentHash;
 use serde::{Deserialize, Serialize};
 
-use crate::wallet::{SharedStore, PERSISTENCE_NAMESPACE};
+use crate::store::{SharedStore, PERSISTENCE_NAMESPACE};
 
 const PAYMENTS_NAMESPACE: &str = "payments";
 

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use bitcoin::secp256k1::PublicKey;
 
-use crate::wallet::{SharedStore, PERSISTENCE_NAMESPACE};
+use crate::store::{SharedStore, PERSISTENCE_NAMESPACE};
 
 const PEERS_NAMESPACE: &str = "peers";
 

@@ -8,6 +8,7 @@ impl Node {
     pub(super) async fn start(
         config: NodeConfig,
         wrap_store: Option<StoreWrapper>,
+        funding_wallet: Option<Arc<dyn FundingWallet>>,
     ) -> Result<Node, NodeError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             NodeError::Storage(format!("cannot create {}: {e}", config.data_dir.display()))
@@ -39,13 +40,13 @@ impl Node {
         .await?;
         let (tip_height, tip_hash) = bitcoind.tip().await?;
 
-        let wallet_is_new = !SpliceWallet::exists(&shared_store)?;
+        let wallet_is_new = !BdkWallet::exists(&shared_store)?;
         let birthday = if wallet_is_new {
             Some(bitcoind.block(&tip_hash).await?)
         } else {
             None
         };
-        let wallet = Arc::new(SpliceWallet::load_or_create(
+        let wallet = Arc::new(BdkWallet::load_or_create(
             &seed,
             config.network,
             shared_store.clone(),
@@ -150,43 +151,58 @@ impl Node {
         };
         let channel_manager = Arc::new(channel_manager);
 
-        // Bring every listener to the tip, each from where it stopped.
+        // Bring every listener to the tip, each from where it stopped (or,
+        // fed through `Confirm`, hand the monitors over as they are: the
+        // application's sync brings them to the tip).
         let rpc = bitcoind.rpc();
-        let (cache, chain_tip) = {
-            let monitor_listeners: Vec<_> = monitors
-                .drain(..)
-                .map(|(best, monitor)| {
-                    (
-                        best,
-                        (monitor, bitcoind.clone(), bitcoind.clone(), logger.clone()),
-                    )
-                })
-                .collect();
-            let mut listeners: Vec<(BlockLocator, &(dyn Listen + Send + Sync))> = Vec::new();
-            for (best, listener) in &monitor_listeners {
-                listeners.push((*best, listener as &(dyn Listen + Send + Sync)));
+        let chain_tip = match config.chain_feed {
+            ChainFeed::BitcoindBlocks => {
+                let monitor_listeners: Vec<_> = monitors
+                    .drain(..)
+                    .map(|(best, monitor)| {
+                        (
+                            best,
+                            (monitor, bitcoind.clone(), bitcoind.clone(), logger.clone()),
+                        )
+                    })
+                    .collect();
+                let mut listeners: Vec<(BlockLocator, &(dyn Listen + Send + Sync))> = Vec::new();
+                for (best, listener) in &monitor_listeners {
+                    listeners.push((*best, listener as &(dyn Listen + Send + Sync)));
+                }
+                listeners.push((
+                    manager_best_block,
+                    &*channel_manager as &(dyn Listen + Send + Sync),
+                ));
+                listeners.push((wallet.best_block(), &*wallet as &(dyn Listen + Send + Sync)));
+                let synced = lightning_block_sync::init::synchronize_listeners(
+                    rpc.clone(),
+                    config.network,
+                    listeners,
+                )
+                .await
+                .map_err(|e| NodeError::Chain(format!("initial chain sync failed: {e:?}")))?;
+                for (_, (monitor, ..)) in monitor_listeners {
+                    let channel_id = monitor.channel_id();
+                    chain_monitor
+                        .load_existing_monitor(channel_id, monitor)
+                        .map_err(|()| {
+                            NodeError::Storage(format!("monitor for {channel_id} refused"))
+                        })?;
+                }
+                Some(synced)
             }
-            listeners.push((
-                manager_best_block,
-                &*channel_manager as &(dyn Listen + Send + Sync),
-            ));
-            listeners.push((wallet.best_block(), &*wallet as &(dyn Listen + Send + Sync)));
-            let synced = lightning_block_sync::init::synchronize_listeners(
-                rpc.clone(),
-                config.network,
-                listeners,
-            )
-            .await
-            .map_err(|e| NodeError::Chain(format!("initial chain sync failed: {e:?}")))?;
-            for (_, (monitor, ..)) in monitor_listeners {
-                let channel_id = monitor.channel_id();
-                chain_monitor
-                    .load_existing_monitor(channel_id, monitor)
-                    .map_err(|()| {
-                        NodeError::Storage(format!("monitor for {channel_id} refused"))
-                    })?;
+            _ => {
+                for (_, monitor) in monitors {
+                    let channel_id = monitor.channel_id();
+                    chain_monitor
+                        .load_existing_monitor(channel_id, monitor)
+                        .map_err(|()| {
+                            NodeError::Storage(format!("monitor for {channel_id} refused"))
+                        })?;
+                }
+                None
             }
-            synced
         };
 
         {
@@ -198,7 +214,7 @@ impl Node {
         let coordinator = Arc::new(
             NodeCoordinator::new(
                 channel_manager.clone(),
-                wallet.clone(),
+                funding_wallet.unwrap_or_else(|| wallet.clone()),
                 bitcoind.clone(),
                 shared_store.clone(),
                 CoordinatorConfig {
@@ -215,7 +231,7 @@ impl Node {
         chain_listeners.add(channel_manager.clone());
         chain_listeners.add(chain_monitor.clone());
         chain_listeners.add(wallet.clone());
-        chain_listeners.add(coordinator.clone());
+        chain_listeners.add(Arc::new(super::sync::TickOnBlock(coordinator.clone())));
 
         let gossip_sync = Arc::new(P2PGossipSync::new(
             graph.clone(),
@@ -300,7 +316,7 @@ impl Node {
             peer_manager.clone(),
             stop_receiver.clone(),
         )));
-        {
+        if let Some((cache, chain_tip)) = chain_tip {
             let notify = notify.clone();
             let client = sync::chain_client(
                 rpc,

@@ -54,6 +54,21 @@ impl Listen for ChainListeners {
     }
 }
 
+/// Ticks the splice coordinator after each block the node's LDK objects
+/// (listed before it) have seen, so depth changes show at once. The
+/// coordinator itself needs no chain feed: it reads depths from LDK.
+pub(crate) struct TickOnBlock(pub(crate) Arc<super::types::NodeCoordinator>);
+
+impl Listen for TickOnBlock {
+    fn filtered_block_connected(&self, _: &Header, _: &TransactionData, _: u32) {
+        self.0.timer_tick();
+    }
+
+    fn blocks_disconnected(&self, _: BlockLocator) {
+        self.0.timer_tick();
+    }
+}
+
 /// The SPV client that follows bitcoind's best chain for the node.
 pub(crate) type ChainClient =
     SpvClient<ChainPoller<Arc<RpcClient>, RpcClient>, Arc<ChainListeners>>;

@@ -88,7 +88,7 @@ pub type PeerManager = lightning::ln::peer_handler::PeerManager<
 /// node does not run one yet).
 pub type NoSweeper = lightning::util::sweep::OutputSweeperSync<
     Arc<Bitcoind>,
-    Arc<crate::wallet::SpliceWallet>,
+    Arc<crate::wallet::BdkWallet>,
     Arc<Bitcoind>,
     NoFilter,
     Arc<super::manager_store::ManagerStore>,

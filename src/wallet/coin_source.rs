@@ -5,7 +5,7 @@ use lightning::chain::ClaimId;
 use lightning::util::wallet_utils::{CoinSelection, CoinSelectionSourceSync, ConfirmedUtxo, Input};
 
 use super::selection::{self, Candidate, Target};
-use super::{SpliceWallet, WalletError};
+use super::{FundingWallet, WalletCoin, WalletError};
 use crate::weights;
 
 /// A P2WPKH change output.
@@ -15,16 +15,23 @@ const P2WPKH_OUTPUT: Weight = Weight::from_wu((8 + 1 + 22) * 4);
 /// sources of several splices (a batch): no coin goes to two of them, and
 /// the wallet is not walked again for every leg.
 #[derive(Debug, Default)]
-pub struct CoinPool {
+pub(crate) struct CoinPool {
     coins: std::sync::Mutex<Option<Vec<(OutPoint, TxOut)>>>,
     picked: std::sync::Mutex<std::collections::BTreeSet<OutPoint>>,
 }
 
 impl CoinPool {
     /// The pool's coins not handed out yet.
-    fn remaining(&self, wallet: &SpliceWallet) -> Vec<(OutPoint, TxOut)> {
+    fn remaining(&self, wallet: &dyn FundingWallet) -> Vec<(OutPoint, TxOut)> {
         let mut coins = self.coins.lock().unwrap_or_else(|e| e.into_inner());
-        let coins = coins.get_or_insert_with(|| wallet.spendable_coins());
+        let coins = coins.get_or_insert_with(|| {
+            wallet
+                .spendable_coins()
+                .into_iter()
+                .filter(|coin| coin.output.script_pubkey.is_p2wpkh())
+                .map(|WalletCoin { outpoint, output }| (outpoint, output))
+                .collect()
+        });
         let picked = self.picked.lock().unwrap_or_else(|e| e.into_inner());
         coins
             .iter()
@@ -34,7 +41,7 @@ impl CoinPool {
     }
 
     /// What the pool's remaining coins are worth.
-    pub fn available(&self, wallet: &SpliceWallet) -> Amount {
+    pub(crate) fn available(&self, wallet: &dyn FundingWallet) -> Amount {
         self.remaining(wallet)
             .iter()
             .map(|(_, txout)| txout.value)
@@ -42,7 +49,7 @@ impl CoinPool {
     }
 
     /// Every coin handed out so far.
-    pub fn picked(&self) -> Vec<OutPoint> {
+    pub(crate) fn picked(&self) -> Vec<OutPoint> {
         self.picked
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -60,19 +67,43 @@ impl CoinPool {
 }
 
 /// Hands LDK the wallet's confirmed, unlocked coins for one splice. A
-/// source that locks (see [`SpliceWallet::coin_source`]) locks what it
+/// source that locks locks what it
 /// picks in the wallet at once, in memory, so that no other spend takes
 /// them before the caller writes the lock; one that does not (a quote)
 /// only looks.
 pub struct SpliceCoinSource<'a> {
-    wallet: &'a SpliceWallet,
+    wallet: &'a dyn FundingWallet,
     lock: bool,
     pool: std::sync::Arc<CoinPool>,
     /// A wallet failure during selection, which LDK only sees as "no coins".
     failure: std::sync::Mutex<Option<WalletError>>,
 }
 
-impl SpliceCoinSource<'_> {
+impl<'a> SpliceCoinSource<'a> {
+    /// A coin source for one splice you build with LDK's `FundingTemplate`
+    /// yourself: it offers the wallet's confirmed, unlocked coins and, when
+    /// `lock` is true, locks (in memory) the ones LDK picks; write them
+    /// with [`FundingWallet::save`], and unlock them if the splice does
+    /// not go ahead. With `lock` false it only looks (for a quote).
+    pub fn new(wallet: &'a dyn FundingWallet, lock: bool) -> Self {
+        Self::with_pool(wallet, lock, &std::sync::Arc::new(CoinPool::default()))
+    }
+
+    /// A coin source drawing from `pool` (shared with the other splices of
+    /// a batch) that locks what it picks when `lock` is true.
+    pub(crate) fn with_pool(
+        wallet: &'a dyn FundingWallet,
+        lock: bool,
+        pool: &std::sync::Arc<CoinPool>,
+    ) -> Self {
+        SpliceCoinSource {
+            wallet,
+            lock,
+            pool: pool.clone(),
+            failure: std::sync::Mutex::new(None),
+        }
+    }
+
     /// The wallet failure that made the last selection fail, if it was one
     /// (rather than a lack of coins).
     pub fn take_failure(&self) -> Option<WalletError> {
@@ -80,73 +111,6 @@ impl SpliceCoinSource<'_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
-    }
-}
-
-impl SpliceWallet {
-    /// A coin source drawing from `pool` (shared with the other splices of
-    /// a batch) that locks what it picks when `lock` is true.
-    pub fn coin_source(&self, lock: bool, pool: &std::sync::Arc<CoinPool>) -> SpliceCoinSource<'_> {
-        SpliceCoinSource {
-            wallet: self,
-            lock,
-            pool: pool.clone(),
-            failure: std::sync::Mutex::new(None),
-        }
-    }
-
-    /// Confirmed P2WPKH coins that are not locked.
-    pub fn spendable_coins(&self) -> Vec<(OutPoint, TxOut)> {
-        let state = self.lock();
-        state
-            .wallet
-            .list_unspent()
-            .filter(|utxo| utxo.chain_position.is_confirmed())
-            .filter(|utxo| utxo.txout.script_pubkey.is_p2wpkh())
-            .filter(|utxo| !state.wallet.is_outpoint_locked(utxo.outpoint))
-            .map(|utxo| (utxo.outpoint, utxo.txout))
-            .collect()
-    }
-
-    /// The transaction that created `outpoint`, as LDK wants it for an input.
-    pub fn previous_transaction(&self, outpoint: &OutPoint) -> Option<Transaction> {
-        let state = self.lock();
-        let tx = state.wallet.get_tx(outpoint.txid)?;
-        Some(tx.tx_node.tx.as_ref().clone())
-    }
-
-    /// The output `outpoint` names, if it is (or was) one of this wallet's.
-    pub fn owned_output(&self, outpoint: &OutPoint) -> Option<TxOut> {
-        let state = self.lock();
-        state
-            .wallet
-            .get_tx(outpoint.txid)
-            .and_then(|tx| tx.tx_node.tx.output.get(outpoint.vout as usize).cloned())
-            .filter(|txout| state.wallet.is_mine(txout.script_pubkey.clone()))
-    }
-
-    /// The confirmed balance that is not locked.
-    pub fn available_balance(&self) -> Amount {
-        self.spendable_coins()
-            .iter()
-            .map(|(_, txout)| txout.value)
-            .sum()
-    }
-
-    /// Whether `outpoint` is (or was) an output of this wallet.
-    pub fn owns_outpoint(&self, outpoint: &OutPoint) -> bool {
-        self.owned_output(outpoint).is_some()
-    }
-
-    fn change_script(&self) -> Result<ScriptBuf, WalletError> {
-        let mut state = self.lock();
-        let script = state
-            .wallet
-            .next_unused_address(bdk_wallet::KeychainKind::Internal)
-            .address
-            .script_pubkey();
-        self.persist(&mut state)?;
-        Ok(script)
     }
 }
 
@@ -245,7 +209,7 @@ impl CoinSelectionSourceSync for SpliceCoinSource<'_> {
         let outpoints: Vec<OutPoint> = confirmed_utxos.iter().map(|u| u.outpoint()).collect();
         self.pool.take(&outpoints);
         if self.lock {
-            self.wallet.lock_coins_unsaved(&outpoints);
+            self.wallet.lock_coins(&outpoints);
         }
         Ok(CoinSelection {
             confirmed_utxos,

@@ -7,9 +7,10 @@ use bitcoin::secp256k1::Message;
 use bitcoin::sighash::{EcdsaSighashType, SighashCache};
 use bitcoin::{CompressedPublicKey, Network, OutPoint, ScriptBuf, Transaction, Witness};
 
-use super::{SpliceWallet, WalletError};
+use super::BdkWallet;
+use crate::wallet::WalletError;
 
-impl SpliceWallet {
+impl BdkWallet {
     /// Signs, with SIGHASH_ALL, exactly the inputs of `tx` that spend
     /// `ours`, and returns the transaction with those witnesses filled in.
     /// Every outpoint in `ours` must be a P2WPKH coin of this wallet and

@@ -4,7 +4,8 @@
 use bdk_wallet::chain::Merge;
 use bdk_wallet::ChangeSet;
 
-use super::{SharedStore, WalletError, PERSISTENCE_NAMESPACE};
+use crate::store::{SharedStore, PERSISTENCE_NAMESPACE};
+use crate::wallet::WalletError;
 
 const SECONDARY_NAMESPACE: &str = "wallet";
 const PREFIX: &str = "changeset-";
