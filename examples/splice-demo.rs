@@ -219,7 +219,7 @@ async fn run() -> Result<(), Error> {
         quote.total_weight_wu,
         quote.single_tx_weight_wu
     );
-    let batch = a.batch(plan)?;
+    let batch = a.start_batch(plan)?;
     a.wait_for_batch(batch, WAIT, |s| *s != BatchState::Negotiating)
         .await?;
     println!("  {batch}: {}", state_of_batch(a, batch));

@@ -12,6 +12,7 @@ use crate::wallet::WalletError;
 /// comes from checking a request is returned before anything is reserved in
 /// the wallet or sent to the peer.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum SpliceError {
     /// The amount is zero.
     ZeroAmount,

@@ -14,6 +14,7 @@ use crate::record::{BatchState, SpliceState};
 
 /// Something that happened to a splice or a batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum SpliceEvent {
     /// A splice reached a new state. A confirmation depth that falls back
     /// (a reorganisation) is reported too, as `Confirmed` with the lower

@@ -136,6 +136,7 @@ impl Default for FeePolicy {
 /// What a splice would cost and do, worked out without reserving or sending
 /// anything.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct SpliceQuote {
     /// The feerate used.
     pub feerate_sat_per_kwu: u64,

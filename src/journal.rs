@@ -18,7 +18,10 @@
 //! nothing.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
+
+use lightning::util::wakers::{Future, Notifier};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -117,7 +120,12 @@ pub struct Journal {
     store: SharedStore,
     inner: Mutex<Inner>,
     ready: Condvar,
-    notifier: Mutex<Option<EventNotifier>>,
+    /// Sees each event right after its write (fault injection only).
+    observer: Mutex<Option<EventNotifier>>,
+    /// Wakes `Future`s waiting for events; notified outside every lock.
+    waiters: Notifier,
+    /// Events were queued since the waiters were last woken.
+    unannounced: AtomicBool,
 }
 
 fn doc_key(kind: &str, id: u64) -> String {
@@ -216,7 +224,9 @@ impl Journal {
             store,
             inner: Mutex::new(inner),
             ready: Condvar::new(),
-            notifier: Mutex::new(None),
+            observer: Mutex::new(None),
+            waiters: Notifier::new(),
+            unannounced: AtomicBool::new(false),
         })
     }
 
@@ -295,19 +305,35 @@ impl Journal {
         drop(inner);
         if !new_events.is_empty() {
             self.ready.notify_all();
-            let notifier = self.notifier.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(notify) = notifier.as_ref() {
+            self.unannounced.store(true, Ordering::Release);
+            let observer = self.observer.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(observe) = observer.as_ref() {
                 for queued in &new_events {
-                    notify(&queued.event);
+                    observe(&queued.event);
                 }
             }
         }
         Ok(())
     }
 
-    /// Calls `f` with every event right after the write holding it.
-    pub(crate) fn set_notifier(&self, f: EventNotifier) {
-        *self.notifier.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
+    /// Calls `f` with every event right after the write holding it, under
+    /// the writer's locks (fault injection only).
+    pub(crate) fn set_observer(&self, f: EventNotifier) {
+        *self.observer.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
+    }
+
+    /// Wakes whoever waits for events if any were queued since the last
+    /// call. Called with no lock held: a waiter's callback may run here.
+    pub(crate) fn announce(&self) {
+        if self.unannounced.swap(false, Ordering::AcqRel) {
+            self.waiters.notify();
+        }
+    }
+
+    /// A future that completes once events are announced after this call
+    /// (or at once, if some were announced that no future saw).
+    pub(crate) fn event_future(&self) -> Future {
+        self.waiters.get_future()
     }
 
     /// The oldest event not acknowledged yet.
@@ -374,15 +400,14 @@ fn check_version(version: u32, key: &str) -> Result<(), SpliceError> {
 mod tests {
     use std::sync::Arc;
 
-    use lightning_persister::fs_store::v1::FilesystemStore;
     use serde_json::json;
 
     use super::*;
     use crate::ids::BatchId;
     use crate::record::BatchState;
 
-    fn store(dir: &std::path::Path) -> SharedStore {
-        Arc::new(FilesystemStore::new(dir.to_path_buf()))
+    fn memory_store() -> SharedStore {
+        Arc::new(crate::store::MemoryStore::default())
     }
 
     fn event(n: u64) -> SpliceEvent {
@@ -407,8 +432,8 @@ mod tests {
 
     #[test]
     fn groups_and_single_writes_fold_on_load_and_the_newest_revision_wins() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let journal = Journal::load(store(dir.path())).expect("empty journal");
+        let dir = memory_store();
+        let journal = Journal::load(dir.clone()).expect("empty journal");
         journal
             .commit(vec![change(1, json!("one"), vec![])])
             .expect("single");
@@ -429,7 +454,7 @@ mod tests {
             ])
             .expect("group after single");
         drop(journal);
-        let reloaded = Journal::load(store(dir.path())).expect("load");
+        let reloaded = Journal::load(dir.clone()).expect("load");
         assert_eq!(
             bodies(&reloaded),
             vec![
@@ -439,16 +464,16 @@ mod tests {
                 json!("four later")
             ]
         );
-        let groups = store::list(&store(dir.path()), GROUPS).expect("list");
+        let groups = store::list(&dir.clone(), GROUPS).expect("list");
         assert!(groups.is_empty(), "groups left: {groups:?}");
-        let again = Journal::load(store(dir.path())).expect("load again");
+        let again = Journal::load(dir.clone()).expect("load again");
         assert_eq!(bodies(&again).len(), 4);
     }
 
     #[test]
     fn events_survive_a_restart_until_acknowledged_and_follow_their_documents() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let journal = Journal::load(store(dir.path())).expect("empty journal");
+        let dir = memory_store();
+        let journal = Journal::load(dir.clone()).expect("empty journal");
         journal
             .commit(vec![change(1, json!(1), vec![event(1)])])
             .expect("write");
@@ -466,16 +491,14 @@ mod tests {
         let all: Vec<SpliceEvent> = (1..=5).map(event).collect();
         assert_eq!(journal.pending_events(), all);
         assert_eq!(
-            Journal::load(store(dir.path()))
-                .expect("load")
-                .pending_events(),
+            Journal::load(dir.clone()).expect("load").pending_events(),
             all
         );
 
         journal.event_handled().expect("ack");
         journal.event_handled().expect("ack");
         assert_eq!(journal.next_event(), Some(event(3)));
-        let reloaded = Journal::load(store(dir.path())).expect("load");
+        let reloaded = Journal::load(dir.clone()).expect("load");
         assert_eq!(
             reloaded.pending_events(),
             (3..=5).map(event).collect::<Vec<_>>()
@@ -485,16 +508,14 @@ mod tests {
             .commit(vec![change(9, json!(9), vec![event(6)])])
             .expect("write");
         assert_eq!(
-            Journal::load(store(dir.path()))
-                .expect("load")
-                .pending_events(),
+            Journal::load(dir.clone()).expect("load").pending_events(),
             (3..=6).map(event).collect::<Vec<_>>()
         );
         for _ in 0..4 {
             reloaded.event_handled().expect("ack");
         }
         assert_eq!(reloaded.next_event(), None);
-        assert!(Journal::load(store(dir.path()))
+        assert!(Journal::load(dir.clone())
             .expect("load")
             .pending_events()
             .is_empty());
@@ -502,12 +523,12 @@ mod tests {
 
     #[test]
     fn an_unreadable_entry_is_an_error_not_a_skip() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let journal = Journal::load(store(dir.path())).expect("empty journal");
+        let dir = memory_store();
+        let journal = Journal::load(dir.clone()).expect("empty journal");
         journal
             .commit(vec![change(1, json!(1), vec![event(1)])])
             .expect("write");
-        store(dir.path())
+        dir.clone()
             .write(
                 crate::store::PERSISTENCE_NAMESPACE,
                 DOCS,
@@ -515,7 +536,48 @@ mod tests {
                 b"{not json".to_vec(),
             )
             .expect("corrupt it");
-        let err = Journal::load(store(dir.path())).err().expect("refused");
+        let err = Journal::load(dir.clone()).err().expect("refused");
         assert!(err.to_string().contains("splice-"), "{err}");
+    }
+
+    #[test]
+    fn waiters_wake_only_when_events_are_announced_outside_the_write() {
+        let journal = Journal::load(memory_store()).expect("empty journal");
+        let future = journal.event_future();
+        let called = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        {
+            let called = called.clone();
+            journal.event_future().register_callback(Box::new(move || {
+                called.fetch_add(1, Ordering::SeqCst);
+            }));
+        }
+        journal
+            .commit(vec![change(1, json!("one"), vec![event(1)])])
+            .expect("written");
+        assert!(
+            !future.wait_timeout(Duration::ZERO),
+            "not woken inside the write"
+        );
+        assert_eq!(
+            called.load(Ordering::SeqCst),
+            0,
+            "no callback inside the write"
+        );
+        journal.announce();
+        assert!(future.wait_timeout(Duration::ZERO));
+        assert_eq!(called.load(Ordering::SeqCst), 1);
+        journal.announce();
+        assert!(
+            !journal.event_future().wait_timeout(Duration::ZERO),
+            "nothing new to announce"
+        );
+        journal
+            .commit(vec![change(2, json!("two"), vec![])])
+            .expect("written");
+        journal.announce();
+        assert!(
+            !journal.event_future().wait_timeout(Duration::ZERO),
+            "a write without events wakes no one"
+        );
     }
 }

@@ -1,29 +1,41 @@
-#![doc = include_str!("../README.md")]
+#![doc = include_str!("crate_docs.md")]
 #![deny(missing_docs)]
 
-pub mod batch;
-pub mod coordinator;
+mod batch;
+mod coordinator;
 #[cfg(feature = "devchain")]
 pub mod devchain;
-pub mod error;
-pub mod events;
-pub mod fees;
-pub mod ids;
+mod error;
+mod events;
+mod fees;
+mod ids;
 mod journal;
-pub mod logger;
+mod logger;
 #[cfg(feature = "node")]
 pub mod node;
-pub mod record;
-pub mod store;
-pub mod wallet;
-pub mod weights;
+mod record;
+mod store;
+mod wallet;
+mod weights;
 
-pub use batch::{BatchCoordinator, BatchPlan, BatchQuote, BatchRecord, Leg};
+pub use batch::{
+    BatchCoordinator, BatchPart, BatchPlan, BatchQuote, BatchRecord, Leg, LegQuote, LegRole,
+};
 pub use coordinator::{CoordinatorConfig, Destination, Payout, ResizeRequest, SpliceCoordinator};
 pub use error::SpliceError;
-pub use events::SpliceEvent;
+pub use events::{EventNotifier, SpliceEvent};
 pub use fees::{FeePolicy, FeeRateSource, SpliceQuote};
 pub use ids::{BatchId, ChannelRef, SpliceId};
+pub use logger::LogBridge;
 pub use record::{
     BatchState, SpliceCandidate, SpliceOrigin, SpliceOutput, SpliceRecord, SpliceState,
 };
+pub use store::{SharedStore, StoreError, PERSISTENCE_NAMESPACE};
+#[cfg(feature = "bdk")]
+pub use wallet::{BdkWallet, WalletBalance};
+pub use wallet::{FundingWallet, SpliceCoinSource, WalletCoin, WalletError};
+
+/// The README's examples compile.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -18,6 +18,7 @@ use crate::ids::{BatchId, SpliceId};
 /// and its transaction can no longer confirm, the splice ends `Failed`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum SpliceState {
     /// Accepted and journaled; about to be handed to LDK.
     Requested,
@@ -132,6 +133,7 @@ impl From<&TxOut> for SpliceOutput {
 
 /// Everything known about one splice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct SpliceRecord {
     /// Its id.
     pub id: SpliceId,
@@ -197,6 +199,7 @@ pub struct SpliceRecord {
 
 /// One transaction negotiated for a splice, with what it costs us.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct SpliceCandidate {
     /// The transaction.
     pub txid: Txid,
@@ -261,6 +264,7 @@ impl SpliceRecord {
 /// Where a batch stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum BatchState {
     /// Legs are negotiating; none is signed.
     Negotiating,

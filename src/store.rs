@@ -72,3 +72,68 @@ pub(crate) fn remove(store: &SharedStore, secondary: &str, key: &str) -> Result<
         .remove(PERSISTENCE_NAMESPACE, secondary, key, false)
         .map_err(|e| failed("removing", &format!("{secondary}/{key}"), e))
 }
+
+/// A `KVStoreSync` in memory, for unit tests that need no disk.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct MemoryStore {
+    entries: std::sync::Mutex<std::collections::BTreeMap<(String, String, String), Vec<u8>>>,
+}
+
+#[cfg(test)]
+impl KVStoreSync for MemoryStore {
+    fn read(
+        &self,
+        primary: &str,
+        secondary: &str,
+        key: &str,
+    ) -> Result<Vec<u8>, lightning::io::Error> {
+        self.entries
+            .lock()
+            .unwrap()
+            .get(&(primary.into(), secondary.into(), key.into()))
+            .cloned()
+            .ok_or_else(|| {
+                lightning::io::Error::new(lightning::io::ErrorKind::NotFound, key.to_string())
+            })
+    }
+
+    fn write(
+        &self,
+        primary: &str,
+        secondary: &str,
+        key: &str,
+        buf: Vec<u8>,
+    ) -> Result<(), lightning::io::Error> {
+        self.entries
+            .lock()
+            .unwrap()
+            .insert((primary.into(), secondary.into(), key.into()), buf);
+        Ok(())
+    }
+
+    fn remove(
+        &self,
+        primary: &str,
+        secondary: &str,
+        key: &str,
+        _lazy: bool,
+    ) -> Result<(), lightning::io::Error> {
+        self.entries
+            .lock()
+            .unwrap()
+            .remove(&(primary.into(), secondary.into(), key.into()));
+        Ok(())
+    }
+
+    fn list(&self, primary: &str, secondary: &str) -> Result<Vec<String>, lightning::io::Error> {
+        Ok(self
+            .entries
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|(p, s, _)| p == primary && s == secondary)
+            .map(|(_, _, k)| k.clone())
+            .collect())
+    }
+}

@@ -273,7 +273,7 @@ async fn a_mixed_batch_with_moves_locks_everywhere_with_exact_balances() {
     let balances: Vec<Amount> = (0..6).map(|i| hub.balance(i)).collect();
     let peer_balances: Vec<Amount> = (0..6).map(|i| hub.peer_balance(i)).collect();
 
-    let id = h.batch(plan).expect("batch starts");
+    let id = h.start_batch(plan).expect("batch starts");
     let signed = h
         .wait_for_batch(id, WAIT, |s| *s == BatchState::Signed)
         .await
@@ -494,7 +494,7 @@ async fn a_peer_disconnecting_mid_negotiation_cancels_the_whole_batch() {
     let mempool_before = hub.chain.mempool_txids().len();
     let id = hub
         .node()
-        .batch(three_leg_plan(&hub))
+        .start_batch(three_leg_plan(&hub))
         .expect("batch starts");
     wait_two_legs_held(&hub, id).await;
 
@@ -521,7 +521,7 @@ async fn a_peer_refusing_splices_cancels_the_whole_batch() {
     let mempool_before = hub.chain.mempool_txids().len();
     let id = hub
         .node()
-        .batch(three_leg_plan(&hub))
+        .start_batch(three_leg_plan(&hub))
         .expect("batch starts");
     let record = hub
         .node()
@@ -544,7 +544,7 @@ async fn a_passed_deadline_ends_the_batch() {
     let mempool_before = hub.chain.mempool_txids().len();
 
     let plan = three_leg_plan(&hub).with_deadline(std::time::Duration::from_secs(2));
-    let id = hub.node().batch(plan).expect("batch starts");
+    let id = hub.node().start_batch(plan).expect("batch starts");
     wait_two_legs_held(&hub, id).await;
     let record = hub
         .node()
@@ -569,7 +569,7 @@ async fn cancelling_a_batch_before_signing_releases_everything() {
     let mempool_before = hub.chain.mempool_txids().len();
     let id = hub
         .node()
-        .batch(three_leg_plan(&hub))
+        .start_batch(three_leg_plan(&hub))
         .expect("batch starts");
     wait_two_legs_held(&hub, id).await;
     hub.node().cancel_batch(id).expect("cancel");
@@ -589,7 +589,7 @@ async fn a_hub_restarted_before_signing_cancels_the_batch_cleanly() {
     let mempool_before = hub.chain.mempool_txids().len();
     let id = hub
         .node()
-        .batch(three_leg_plan(&hub))
+        .start_batch(three_leg_plan(&hub))
         .expect("batch starts");
     wait_two_legs_held(&hub, id).await;
 
@@ -617,7 +617,7 @@ async fn a_hub_restarted_after_signing_still_locks_the_batch() {
     let capacities: Vec<Amount> = (0..3).map(|i| hub.capacity(i)).collect();
     let id = hub
         .node()
-        .batch(three_leg_plan(&hub))
+        .start_batch(three_leg_plan(&hub))
         .expect("batch starts");
     let signed = hub
         .node()

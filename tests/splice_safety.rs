@@ -24,11 +24,11 @@ use bitcoin::{Amount, FeeRate, OutPoint};
 use common::fake_peer::{Behaviour, FakeBob};
 use common::*;
 use ldk_splice::node::{Node, NodeError};
-use ldk_splice::wallet::{SpliceCoinSource, WalletError};
 use ldk_splice::{
     BatchPlan, ChannelRef, Destination, FeePolicy, Leg, Payout, ResizeRequest, SpliceError,
     SpliceOrigin, SpliceState,
 };
+use ldk_splice::{SpliceCoinSource, WalletError};
 use lightning::events::Event;
 use lightning::ln::types::ChannelId;
 
@@ -444,7 +444,7 @@ async fn out_of_range_requests_are_refused_and_leave_nothing() {
             .with_deadline(deadline);
         invalid(
             "a deadline beyond a day",
-            a.batch(plan).map(|id| id.to_string()),
+            a.start_batch(plan).map(|id| id.to_string()),
             &["deadline"],
         );
     }

@@ -19,7 +19,7 @@ use bitcoin::{Amount, FeeRate};
 use common::*;
 use ldk_splice::devchain::DevChain;
 use ldk_splice::node::Node;
-use ldk_splice::store::SharedStore;
+use ldk_splice::SharedStore;
 use ldk_splice::{
     BatchPlan, BatchState, ChannelRef, Destination, FeePolicy, Leg, SpliceError, SpliceEvent,
     SpliceId, SpliceState,
@@ -425,7 +425,7 @@ async fn a_failed_write_anywhere_in_a_batch_leaves_everything_consistent() {
             })
     };
     world.plan.arm(0, false);
-    let id = world.a().batch(plan(&world)).unwrap();
+    let id = world.a().start_batch(plan(&world)).unwrap();
     world.drive_to_the_end("counting").await;
     assert_eq!(
         world.a().batch_status(id).unwrap().state,
@@ -444,7 +444,7 @@ async fn a_failed_write_anywhere_in_a_batch_leaves_everything_consistent() {
         let wallet = world.a().onchain_balance().confirmed;
         let capacities = [world.capacity(0), world.capacity(1)];
         world.plan.arm(n, landed);
-        let started = world.a().batch(plan(&world));
+        let started = world.a().start_batch(plan(&world));
         if let Err(e) = &started {
             assert!(matches!(e, SpliceError::Persistence(_)), "{what}: {e:?}");
         }

@@ -19,8 +19,8 @@ use bitcoin::{
 use common::*;
 use ldk_splice::devchain::DevChain;
 use ldk_splice::node::{ChainFeed, Node};
-use ldk_splice::wallet::{FundingWallet, WalletCoin, WalletError};
 use ldk_splice::{FeePolicy, SpliceState};
+use ldk_splice::{FundingWallet, WalletCoin, WalletError};
 
 const CAPACITY: Amount = Amount::from_sat(1_000_000);
 const FEERATE: FeeRate = FeeRate::from_sat_per_kwu(500);

@@ -219,7 +219,7 @@ impl Setup {
 
         // The batch.
         let started = Instant::now();
-        let id = self.hub.batch(plan)?;
+        let id = self.hub.start_batch(plan)?;
         let started_all = started.elapsed().as_secs_f64() * 1000.0;
         self.hub
             .wait_for_batch(id, WAIT, |s| *s != BatchState::Negotiating)

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bitcoin::{Amount, FeeRate};
 use ldk_splice::devchain::{DevChain, DevChainConfig};
 use ldk_splice::node::{Node, NodeBuilder};
-use ldk_splice::store::SharedStore;
+use ldk_splice::SharedStore;
 use ldk_splice::{BatchPlan, ChannelRef, Destination, FeePolicy, Leg, ResizeRequest, SpliceState};
 use lightning::io;
 use lightning::util::persist::KVStoreSync;
@@ -190,7 +190,7 @@ pub async fn run() -> Result<(), Error> {
                         amount: Amount::from_sat(10_000),
                         to: to(),
                     });
-                let batch = hub.batch(plan)?;
+                let batch = hub.start_batch(plan)?;
                 hub.batch_status(batch)
                     .ok_or("no batch")?
                     .parts

@@ -567,7 +567,7 @@ async fn dispatch(state: &AppState, command: &str, p: Value) -> ApiResult {
             if command == "quotebatch" {
                 to_json(&node.quote_batch(&plan).map_err(ApiError::refused)?)
             } else {
-                let id = node.batch(plan).map_err(ApiError::refused)?;
+                let id = node.start_batch(plan).map_err(ApiError::refused)?;
                 batch_by_id(node, id)
             }
         }

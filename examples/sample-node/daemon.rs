@@ -226,7 +226,7 @@ async fn serve_api(args: &DaemonArgs, node: Node) -> Result<(), String> {
     let crash = args.enable_crash_points.then(|| {
         let crash = Arc::new(CrashPoints::default());
         let observer = crash.clone();
-        node.add_event_listener(Box::new(move |event| observer.observe(event)));
+        node.observe_written_events(Box::new(move |event| observer.observe(event)));
         crash
     });
     let state = Arc::new(AppState {

@@ -27,6 +27,8 @@ where
         loop {
             let notices = self.core.take_notices();
             if notices.is_empty() {
+                // Called last by every entry point, with no lock held.
+                self.core.announce_events();
                 return;
             }
             let mut book = self.lock();
@@ -299,7 +301,7 @@ where
                 .iter()
                 .find(|p| p.leg == part.leg && p.role == LegRole::MoveOut)
                 .and_then(|p| p.splice)
-                .and_then(|id| self.core.status(id))
+                .and_then(|id| self.core.splice_status(id))
                 .is_some_and(|s| {
                     matches!(s.state, SpliceState::Confirmed { .. } | SpliceState::Locked)
                 });

@@ -91,7 +91,7 @@ where
     /// Validates the whole plan, selects coins for every leg jointly, and
     /// starts every leg at once. Nothing is started (or locked, or written)
     /// if any leg is invalid; the error names the leg.
-    pub fn execute(&self, plan: BatchPlan) -> Result<BatchId, SpliceError> {
+    pub fn start_batch(&self, plan: BatchPlan) -> Result<BatchId, SpliceError> {
         let result = {
             let mut book = self.lock();
             self.execute_locked(&mut book, &plan)
@@ -229,7 +229,7 @@ where
     /// (selected jointly, no coin twice), the total, and the weight one
     /// transaction carrying the whole batch would have. Nothing is locked
     /// or sent.
-    pub fn quote(&self, plan: &BatchPlan) -> Result<BatchQuote, SpliceError> {
+    pub fn quote_batch(&self, plan: &BatchPlan) -> Result<BatchQuote, SpliceError> {
         let parts = expand(plan)?;
         let pool = Arc::new(CoinPool::default());
         let source = SpliceCoinSource::with_pool(&*self.core.wallet, false, &pool);
@@ -297,18 +297,18 @@ where
     }
 
     /// The record of batch `id`.
-    pub fn status(&self, id: BatchId) -> Option<BatchRecord> {
+    pub fn batch_status(&self, id: BatchId) -> Option<BatchRecord> {
         self.lock().records.get(&id).cloned()
     }
 
     /// Every batch, oldest first.
-    pub fn list(&self) -> Vec<BatchRecord> {
+    pub fn list_batches(&self) -> Vec<BatchRecord> {
         self.lock().records.values().cloned().collect()
     }
 
     /// Cancels a batch that is not signed yet: every leg is cancelled and
     /// every coin released.
-    pub fn cancel(&self, id: BatchId) -> Result<(), SpliceError> {
+    pub fn cancel_batch(&self, id: BatchId) -> Result<(), SpliceError> {
         let result = {
             let mut book = self.lock();
             let record = book

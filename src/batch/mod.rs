@@ -122,6 +122,7 @@ pub enum LegRole {
 
 /// One splice of a batch (a move has two).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct BatchPart {
     /// The plan leg it comes from.
     pub leg: usize,
@@ -143,6 +144,7 @@ pub struct BatchPart {
 
 /// A batch and its legs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct BatchRecord {
     /// Its id.
     pub id: BatchId,
@@ -165,6 +167,7 @@ pub struct BatchRecord {
 
 /// One leg's share of a batch quote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct LegQuote {
     /// The plan leg.
     pub leg: usize,
@@ -184,6 +187,7 @@ pub struct LegQuote {
 /// What a batch would cost, worked out without reserving or sending
 /// anything.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct BatchQuote {
     /// Every splice of the batch.
     pub legs: Vec<LegQuote>,

@@ -47,6 +47,7 @@ use crate::wallet::FundingWallet;
 
 /// Settings of a [`SpliceCoordinator`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct CoordinatorConfig {
     /// The network addresses must belong to.
     pub network: Network,
@@ -67,6 +68,19 @@ impl CoordinatorConfig {
             network,
             signatures_wait_for_manager_persistence: false,
         }
+    }
+
+    /// Sets [`CoordinatorConfig::signatures_wait_for_manager_persistence`].
+    pub fn with_signatures_waiting_for_manager_persistence(mut self, wait: bool) -> Self {
+        self.signatures_wait_for_manager_persistence = wait;
+        self
+    }
+}
+
+impl Default for CoordinatorConfig {
+    /// Bitcoin mainnet, signing at once.
+    fn default() -> Self {
+        CoordinatorConfig::new(Network::Bitcoin)
     }
 }
 
@@ -195,14 +209,14 @@ where
     // ---- reading ----------------------------------------------------------
 
     /// The record of splice `id`, its confirmation depth as LDK counts it now.
-    pub fn status(&self, id: SpliceId) -> Option<SpliceRecord> {
+    pub fn splice_status(&self, id: SpliceId) -> Option<SpliceRecord> {
         let record = self.lock().records.get(&id).cloned()?;
         Some(self.live_view(record))
     }
 
     /// Every splice, oldest first: ours, and those the counterparty started
     /// on our channels.
-    pub fn list(&self) -> Vec<SpliceRecord> {
+    pub fn list_splices(&self) -> Vec<SpliceRecord> {
         let records: Vec<SpliceRecord> = self.lock().records.values().cloned().collect();
         records.into_iter().map(|r| self.live_view(r)).collect()
     }
@@ -235,9 +249,31 @@ where
         self.journal.next_event()
     }
 
-    /// Waits up to `timeout` for an event.
+    /// Waits up to `timeout` for an event, blocking the calling thread, and
+    /// returns the oldest unacknowledged one.
     pub fn wait_next_event(&self, timeout: Duration) -> Option<SpliceEvent> {
         self.journal.wait_next_event(timeout)
+    }
+
+    /// Waits for an event without blocking a thread (any executor; no
+    /// tokio needed) and returns the oldest unacknowledged one.
+    pub async fn next_event_async(&self) -> SpliceEvent {
+        loop {
+            let announced = self.journal.event_future();
+            if let Some(event) = self.next_event() {
+                return event;
+            }
+            announced.await;
+        }
+    }
+
+    /// LDK's [`Future`](lightning::util::wakers::Future) that completes
+    /// when new events are queued: `.await` it, `wait()` on it, register a
+    /// callback, or hand it to a `Sleeper` beside the `ChannelManager`'s
+    /// own future. Callbacks run on the thread that queued the events, with
+    /// no lock of the coordinator held.
+    pub fn event_future(&self) -> lightning::util::wakers::Future {
+        self.journal.event_future()
     }
 
     /// Acknowledges the event [`SpliceCoordinator::next_event`] returned.
@@ -251,10 +287,14 @@ where
         self.journal.pending_events()
     }
 
-    /// Calls `f` with each new event, right after the write that holds it
-    /// and before the change it reports is acted on.
-    pub fn set_event_notifier(&self, f: EventNotifier) {
-        self.journal.set_notifier(f)
+    /// Calls `f` with each new event right after the write that holds it,
+    /// before the change it reports is acted on, under the coordinator's
+    /// lock: `f` must not call the coordinator. For fault injection (the
+    /// crash tests kill the process here); applications wait for events
+    /// with [`SpliceCoordinator::event_future`] instead.
+    #[doc(hidden)]
+    pub fn observe_written_events(&self, f: EventNotifier) {
+        self.journal.set_observer(f)
     }
 
     /// Follows LDK: confirmation depths, locks, splices LDK dropped, and
@@ -288,6 +328,12 @@ where
             .push(notice);
     }
 
+    /// Wakes the application's event waiters if events were queued. Call
+    /// with no lock held.
+    pub(crate) fn announce_events(&self) {
+        self.journal.announce();
+    }
+
     /// Tells the batch layer there is news. Called by top-level entry
     /// points only, with no lock of the coordinator held.
     pub(crate) fn deliver(&self) {
@@ -301,6 +347,8 @@ where
                 wake();
             }
         }
+        // Last: what the batch layer did on the news has events too.
+        self.journal.announce();
     }
 
     /// The record of `id` as written (no live depth), for the batch layer.

@@ -169,7 +169,7 @@ where
 
     /// What [`SpliceCoordinator::resize`] would do, without locking or
     /// sending anything.
-    pub fn quote(
+    pub fn quote_splice(
         &self,
         channel_id: &ChannelId,
         counterparty: &PublicKey,
@@ -206,7 +206,7 @@ where
         amount: Amount,
         fee: FeePolicy,
     ) -> Result<SpliceQuote, SpliceError> {
-        self.quote(
+        self.quote_splice(
             channel_id,
             counterparty,
             &ResizeRequest::splice_in(amount),
@@ -223,7 +223,7 @@ where
         to: Destination,
         fee: FeePolicy,
     ) -> Result<SpliceQuote, SpliceError> {
-        self.quote(
+        self.quote_splice(
             channel_id,
             counterparty,
             &ResizeRequest::splice_out(amount, to),
@@ -235,7 +235,7 @@ where
     /// coins. A signed splice is `NotCancellable`; so is one LDK still
     /// negotiates but refuses to cancel. A leg of a batch is cancelled with
     /// its batch.
-    pub fn cancel(&self, id: SpliceId) -> Result<(), SpliceError> {
+    pub fn cancel_splice(&self, id: SpliceId) -> Result<(), SpliceError> {
         let result = {
             let mut state = self.lock();
             self.cancel_locked(&mut state, id)

@@ -4,9 +4,13 @@
 use super::*;
 
 impl Node {
-    /// Calls `f` with every splice and batch event, right after the write
-    /// that holds it and before the change it reports is acted on.
-    pub fn add_event_listener(&self, f: EventNotifier) {
+    /// Calls `f` with every splice and batch event right after the write
+    /// that holds it, before the change it reports is acted on, under the
+    /// coordinator's lock (`f` must not call the node). For fault
+    /// injection: applications take events from the coordinator
+    /// (`next_event`, `event_future`, `next_event_async`).
+    #[doc(hidden)]
+    pub fn observe_written_events(&self, f: EventNotifier) {
         self.event_listeners
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -25,7 +29,7 @@ impl Node {
 
     /// Every batch, oldest first.
     pub fn list_batches(&self) -> Vec<BatchRecord> {
-        self.batches.list()
+        self.batches.list_batches()
     }
 
     /// Adds `amount` from the on-chain wallet to a channel.
@@ -83,16 +87,16 @@ impl Node {
         fee: FeePolicy,
     ) -> Result<SpliceQuote, SpliceError> {
         self.coordinator
-            .quote(channel_id, counterparty, request, fee)
+            .quote_splice(channel_id, counterparty, request, fee)
     }
 
     /// Cancels a splice that has not been signed yet (a leg of a batch
     /// cancels its whole batch).
     pub fn cancel_splice(&self, id: SpliceId) -> Result<(), SpliceError> {
-        let batch = self.coordinator.status(id).and_then(|r| r.batch);
+        let batch = self.coordinator.splice_status(id).and_then(|r| r.batch);
         let result = match batch {
-            Some(batch) => self.batches.cancel(batch),
-            None => self.coordinator.cancel(id),
+            Some(batch) => self.batches.cancel_batch(batch),
+            None => self.coordinator.cancel_splice(id),
         };
         self.send_queued_messages();
         result
@@ -100,34 +104,34 @@ impl Node {
 
     /// The record of a splice.
     pub fn splice_status(&self, id: SpliceId) -> Option<SpliceRecord> {
-        self.coordinator.status(id)
+        self.coordinator.splice_status(id)
     }
 
     /// Every splice, oldest first.
     pub fn list_splices(&self) -> Vec<SpliceRecord> {
-        self.coordinator.list()
+        self.coordinator.list_splices()
     }
 
     /// Starts a batch of splices over several channels.
-    pub fn batch(&self, plan: BatchPlan) -> Result<BatchId, SpliceError> {
-        let result = self.batches.execute(plan);
+    pub fn start_batch(&self, plan: BatchPlan) -> Result<BatchId, SpliceError> {
+        let result = self.batches.start_batch(plan);
         self.send_queued_messages();
         result
     }
 
     /// What a batch would cost, without reserving or sending anything.
     pub fn quote_batch(&self, plan: &BatchPlan) -> Result<BatchQuote, SpliceError> {
-        self.batches.quote(plan)
+        self.batches.quote_batch(plan)
     }
 
     /// The record of a batch.
     pub fn batch_status(&self, id: BatchId) -> Option<BatchRecord> {
-        self.batches.status(id)
+        self.batches.batch_status(id)
     }
 
     /// Cancels a batch that is not signed yet.
     pub fn cancel_batch(&self, id: BatchId) -> Result<(), SpliceError> {
-        let result = self.batches.cancel(id);
+        let result = self.batches.cancel_batch(id);
         self.send_queued_messages();
         result
     }

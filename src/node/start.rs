@@ -259,7 +259,7 @@ impl Node {
         {
             let notify = notify.clone();
             let listeners = event_listeners.clone();
-            coordinator.set_event_notifier(Box::new(move |event| {
+            coordinator.observe_written_events(Box::new(move |event| {
                 for listener in listeners.lock().unwrap_or_else(|e| e.into_inner()).iter() {
                     listener(event);
                 }

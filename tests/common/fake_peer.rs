@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use bitcoin::constants::ChainHash;
 use bitcoin::secp256k1::PublicKey;
-use ldk_splice::logger::LogBridge;
 use ldk_splice::node::{ChannelManager, Node, Store};
+use ldk_splice::LogBridge;
 use lightning::ln::msgs::{self, BaseMessageHandler, ChannelMessageHandler, MessageSendEvent};
 use lightning::ln::peer_handler::{IgnoringMessageHandler, MessageHandler};
 use lightning::ln::types::ChannelId;
