@@ -216,8 +216,8 @@ async fn run() -> Result<(), Error> {
         "  quote: {} legs, fee {} sat, {} WU as separate transactions ({} WU as one)",
         quote.legs.len(),
         quote.total_fee.to_sat(),
-        quote.total_weight_wu,
-        quote.single_tx_weight_wu
+        quote.total_weight.to_wu(),
+        quote.single_tx_weight.to_wu()
     );
     let batch = a.start_batch(plan)?;
     a.wait_for_batch(batch, WAIT, |s| *s != BatchState::Negotiating)

@@ -1,6 +1,6 @@
 //! Fee policies and quotes.
 
-use bitcoin::{Amount, FeeRate, OutPoint, Weight};
+use bitcoin::{Amount, FeeRate, OutPoint, SignedAmount, Weight};
 use lightning::chain::chaininterface::{ConfirmationTarget, FeeEstimator};
 use serde::{Deserialize, Serialize};
 
@@ -139,13 +139,15 @@ impl Default for FeePolicy {
 #[non_exhaustive]
 pub struct SpliceQuote {
     /// The feerate used.
-    pub feerate_sat_per_kwu: u64,
+    #[serde(rename = "feerate_sat_per_kwu")]
+    pub feerate: FeeRate,
     /// Our share of the fee.
     #[serde(with = "bitcoin::amount::serde::as_sat")]
     pub fee: Amount,
     /// The weight of the splice transaction, as far as we build it (the
     /// counterparty may add inputs and outputs of its own).
-    pub weight_wu: u64,
+    #[serde(rename = "weight_wu")]
+    pub weight: Weight,
     /// Wallet coins it would spend.
     pub inputs: Vec<OutPoint>,
     /// Change back to the wallet.
@@ -158,12 +160,6 @@ pub struct SpliceQuote {
     #[serde(with = "bitcoin::amount::serde::as_sat")]
     pub capacity_after: Amount,
     /// Our channel balance change (negative for a splice-out).
-    pub net_value_sat: i64,
-}
-
-impl SpliceQuote {
-    /// The transaction weight.
-    pub fn weight(&self) -> Weight {
-        Weight::from_wu(self.weight_wu)
-    }
+    #[serde(rename = "net_value_sat", with = "bitcoin::amount::serde::as_sat")]
+    pub net_value: SignedAmount,
 }

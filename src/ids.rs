@@ -66,6 +66,31 @@ pub(crate) mod channel_id_hex {
     }
 }
 
+/// Serializes a `SystemTime` as whole seconds since the Unix epoch.
+pub(crate) mod unix_seconds {
+    use std::time::SystemTime;
+
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(super::to_unix_seconds(*time))
+    }
+}
+
+/// `time` in whole seconds since the Unix epoch (0 before it).
+pub(crate) fn to_unix_seconds(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `seconds` since the Unix epoch as a time (saturating far in the future).
+pub(crate) fn from_unix_seconds(seconds: u64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH
+        .checked_add(std::time::Duration::from_secs(seconds))
+        .unwrap_or(std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::from(u32::MAX)))
+}
+
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()

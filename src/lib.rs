@@ -15,6 +15,7 @@ mod logger;
 pub mod node;
 mod record;
 mod store;
+mod stored;
 mod wallet;
 mod weights;
 

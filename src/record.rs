@@ -1,7 +1,9 @@
 //! What the crate knows of each splice and batch: states and records.
 
 use bitcoin::secp256k1::PublicKey;
-use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, TxOut, Txid};
+use std::time::SystemTime;
+
+use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, SignedAmount, TxOut, Txid};
 use lightning::ln::types::ChannelId;
 use serde::{Deserialize, Serialize};
 
@@ -131,8 +133,10 @@ impl From<&TxOut> for SpliceOutput {
     }
 }
 
-/// Everything known about one splice.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Everything known about one splice. It serializes (for display, e.g. as
+/// JSON) with amounts in sat, feerates in sat/kwu and times in Unix
+/// seconds; the journal stores it in a private, versioned form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct SpliceRecord {
     /// Its id.
@@ -154,7 +158,8 @@ pub struct SpliceRecord {
     /// What the channel pays out.
     pub outputs: Vec<SpliceOutput>,
     /// The feerate the contribution was built at.
-    pub feerate_sat_per_kwu: u64,
+    #[serde(rename = "feerate_sat_per_kwu")]
+    pub feerate: FeeRate,
     /// Our share of the fee, as LDK estimated it for the contribution.
     #[serde(with = "bitcoin::amount::serde::as_sat")]
     pub fee: Amount,
@@ -162,8 +167,9 @@ pub struct SpliceRecord {
     /// counterparty's fee bump of this splice is signed only within it.
     #[serde(with = "bitcoin::amount::serde::as_sat")]
     pub max_fee: Amount,
-    /// The highest feerate we agreed to, in sat/kwu.
-    pub max_feerate_sat_per_kwu: u64,
+    /// The highest feerate we agreed to.
+    #[serde(rename = "max_feerate_sat_per_kwu")]
+    pub max_feerate: FeeRate,
     /// Wallet coins the splice spends; they stay locked in the wallet until
     /// the splice ends.
     pub inputs: Vec<OutPoint>,
@@ -174,7 +180,8 @@ pub struct SpliceRecord {
     pub capacity_before: Amount,
     /// Our balance change in the channel: what we add minus what we take out
     /// minus our fee (negative for a splice-out).
-    pub net_value_sat: i64,
+    #[serde(rename = "net_value_sat", with = "bitcoin::amount::serde::as_sat")]
+    pub net_value: SignedAmount,
     /// The newest negotiated transaction.
     pub txid: Option<Txid>,
     /// Every transaction negotiated for this splice, oldest first (a fee
@@ -191,14 +198,16 @@ pub struct SpliceRecord {
     /// queued move starting after its batch was signed is signed alone).
     #[serde(default)]
     pub sign_with_batch: bool,
-    /// Unix time of the request.
-    pub created_at: u64,
-    /// Unix time of the last change.
-    pub updated_at: u64,
+    /// When it was requested.
+    #[serde(with = "crate::ids::unix_seconds")]
+    pub created_at: SystemTime,
+    /// When it last changed.
+    #[serde(with = "crate::ids::unix_seconds")]
+    pub updated_at: SystemTime,
 }
 
 /// One transaction negotiated for a splice, with what it costs us.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct SpliceCandidate {
     /// The transaction.
@@ -210,7 +219,8 @@ pub struct SpliceCandidate {
     #[serde(with = "bitcoin::amount::serde::as_sat::opt")]
     pub change: Option<Amount>,
     /// Our balance change in the channel if it is the one that locks.
-    pub net_value_sat: i64,
+    #[serde(rename = "net_value_sat", with = "bitcoin::amount::serde::as_sat")]
+    pub net_value: SignedAmount,
 }
 
 impl SpliceRecord {
@@ -225,7 +235,7 @@ impl SpliceRecord {
             txid,
             fee: self.fee,
             change: self.change.as_ref().map(|c| c.value),
-            net_value_sat: self.net_value_sat,
+            net_value: self.net_value,
         };
         match self.candidates.iter_mut().find(|c| c.txid == txid) {
             Some(known) => *known = candidate,
@@ -238,16 +248,11 @@ impl SpliceRecord {
         self.txid = Some(txid);
         if let Some(candidate) = self.candidates.iter().find(|c| c.txid == txid).cloned() {
             self.fee = candidate.fee;
-            self.net_value_sat = candidate.net_value_sat;
+            self.net_value = candidate.net_value;
             if let (Some(change), Some(value)) = (self.change.as_mut(), candidate.change) {
                 change.value = value;
             }
         }
-    }
-
-    /// The feerate the contribution was built at.
-    pub fn feerate(&self) -> FeeRate {
-        FeeRate::from_sat_per_kwu(self.feerate_sat_per_kwu)
     }
 
     /// Whether this splice is one the counterparty started.

@@ -1012,7 +1012,7 @@ async fn check_quote_against_splice(setup: &Setup, request: ResizeRequest, polic
     assert_eq!(again, quote, "quoting twice gives the same answer");
     watch.unchanged("after two quotes");
     assert_eq!(quote.capacity_before, capacity);
-    assert_eq!(quote.feerate_sat_per_kwu, FEERATE.to_sat_per_kwu());
+    assert_eq!(quote.feerate.to_sat_per_kwu(), FEERATE.to_sat_per_kwu());
     assert_eq!(quote.inputs.is_empty(), request.add == Amount::ZERO);
 
     let id = a
@@ -1043,7 +1043,7 @@ async fn check_quote_against_splice(setup: &Setup, request: ResizeRequest, polic
     );
     assert_eq!(
         quote.capacity_after.to_sat() as i64 - quote.capacity_before.to_sat() as i64,
-        quote.net_value_sat,
+        quote.net_value.to_sat(),
         "the capacity changes by our net contribution"
     );
     assert!(a.coordinator().locked_coins().is_empty());
@@ -1076,10 +1076,14 @@ fn check_record_against_quote(record: &ldk_splice::SpliceRecord, quote: &SpliceQ
         "change as quoted"
     );
     assert_eq!(
-        record.net_value_sat, quote.net_value_sat,
+        record.net_value.to_sat(),
+        quote.net_value.to_sat(),
         "net value as quoted"
     );
-    assert_eq!(record.feerate_sat_per_kwu, quote.feerate_sat_per_kwu);
+    assert_eq!(
+        record.feerate.to_sat_per_kwu(),
+        quote.feerate.to_sat_per_kwu()
+    );
     assert_eq!(record.capacity_before, quote.capacity_before);
 }
 
@@ -1099,9 +1103,9 @@ fn check_tx_against_quote(chain: &DevChain, tx: &Transaction, quote: &SpliceQuot
     // may come out a byte shorter than the estimate, never longer.
     let weight = tx.weight().to_wu();
     assert!(
-        weight <= quote.weight_wu && quote.weight_wu - weight <= 8,
+        weight <= quote.weight.to_wu() && quote.weight.to_wu() - weight <= 8,
         "transaction weighs {weight} wu, quoted {} wu",
-        quote.weight_wu
+        quote.weight.to_wu()
     );
 }
 

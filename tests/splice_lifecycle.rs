@@ -61,7 +61,7 @@ async fn payments_flow_before_and_after_lock_and_an_inflight_one_completes() {
         a.channel(&channel_id).unwrap().channel_value_satoshis,
         (CAPACITY + Amount::from_sat(200_000)).to_sat()
     );
-    assert_eq!(record.net_value_sat, 200_000);
+    assert_eq!(record.net_value.to_sat(), 200_000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -245,7 +245,7 @@ async fn restart_between_broadcast_and_lock_still_locks() {
         .wait_for_splice(id, WAIT, |s| *s == SpliceState::Locked)
         .await
         .expect("locks after the restart");
-    assert_eq!(locked.net_value_sat, 200_000);
+    assert_eq!(locked.net_value.to_sat(), 200_000);
     assert_eq!(alice_node.list_splices().len(), 1);
     assert_eq!(
         alice_node

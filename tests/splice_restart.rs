@@ -80,7 +80,7 @@ fn identity(record: &SpliceRecord) -> impl PartialEq + std::fmt::Debug {
         record.fee,
         record.inputs.clone(),
         record.change.clone(),
-        record.net_value_sat,
+        record.net_value.to_sat(),
         record.capacity_before,
         record.created_at,
     )

@@ -583,7 +583,11 @@ async fn a_splice_the_counterparty_starts_is_recorded_as_theirs() {
         .unwrap();
     assert_eq!(record.origin, SpliceOrigin::Theirs);
     assert_eq!(record.capacity_before, CAPACITY);
-    assert_eq!(record.net_value_sat, 0, "Alice's balance does not change");
+    assert_eq!(
+        record.net_value.to_sat(),
+        0,
+        "Alice's balance does not change"
+    );
     assert!(record.inputs.is_empty());
     let err = a.cancel_splice(record.id).expect_err("theirs");
     assert!(matches!(err, SpliceError::NotCancellable { .. }), "{err:?}");

@@ -45,7 +45,7 @@ async fn splice_in_reaches_locked_with_exact_balances() {
         record.fee,
         "we pay the whole fee as initiator"
     );
-    assert_eq!(record.net_value_sat, added.to_sat() as i64);
+    assert_eq!(record.net_value.to_sat(), added.to_sat() as i64);
 
     mine(&chain, 6, &[a, b]).await;
     let record = a
@@ -173,7 +173,7 @@ async fn splice_out_to_an_external_address() {
     .await;
     let fee = spliced.record.fee;
     assert_eq!(
-        spliced.record.net_value_sat,
+        spliced.record.net_value.to_sat(),
         -((amount + fee).to_sat() as i64)
     );
     assert!(
@@ -286,7 +286,10 @@ async fn resize_adds_and_pays_out_in_one_splice() {
     })
     .await;
     let fee = spliced.record.fee;
-    assert_eq!(spliced.record.net_value_sat, (add - out).to_sat() as i64);
+    assert_eq!(
+        spliced.record.net_value.to_sat(),
+        (add - out).to_sat() as i64
+    );
     let capacity = CAPACITY + add - out;
     assert_eq!(
         a.channel(&channel_id).unwrap().channel_value_satoshis,
@@ -323,7 +326,7 @@ async fn resize_adds_and_pays_out_in_one_splice() {
     .await;
     let fee = spliced.record.fee;
     assert_eq!(
-        spliced.record.net_value_sat,
+        spliced.record.net_value.to_sat(),
         add.to_sat() as i64 - out.to_sat() as i64
     );
     assert_eq!(

@@ -262,7 +262,7 @@ impl Setup {
             "manager_encode_ms": (manager_encode_ms * 10.0).round() / 10.0,
             "peak_rss_bytes": peak_rss_bytes(),
             "total_weight": total_weight,
-            "single_tx_weight": quote.single_tx_weight_wu,
+            "single_tx_weight": quote.single_tx_weight.to_wu(),
         })
         .to_string())
     }

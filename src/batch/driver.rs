@@ -13,7 +13,7 @@ use super::{BatchCoordinator, BatchId, BatchRecord, BatchState, LegRole};
 use crate::coordinator::{LegOutcome, LegStart, Notice, PlanMode, ResizeRequest, SignLegsError};
 use crate::error::SpliceError;
 use crate::fees::FeePolicy;
-use crate::ids::{unix_now, ChannelRef, SpliceId};
+use crate::ids::{ChannelRef, SpliceId};
 use crate::record::{SpliceRecord, SpliceState};
 use crate::wallet::CoinPool;
 
@@ -265,7 +265,7 @@ where
                     part.counterparty
                 ),
             }
-        } else if unix_now() > record.deadline {
+        } else if std::time::SystemTime::now() > record.deadline {
             BatchState::Failed {
                 leg: not_ready.first().map_or(0, |p| p.leg),
                 reason: "the deadline passed before every leg was ready to sign".into(),
@@ -308,13 +308,9 @@ where
             if !out_confirmed {
                 continue;
             }
-            let fee = FeePolicy::fixed(bitcoin::FeeRate::from_sat_per_kwu(
-                batch.feerate_sat_per_kwu,
-            ))
-            .with_max_feerate(bitcoin::FeeRate::from_sat_per_kwu(
-                batch.max_feerate_sat_per_kwu,
-            ))
-            .with_max_fee(bitcoin::Amount::from_sat(batch.max_fee_sat));
+            let fee = FeePolicy::fixed(batch.feerate)
+                .with_max_feerate(batch.max_feerate)
+                .with_max_fee(batch.max_fee);
             let channel = ChannelRef {
                 channel_id: part.channel_id,
                 counterparty: part.counterparty,

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bitcoin::Amount;
+use bitcoin::{Amount, Weight};
 use lightning::chain::chaininterface::FeeEstimator;
 use lightning::ln::channelmanager::AChannelManager;
 
@@ -16,7 +16,6 @@ use crate::coordinator::{LegOutcome, LegStart, PlanMode, ResizeRequest, SpliceCo
 use crate::error::SpliceError;
 use crate::events::SpliceEvent;
 use crate::fees::FeePolicy;
-use crate::ids::unix_now;
 use crate::journal::{Change, BATCH};
 use crate::wallet::{CoinPool, SpliceCoinSource};
 use crate::weights;
@@ -53,7 +52,8 @@ where
     pub fn new(coordinator: Arc<SpliceCoordinator<CM, F>>) -> Result<Arc<Self>, SpliceError> {
         let mut records = BTreeMap::new();
         for body in coordinator.journal.take_loaded(BATCH) {
-            let record: BatchRecord = serde_json::from_value(body)
+            let record: BatchRecord = serde_json::from_value::<crate::stored::StoredBatch>(body)
+                .map(BatchRecord::from)
                 .map_err(|e| SpliceError::Persistence(format!("unreadable batch record: {e}")))?;
             records.insert(record.id, record);
         }
@@ -114,8 +114,8 @@ where
         let fee = FeePolicy::fixed(feerate)
             .with_max_feerate(plan.fee.max_feerate)
             .with_max_fee(plan.fee.max_fee);
-        let now = unix_now();
-        let deadline = now.saturating_add(plan.deadline.as_secs().max(1));
+        let now = std::time::SystemTime::now();
+        let deadline = now + plan.deadline.max(std::time::Duration::from_secs(1));
 
         let pool = Arc::new(CoinPool::default());
         let mut starts = Vec::new();
@@ -174,9 +174,9 @@ where
                     }
                 })
                 .collect(),
-            max_feerate_sat_per_kwu: fee.max_feerate.to_sat_per_kwu(),
-            max_fee_sat: fee.max_fee.to_sat(),
-            feerate_sat_per_kwu: feerate.to_sat_per_kwu(),
+            max_feerate: fee.max_feerate,
+            max_fee: fee.max_fee,
+            feerate,
             deadline,
             created_at: now,
         };
@@ -252,7 +252,7 @@ where
                     leg: part.leg,
                     role: part.role,
                     fee: quote.fee,
-                    weight_wu: quote.weight_wu,
+                    weight: quote.weight,
                     inputs: quote.inputs,
                     queued: false,
                 },
@@ -268,7 +268,7 @@ where
                         leg: part.leg,
                         role: part.role,
                         fee,
-                        weight_wu: weight_for_fee(fee, checked.feerate),
+                        weight: weight_for_fee(fee, checked.feerate),
                         inputs: Vec::new(),
                         queued: true,
                     }
@@ -279,20 +279,20 @@ where
         }
         legs.sort_by_key(|l| (l.leg, l.role == LegRole::MoveIn));
         let total_fee = legs.iter().map(|l| l.fee).sum::<Amount>();
-        let total_weight_wu: u64 = legs.iter().map(|l| l.weight_wu).sum();
+        let total_weight: Weight = legs.iter().map(|l| l.weight).sum();
         // One transaction would carry the common fields once and a single
         // change output for everything the wallet puts in.
         let transactions = legs.len() as u64;
         let changes = legs.iter().filter(|l| !l.inputs.is_empty()).count() as u64;
-        let change_weight = (8 + 1 + 22) * 4;
-        let single_tx_weight_wu = total_weight_wu
-            .saturating_sub(weights::TX_COMMON_FIELDS.to_wu() * transactions.saturating_sub(1))
-            .saturating_sub(change_weight * changes.saturating_sub(1));
+        let change_weight = Weight::from_wu((8 + 1 + 22) * 4);
+        let single_tx_weight = total_weight
+            - weights::TX_COMMON_FIELDS * transactions.saturating_sub(1)
+            - change_weight * changes.saturating_sub(1);
         Ok(BatchQuote {
             legs,
             total_fee,
-            total_weight_wu,
-            single_tx_weight_wu,
+            total_weight,
+            single_tx_weight,
         })
     }
 
@@ -335,7 +335,7 @@ pub(super) fn batch_change(record: &BatchRecord) -> Result<Change, SpliceError> 
     Change::new(
         BATCH,
         record.id.0,
-        record,
+        &crate::stored::StoredBatch::from(record),
         vec![SpliceEvent::BatchStateChanged {
             batch: record.id,
             state: record.state.clone(),
@@ -345,5 +345,10 @@ pub(super) fn batch_change(record: &BatchRecord) -> Result<Change, SpliceError> 
 
 /// The journal change writing `record` when its state did not change.
 pub(super) fn quiet_change(record: &BatchRecord) -> Result<Change, SpliceError> {
-    Change::new(BATCH, record.id.0, record, Vec::new())
+    Change::new(
+        BATCH,
+        record.id.0,
+        &crate::stored::StoredBatch::from(record),
+        Vec::new(),
+    )
 }

@@ -17,10 +17,10 @@ mod execute;
 pub use execute::BatchCoordinator;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bitcoin::secp256k1::PublicKey;
-use bitcoin::{Amount, Weight};
+use bitcoin::{Amount, FeeRate, Weight};
 use lightning::ln::types::ChannelId;
 use serde::{Deserialize, Serialize};
 
@@ -142,8 +142,10 @@ pub struct BatchPart {
     pub queued: bool,
 }
 
-/// A batch and its legs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A batch and its legs. It serializes (for display) with amounts in sat,
+/// feerates in sat/kwu and times in Unix seconds; the journal stores it in
+/// a private, versioned form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct BatchRecord {
     /// Its id.
@@ -153,16 +155,21 @@ pub struct BatchRecord {
     pub state: BatchState,
     /// Its splices.
     pub parts: Vec<BatchPart>,
-    /// The fee policy's feerate cap, in sat/kwu (queued legs use it).
-    pub max_feerate_sat_per_kwu: u64,
-    /// The fee policy's fee cap, in sat (queued legs use it).
-    pub max_fee_sat: u64,
-    /// The feerate every leg uses, in sat/kwu.
-    pub feerate_sat_per_kwu: u64,
-    /// Unix time by which every leg must be ready to sign.
-    pub deadline: u64,
-    /// Unix time of the request.
-    pub created_at: u64,
+    /// The fee policy's feerate cap (queued legs use it).
+    #[serde(rename = "max_feerate_sat_per_kwu")]
+    pub max_feerate: FeeRate,
+    /// The fee policy's fee cap (queued legs use it).
+    #[serde(rename = "max_fee_sat", with = "bitcoin::amount::serde::as_sat")]
+    pub max_fee: Amount,
+    /// The feerate every leg uses.
+    #[serde(rename = "feerate_sat_per_kwu")]
+    pub feerate: FeeRate,
+    /// When every leg must be ready to sign by.
+    #[serde(with = "crate::ids::unix_seconds")]
+    pub deadline: SystemTime,
+    /// When it was requested.
+    #[serde(with = "crate::ids::unix_seconds")]
+    pub created_at: SystemTime,
 }
 
 /// One leg's share of a batch quote.
@@ -177,7 +184,8 @@ pub struct LegQuote {
     #[serde(with = "bitcoin::amount::serde::as_sat")]
     pub fee: Amount,
     /// Its transaction's weight.
-    pub weight_wu: u64,
+    #[serde(rename = "weight_wu")]
+    pub weight: Weight,
     /// Wallet coins it would spend.
     pub inputs: Vec<bitcoin::OutPoint>,
     /// Whether it would wait for a splice-out to confirm first.
@@ -195,11 +203,13 @@ pub struct BatchQuote {
     #[serde(with = "bitcoin::amount::serde::as_sat")]
     pub total_fee: Amount,
     /// The weight of all the batch's transactions (one per channel).
-    pub total_weight_wu: u64,
+    #[serde(rename = "total_weight_wu")]
+    pub total_weight: Weight,
     /// What one transaction carrying the whole batch would weigh, for
     /// comparison: LDK negotiates one transaction per channel, so the batch
     /// pays for the common fields (and a change output) once per channel.
-    pub single_tx_weight_wu: u64,
+    #[serde(rename = "single_tx_weight_wu")]
+    pub single_tx_weight: Weight,
 }
 
 /// A plan leg broken into splices, before anything is started.
@@ -297,7 +307,7 @@ fn part_key(part: &Part) -> usize {
     part.leg * 2 + usize::from(part.role == LegRole::MoveIn)
 }
 
-fn weight_for_fee(fee: Amount, feerate: bitcoin::FeeRate) -> u64 {
+fn weight_for_fee(fee: Amount, feerate: bitcoin::FeeRate) -> Weight {
     let rate = feerate.to_sat_per_kwu().max(1);
-    Weight::from_wu(fee.to_sat() * 1000 / rate).to_wu()
+    Weight::from_wu(fee.to_sat().saturating_mul(1000) / rate)
 }

@@ -12,7 +12,7 @@ use lightning::ln::channelmanager::AChannelManager;
 use super::{Notice, SpliceCoordinator, State};
 use crate::error::SpliceError;
 use crate::events::SpliceEvent;
-use crate::ids::{unix_now, SpliceId};
+use crate::ids::SpliceId;
 use crate::journal::{Change, SPLICE};
 use crate::record::{SpliceRecord, SpliceState};
 
@@ -67,7 +67,7 @@ where
         updates: Vec<Update>,
         extra: Vec<Change>,
     ) -> Result<(), SpliceError> {
-        let now = unix_now();
+        let now = std::time::SystemTime::now();
         let mut changes = Vec::with_capacity(updates.len() + extra.len());
         let mut records = Vec::with_capacity(updates.len());
         for Update { mut record, passed } in updates {
@@ -87,7 +87,8 @@ where
                 }
             }
             record.updated_at = now;
-            changes.push(Change::new(SPLICE, record.id.0, &record, events)?);
+            let stored = crate::stored::StoredSplice::from(&record);
+            changes.push(Change::new(SPLICE, record.id.0, &stored, events)?);
             records.push((record, before));
         }
         changes.extend(extra);

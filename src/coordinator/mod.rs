@@ -168,7 +168,8 @@ where
         let journal = Arc::new(Journal::load(store)?);
         let mut records = BTreeMap::new();
         for body in journal.take_loaded(SPLICE) {
-            let record: SpliceRecord = serde_json::from_value(body)
+            let record: SpliceRecord = serde_json::from_value::<crate::stored::StoredSplice>(body)
+                .map(SpliceRecord::from)
                 .map_err(|e| SpliceError::Persistence(format!("unreadable splice record: {e}")))?;
             records.insert(record.id, record);
         }

@@ -13,7 +13,7 @@ use super::request::{Destination, ResizeRequest};
 use super::{SpliceCoordinator, State};
 use crate::error::SpliceError;
 use crate::fees::{FeePolicy, SpliceQuote};
-use crate::ids::{unix_now, ChannelRef, SpliceId};
+use crate::ids::{ChannelRef, SpliceId};
 use crate::record::{SpliceOrigin, SpliceOutput, SpliceRecord, SpliceState};
 use crate::wallet::{CoinPool, SpliceCoinSource};
 use crate::weights;
@@ -359,7 +359,7 @@ where
         fee: &FeePolicy,
         contribution: &FundingContribution,
     ) -> SpliceRecord {
-        let now = unix_now();
+        let now = std::time::SystemTime::now();
         SpliceRecord {
             id,
             channel_id: plan.channel.channel_id,
@@ -368,14 +368,14 @@ where
             state: SpliceState::Requested,
             add: plan.add,
             outputs: plan.outputs.iter().map(SpliceOutput::from).collect(),
-            feerate_sat_per_kwu: plan.feerate.to_sat_per_kwu(),
+            feerate: plan.feerate,
             fee: contribution.estimated_fee(),
             max_fee: fee.max_fee,
-            max_feerate_sat_per_kwu: fee.max_feerate.to_sat_per_kwu(),
+            max_feerate: fee.max_feerate,
             inputs: contribution.inputs().iter().map(|i| i.outpoint()).collect(),
             change: change_of(contribution, &plan.outputs),
             capacity_before: Amount::from_sat(plan.channel.channel_value_satoshis),
-            net_value_sat: contribution.net_value().to_sat(),
+            net_value: contribution.net_value(),
             txid: None,
             candidates: Vec::new(),
             confirmation_height: None,
@@ -408,14 +408,14 @@ where
             .and_then(|c| c.to_unsigned().ok())
             .ok_or_else(|| SpliceError::InvalidRequest("capacity out of range".into()))?;
         Ok(SpliceQuote {
-            feerate_sat_per_kwu: plan.feerate.to_sat_per_kwu(),
+            feerate: plan.feerate,
             fee: contribution.estimated_fee(),
-            weight_wu: contribution_weight(&contribution).to_wu(),
+            weight: contribution_weight(&contribution),
             inputs: contribution.inputs().iter().map(|i| i.outpoint()).collect(),
             change: contribution.change_output().map(|c| c.value),
             capacity_before,
             capacity_after,
-            net_value_sat: net_value.to_sat(),
+            net_value,
         })
     }
 }

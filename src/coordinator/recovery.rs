@@ -17,7 +17,7 @@ use lightning::ln::channelmanager::AChannelManager;
 
 use super::{SpliceCoordinator, State, Update};
 use crate::error::SpliceError;
-use crate::ids::{unix_now, SpliceId};
+use crate::ids::SpliceId;
 use crate::record::{SpliceOrigin, SpliceRecord, SpliceState};
 
 /// The candidate of `record` LDK counts as confirmed, if any.
@@ -225,7 +225,7 @@ where
         if known {
             return Ok(());
         }
-        let now = unix_now();
+        let now = std::time::SystemTime::now();
         let record = SpliceRecord {
             id: SpliceId(state.next_id),
             channel_id: channel.channel_id,
@@ -234,14 +234,14 @@ where
             state: SpliceState::Broadcast,
             add: Amount::ZERO,
             outputs: Vec::new(),
-            feerate_sat_per_kwu: 0,
+            feerate: bitcoin::FeeRate::ZERO,
             fee: Amount::ZERO,
             max_fee: Amount::ZERO,
-            max_feerate_sat_per_kwu: 0,
+            max_feerate: bitcoin::FeeRate::ZERO,
             inputs: Vec::new(),
             change: None,
             capacity_before: Amount::from_sat(channel.channel_value_satoshis),
-            net_value_sat: 0,
+            net_value: bitcoin::SignedAmount::ZERO,
             txid: txids.last().copied(),
             candidates: Vec::new(),
             confirmation_height: None,

@@ -310,11 +310,11 @@ where
                     record.max_fee.to_sat()
                 ));
             }
-            if c.feerate().to_sat_per_kwu() > record.max_feerate_sat_per_kwu {
+            if c.feerate() > record.max_feerate {
                 return Err(format!(
                     "its feerate of {} sat/kwu is above the cap of {} sat/kwu",
                     c.feerate().to_sat_per_kwu(),
-                    record.max_feerate_sat_per_kwu
+                    record.max_feerate.to_sat_per_kwu()
                 ));
             }
         }
@@ -352,7 +352,7 @@ where
 fn adopt(record: &mut SpliceRecord, contribution: Option<&FundingContribution>, tx: &Transaction) {
     if let Some(contribution) = contribution {
         record.fee = contribution.estimated_fee();
-        record.net_value_sat = contribution.net_value().to_sat();
+        record.net_value = contribution.net_value();
         if let Some(change) = &record.change {
             if let Some(paid) = tx
                 .output
