@@ -478,3 +478,74 @@ fn value_of(chain: &DevChain, outpoints: &[OutPoint]) -> Amount {
         })
         .sum()
 }
+
+/// `Node::stop` then `Node::start` on the same value, as LDK Node does: the
+/// node catches up with blocks mined while it was stopped, its peer comes
+/// back, and a splice and a payment go through. Starting twice is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_stopped_and_started_on_the_same_value_splices_again() {
+    let Setup {
+        chain,
+        alice,
+        bob,
+        channel_id,
+    } = two_nodes_with_channel(CAPACITY, PAID_TO_BOB_MSAT).await;
+    let (a, b) = (&alice.node, &bob.node);
+    a.stop().await.expect("stops");
+    assert!(!a.is_running());
+    a.stop()
+        .await
+        .expect("stopping a stopped node does nothing");
+    b.wait_until(WAIT, "Bob to see Alice gone", |n| {
+        !n.is_connected(&a.node_id())
+    })
+    .await
+    .expect("disconnected");
+    let stopped_at = a.best_block_height();
+    chain.mine_blocks_to_burn(3);
+    assert_eq!(
+        a.best_block_height(),
+        stopped_at,
+        "a stopped node syncs nothing"
+    );
+
+    a.start().await.expect("starts again");
+    assert!(a.is_running());
+    assert!(matches!(
+        a.start().await,
+        Err(ldk_splice::node::NodeError::InvalidInput(_))
+    ));
+    wait_synced(&chain, a).await;
+    assert_eq!(a.best_block_height(), stopped_at + 3);
+    a.wait_until(WAIT, "Bob back and the channel usable", |n| {
+        n.channel(&channel_id).is_some_and(|c| c.is_usable)
+    })
+    .await
+    .expect("reconnected");
+
+    let wallet_before = a.onchain_balance().confirmed;
+    let added = Amount::from_sat(120_000);
+    let id = a
+        .splice_in(&channel_id, &b.node_id(), added, fee())
+        .expect("splice-in accepted");
+    let record = a
+        .wait_for_splice(id, WAIT, |s| *s == SpliceState::Broadcast)
+        .await
+        .expect("broadcast");
+    wait_in_mempool(&chain, &record.txid.unwrap()).await;
+    mine(&chain, 6, &[a, b]).await;
+    let record = a
+        .wait_for_splice(id, WAIT, |s| *s == SpliceState::Locked)
+        .await
+        .expect("locked");
+    assert_eq!(
+        a.channel(&channel_id).unwrap().channel_value_satoshis,
+        (CAPACITY + added).to_sat()
+    );
+    a.wait_until(WAIT, "the wallet to see the splice", |n| {
+        n.onchain_balance().confirmed == wallet_before - added - record.fee
+    })
+    .await
+    .expect("wallet paid exactly the amount and the fee");
+    pay(a, b, 50_000_000).await;
+}

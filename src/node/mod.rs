@@ -7,8 +7,12 @@
 //! same JSON-RPC calls.
 
 mod bitcoind;
-mod config;
+mod builder;
+mod channels;
+mod connections;
+mod error;
 mod events;
+mod invoices;
 mod keys;
 mod manager_store;
 mod payments;
@@ -53,7 +57,8 @@ use lightning::util::ser::{ReadableArgs, Writeable};
 use lightning_background_processor::{BackgroundProcessor, GossipSync as BpGossipSync};
 
 pub use self::bitcoind::{Bitcoind, BroadcastRecord};
-pub use self::config::{ChainFeed, NodeBuilder, NodeConfig, NodeError, StoreWrapper};
+pub use self::builder::{ChainFeed, NodeBuilder, NodeConfig, StoreWrapper};
+pub use self::error::NodeError;
 pub use self::keys::WalletSignerProvider;
 pub use self::payments::{PaymentDirection, PaymentInfo, PaymentStatus};
 pub use self::sync::ChainListeners;
@@ -64,7 +69,6 @@ pub use self::types::{
 use self::events::NodeEventHandler;
 use self::payments::PaymentStore;
 use self::peers::PeerStore;
-use self::tasks::connect_peer;
 use crate::batch::{BatchId, BatchPlan, BatchQuote, BatchRecord, BatchState};
 use crate::coordinator::{CoordinatorConfig, Destination, ResizeRequest};
 use crate::events::EventNotifier;
@@ -76,8 +80,9 @@ use crate::store::SharedStore;
 use crate::wallet::{BdkWallet, FundingWallet, WalletBalance, WalletError};
 use crate::SpliceError;
 
-/// A running LDK node. Stop it with [`Node::stop`]; start it again from the
-/// same data directory with a new [`NodeBuilder`].
+/// An LDK node, started by [`NodeBuilder::start`]. [`Node::stop`] stops its
+/// tasks and writes its state; [`Node::start`] starts them again on the same
+/// value (or build a new node from the same data directory).
 pub struct Node {
     config: NodeConfig,
     keys: Arc<KeysManager>,
@@ -95,9 +100,10 @@ pub struct Node {
     notify: Arc<tokio::sync::Notify>,
     event_listeners: Arc<Mutex<Vec<EventNotifier>>>,
     listen_addr: SocketAddr,
-    stop_sender: tokio::sync::watch::Sender<bool>,
-    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    background: Mutex<Option<BackgroundProcessor>>,
+    /// What (re)starting the tasks needs.
+    wiring: tasks::Wiring,
+    /// The tasks and the background processor, while started.
+    running: Mutex<Option<tasks::Running>>,
 }
 
 const SEED_FILE: &str = "seed";
@@ -180,180 +186,6 @@ impl Node {
         [&*self.channel_manager, &*self.chain_monitor, &*self.wallet]
     }
 
-    /// Connects to a peer and waits for the handshake to finish.
-    pub async fn connect(&self, node_id: PublicKey, addr: SocketAddr) -> Result<(), NodeError> {
-        connect_peer(&self.peer_manager, node_id, addr).await?;
-        self.peers.insert(node_id, addr);
-        Ok(())
-    }
-
-    /// Whether the handshake with `node_id` is done and the peer is connected.
-    pub fn is_connected(&self, node_id: &PublicKey) -> bool {
-        self.peer_manager.peer_by_node_id(node_id).is_some()
-    }
-
-    /// Disconnects `node_id` (the reconnect task will dial it again later if
-    /// we have a channel with it).
-    pub fn disconnect(&self, node_id: &PublicKey) {
-        self.peer_manager.disconnect_by_node_id(*node_id);
-    }
-
-    /// Opens a channel of `capacity` to a connected peer, funded from the
-    /// on-chain wallet, pushing `push` to them. Returns the temporary channel
-    /// id; the funding transaction is broadcast once the peer signs.
-    pub fn open_channel(
-        &self,
-        node_id: PublicKey,
-        capacity: Amount,
-        push: Amount,
-    ) -> Result<ChannelId, NodeError> {
-        if !self.is_connected(&node_id) {
-            return Err(NodeError::Connection(format!(
-                "peer {node_id} is not connected"
-            )));
-        }
-        let push_msat = push
-            .to_sat()
-            .checked_mul(1000)
-            .filter(|_| push < capacity)
-            .ok_or_else(|| NodeError::InvalidInput("push must be less than the capacity".into()))?;
-        let needed = capacity;
-        let available = self.wallet.available_balance();
-        if needed > available {
-            return Err(NodeError::Wallet(WalletError::InsufficientFunds {
-                needed,
-                available,
-            }));
-        }
-        let user_channel_id = u128::from_be_bytes(
-            self.keys.get_secure_random_bytes()[..16]
-                .try_into()
-                .unwrap_or([0; 16]),
-        );
-        self.channel_manager
-            .create_channel(
-                node_id,
-                capacity.to_sat(),
-                push_msat,
-                user_channel_id,
-                None,
-                None,
-            )
-            .map_err(|e| NodeError::Lightning(format!("{e:?}")))
-    }
-
-    /// Every channel, with its balances and state.
-    pub fn list_channels(&self) -> Vec<ChannelDetails> {
-        self.channel_manager.list_channels()
-    }
-
-    /// The channel with `channel_id`, if we have it.
-    pub fn channel(&self, channel_id: &ChannelId) -> Option<ChannelDetails> {
-        self.list_channels()
-            .into_iter()
-            .find(|c| c.channel_id == *channel_id)
-    }
-
-    /// Our balance in a channel, fees of the commitment transaction
-    /// included, as of the latest negotiated funding (a pending splice
-    /// counts). `None` for an unknown channel.
-    pub fn channel_balance(&self, channel_id: &ChannelId) -> Option<Amount> {
-        let monitor = self.chain_monitor.get_monitor(*channel_id).ok()?;
-        monitor
-            .get_claimable_balances()
-            .into_iter()
-            .find_map(|balance| match balance {
-                lightning::chain::channelmonitor::Balance::ClaimableOnChannelClose {
-                    balance_candidates,
-                    ..
-                } => balance_candidates
-                    .last()
-                    .map(|b| Amount::from_sat(b.amount_satoshis + b.transaction_fee_satoshis)),
-                _ => None,
-            })
-    }
-
-    /// Closes a channel cooperatively. LDK refuses to start a close while
-    /// a channel monitor update is still being written; the node writes
-    /// them right after persisting the channel manager (deferred monitor
-    /// writes), so this first waits (up to ten seconds) for those to land.
-    pub async fn close_channel(
-        &self,
-        channel_id: &ChannelId,
-        counterparty: &PublicKey,
-    ) -> Result<(), NodeError> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while self.chain_monitor.pending_operation_count() > 0
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        self.channel_manager
-            .close_channel(channel_id, counterparty)
-            .map_err(|e| NodeError::Lightning(format!("{e:?}")))
-    }
-
-    /// Creates a BOLT11 invoice for `amount_msat` (any amount when `None`).
-    pub fn create_invoice(
-        &self,
-        amount_msat: Option<u64>,
-        description: &str,
-        expiry: Duration,
-    ) -> Result<Bolt11Invoice, NodeError> {
-        let description = Description::new(description.to_string())
-            .map_err(|e| NodeError::InvalidInput(format!("description: {e}")))?;
-        let params = Bolt11InvoiceParameters {
-            amount_msats: amount_msat,
-            description: Bolt11InvoiceDescription::Direct(description),
-            invoice_expiry_delta_secs: Some(u32::try_from(expiry.as_secs()).unwrap_or(u32::MAX)),
-            ..Default::default()
-        };
-        let invoice = self
-            .channel_manager
-            .create_bolt11_invoice(params)
-            .map_err(|e| NodeError::Lightning(format!("{e:?}")))?;
-        let hash = invoice.payment_hash();
-        self.payments.upsert(hash, PaymentDirection::Inbound, |p| {
-            p.amount_msat = amount_msat
-        });
-        Ok(invoice)
-    }
-
-    /// Pays a BOLT11 invoice; returns its payment hash. Follow it with
-    /// [`Node::payment`] or [`Node::wait_for_payment`].
-    pub fn pay_invoice(&self, invoice: &Bolt11Invoice) -> Result<PaymentHash, NodeError> {
-        let hash = invoice.payment_hash();
-        let payment_id = PaymentId(hash.0);
-        self.payments.upsert(hash, PaymentDirection::Outbound, |p| {
-            p.amount_msat = invoice.amount_milli_satoshis();
-            p.status = PaymentStatus::Pending;
-        });
-        self.channel_manager
-            .pay_for_bolt11_invoice(
-                invoice,
-                payment_id,
-                None,
-                OptionalBolt11PaymentParams::default(),
-            )
-            .map_err(|e| {
-                self.payments.upsert(hash, PaymentDirection::Outbound, |p| {
-                    p.status = PaymentStatus::Failed;
-                });
-                NodeError::Lightning(format!("{e:?}"))
-            })?;
-        Ok(hash)
-    }
-
-    /// What the node knows of a payment.
-    pub fn payment(&self, hash: &PaymentHash) -> Option<PaymentInfo> {
-        self.payments.get(hash)
-    }
-
-    /// Every payment the node knows of.
-    pub fn list_payments(&self) -> Vec<PaymentInfo> {
-        self.payments.list()
-    }
-
     /// Waits until `condition` holds, re-checking after every LDK event and
     /// every new block (and at least every 100 ms), for at most `timeout`.
     pub async fn wait_until(
@@ -378,64 +210,20 @@ impl Node {
             .await;
         }
     }
-
-    /// Waits until the payment with `hash` has succeeded or failed.
-    pub async fn wait_for_payment(
-        &self,
-        hash: &PaymentHash,
-        timeout: Duration,
-    ) -> Result<PaymentInfo, NodeError> {
-        self.wait_until(timeout, "payment to settle", |node| {
-            node.payment(hash)
-                .is_some_and(|p| p.status != PaymentStatus::Pending)
-        })
-        .await?;
-        self.payment(hash)
-            .ok_or_else(|| NodeError::InvalidInput("unknown payment".into()))
-    }
-
-    /// Stops the node: stops syncing and accepting peers, disconnects every
-    /// peer and persists the channel manager. The data directory can then be
-    /// opened again with a new [`NodeBuilder`].
-    pub async fn stop(&self) -> Result<(), NodeError> {
-        let _ = self.stop_sender.send(true);
-        let tasks: Vec<_> =
-            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
-        for task in tasks {
-            let _ = task.await;
-        }
-        self.peer_manager.disconnect_all_peers();
-        let background = self
-            .background
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(background) = background {
-            tokio::task::spawn_blocking(move || background.stop())
-                .await
-                .map_err(|e| NodeError::Storage(format!("background processor: {e}")))?
-                .map_err(|e| NodeError::Storage(format!("final persistence failed: {e}")))?;
-        }
-        // Make sure the latest state is on disk even if nothing changed since
-        // the background processor's last write.
-        self.store
-            .write(
-                CHANNEL_MANAGER_PERSISTENCE_PRIMARY_NAMESPACE,
-                CHANNEL_MANAGER_PERSISTENCE_SECONDARY_NAMESPACE,
-                CHANNEL_MANAGER_PERSISTENCE_KEY,
-                self.channel_manager.encode(),
-            )
-            .map_err(|e| NodeError::Storage(e.to_string()))?;
-        log::info!("node {} stopped", self.node_id());
-        Ok(())
-    }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
         // Background tasks hold their own handles; tell them to end. The
         // background processor persists and joins in its own Drop.
-        let _ = self.stop_sender.send(true);
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(running) = running {
+            let _ = running.stop_sender.send(true);
+        }
         self.peer_manager.disconnect_all_peers();
     }
 }

@@ -1,11 +1,10 @@
-//! Assembling a node at start: keys, chain monitor, channel manager, chain
-//! sync, wallet, coordinator, peers and the background processor.
+//! Assembling a node: keys, chain monitor, channel manager, the first chain
+//! sync, wallet, coordinator and peers; then its tasks are launched.
 
-use super::tasks::{accept_peers, reconnect_peers, tick_coordinator, update_fees};
 use super::*;
 
 impl Node {
-    pub(super) async fn start(
+    pub(super) async fn build_and_start(
         config: NodeConfig,
         wrap_store: Option<StoreWrapper>,
         funding_wallet: Option<Arc<dyn FundingWallet>>,
@@ -266,9 +265,8 @@ impl Node {
                 notify.notify_waiters();
             }));
         }
-        let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
 
-        let handler = NodeEventHandler {
+        let handler = Arc::new(NodeEventHandler {
             channel_manager: channel_manager.clone(),
             wallet: wallet.clone(),
             bitcoind: bitcoind.clone(),
@@ -278,7 +276,7 @@ impl Node {
             accept_inbound_channels: config.accept_inbound_channels,
             coordinator: coordinator.clone(),
             peer_manager: peer_manager.clone(),
-        };
+        });
         // The background processor's writes of the ChannelManager tell the
         // coordinator when it may give LDK our splice signatures.
         let manager_store = Arc::new(super::manager_store::ManagerStore::new(store.clone()));
@@ -287,73 +285,13 @@ impl Node {
             manager_store
                 .on_manager_write(Box::new(move || coordinator.channel_manager_persisted()));
         }
-        let background = BackgroundProcessor::start(
-            manager_store,
-            move |event| handler.handle(event),
-            chain_monitor.clone(),
-            channel_manager.clone(),
-            lightning_background_processor::NO_ONION_MESSENGER,
-            BpGossipSync::p2p(gossip_sync.clone()),
-            peer_manager.clone(),
-            lightning_background_processor::NO_LIQUIDITY_MANAGER_SYNC,
-            None::<Arc<types::NoSweeper>>,
-            logger.clone(),
-            Some(scorer.clone()),
-        );
 
-        let listener = tokio::net::TcpListener::bind(config.listen_addr)
-            .await
-            .map_err(|e| {
-                NodeError::Connection(format!("cannot listen on {}: {e}", config.listen_addr))
-            })?;
+        let listener = super::tasks::bind(config.listen_addr).await?;
         let listen_addr = listener
             .local_addr()
             .map_err(|e| NodeError::Connection(e.to_string()))?;
 
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(accept_peers(
-            listener,
-            peer_manager.clone(),
-            stop_receiver.clone(),
-        )));
-        if let Some((cache, chain_tip)) = chain_tip {
-            let notify = notify.clone();
-            let client = sync::chain_client(
-                rpc,
-                config.network,
-                chain_tip,
-                cache,
-                chain_listeners.clone(),
-            );
-            tasks.push(tokio::spawn(sync::run_chain_sync(
-                client,
-                config.chain_poll_interval,
-                stop_receiver.clone(),
-                move || notify.notify_waiters(),
-            )));
-        }
-        tasks.push(tokio::spawn(tick_coordinator(
-            batches.clone(),
-            stop_receiver.clone(),
-        )));
-        tasks.push(tokio::spawn(update_fees(
-            bitcoind.clone(),
-            config.fee_update_interval,
-            stop_receiver.clone(),
-        )));
-        tasks.push(tokio::spawn(reconnect_peers(
-            channel_manager.clone(),
-            peer_manager.clone(),
-            peers.clone(),
-            config.reconnect_interval,
-            stop_receiver,
-        )));
-
-        log::info!(
-            "node {} listening on {listen_addr}",
-            channel_manager.get_our_node_id()
-        );
-        Ok(Node {
+        let node = Node {
             config,
             keys,
             bitcoind,
@@ -370,10 +308,18 @@ impl Node {
             notify,
             event_listeners,
             listen_addr,
-            stop_sender,
-            tasks: Mutex::new(tasks),
-            background: Mutex::new(Some(background)),
-        })
+            wiring: super::tasks::Wiring {
+                handler,
+                manager_store,
+                gossip_sync,
+                scorer,
+                logger,
+            },
+            running: Mutex::new(None),
+        };
+        node.launch(listener, chain_tip);
+        log::info!("node {} listening on {listen_addr}", node.node_id());
+        Ok(node)
     }
 }
 

@@ -1,47 +1,6 @@
-//! Building a node: its settings, its builder, and what can fail.
+//! Building a node: its settings and its builder.
 
 use super::*;
-
-/// What building, running or asking the node can fail with.
-#[derive(Debug)]
-pub enum NodeError {
-    /// The data directory or the store could not be used.
-    Storage(String),
-    /// bitcoind could not be reached or answered something unusable.
-    Chain(String),
-    /// The on-chain wallet failed.
-    Wallet(WalletError),
-    /// A peer could not be reached.
-    Connection(String),
-    /// LDK refused the request.
-    Lightning(String),
-    /// The request itself is wrong.
-    InvalidInput(String),
-    /// The thing asked for did not happen in time.
-    Timeout(String),
-}
-
-impl std::fmt::Display for NodeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            NodeError::Storage(e) => write!(f, "storage error: {e}"),
-            NodeError::Chain(e) => write!(f, "chain source error: {e}"),
-            NodeError::Wallet(e) => write!(f, "wallet error: {e}"),
-            NodeError::Connection(e) => write!(f, "connection error: {e}"),
-            NodeError::Lightning(e) => write!(f, "lightning error: {e}"),
-            NodeError::InvalidInput(e) => write!(f, "invalid input: {e}"),
-            NodeError::Timeout(e) => write!(f, "timed out: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for NodeError {}
-
-impl From<WalletError> for NodeError {
-    fn from(e: WalletError) -> Self {
-        NodeError::Wallet(e)
-    }
-}
 
 /// Everything needed to start a [`Node`]. Build it with [`NodeBuilder`].
 #[derive(Debug, Clone)]
@@ -215,6 +174,6 @@ impl NodeBuilder {
 
     /// Starts the node. Must be called inside a multi-threaded tokio runtime.
     pub async fn start(self) -> Result<Node, NodeError> {
-        Node::start(self.config, self.wrap_store, self.funding_wallet).await
+        Node::build_and_start(self.config, self.wrap_store, self.funding_wallet).await
     }
 }

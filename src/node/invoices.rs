@@ -1,0 +1,81 @@
+//! The node's Lightning payments: invoices, paying them, following them.
+
+use super::*;
+
+impl Node {
+    /// Creates a BOLT11 invoice for `amount_msat` (any amount when `None`).
+    pub fn create_invoice(
+        &self,
+        amount_msat: Option<u64>,
+        description: &str,
+        expiry: Duration,
+    ) -> Result<Bolt11Invoice, NodeError> {
+        let description = Description::new(description.to_string())
+            .map_err(|e| NodeError::InvalidInput(format!("description: {e}")))?;
+        let params = Bolt11InvoiceParameters {
+            amount_msats: amount_msat,
+            description: Bolt11InvoiceDescription::Direct(description),
+            invoice_expiry_delta_secs: Some(u32::try_from(expiry.as_secs()).unwrap_or(u32::MAX)),
+            ..Default::default()
+        };
+        let invoice = self
+            .channel_manager
+            .create_bolt11_invoice(params)
+            .map_err(|e| NodeError::Lightning(format!("{e:?}")))?;
+        let hash = invoice.payment_hash();
+        self.payments.upsert(hash, PaymentDirection::Inbound, |p| {
+            p.amount_msat = amount_msat
+        });
+        Ok(invoice)
+    }
+
+    /// Pays a BOLT11 invoice; returns its payment hash. Follow it with
+    /// [`Node::payment`] or [`Node::wait_for_payment`].
+    pub fn pay_invoice(&self, invoice: &Bolt11Invoice) -> Result<PaymentHash, NodeError> {
+        let hash = invoice.payment_hash();
+        let payment_id = PaymentId(hash.0);
+        self.payments.upsert(hash, PaymentDirection::Outbound, |p| {
+            p.amount_msat = invoice.amount_milli_satoshis();
+            p.status = PaymentStatus::Pending;
+        });
+        self.channel_manager
+            .pay_for_bolt11_invoice(
+                invoice,
+                payment_id,
+                None,
+                OptionalBolt11PaymentParams::default(),
+            )
+            .map_err(|e| {
+                self.payments.upsert(hash, PaymentDirection::Outbound, |p| {
+                    p.status = PaymentStatus::Failed;
+                });
+                NodeError::Lightning(format!("{e:?}"))
+            })?;
+        Ok(hash)
+    }
+
+    /// What the node knows of a payment.
+    pub fn payment(&self, hash: &PaymentHash) -> Option<PaymentInfo> {
+        self.payments.get(hash)
+    }
+
+    /// Every payment the node knows of.
+    pub fn list_payments(&self) -> Vec<PaymentInfo> {
+        self.payments.list()
+    }
+
+    /// Waits until the payment with `hash` has succeeded or failed.
+    pub async fn wait_for_payment(
+        &self,
+        hash: &PaymentHash,
+        timeout: Duration,
+    ) -> Result<PaymentInfo, NodeError> {
+        self.wait_until(timeout, "payment to settle", |node| {
+            node.payment(hash)
+                .is_some_and(|p| p.status != PaymentStatus::Pending)
+        })
+        .await?;
+        self.payment(hash)
+            .ok_or_else(|| NodeError::InvalidInput("unknown payment".into()))
+    }
+}
