@@ -91,6 +91,12 @@ pub(crate) fn from_unix_seconds(seconds: u64) -> std::time::SystemTime {
         .unwrap_or(std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::from(u32::MAX)))
 }
 
+/// Now, in whole seconds: what a record keeps (and the journal stores), so
+/// a record reads the same before and after a restart.
+pub(crate) fn now_in_seconds() -> std::time::SystemTime {
+    from_unix_seconds(unix_now())
+}
+
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()

@@ -34,7 +34,7 @@ pub use record::{
 pub use store::{SharedStore, StoreError, PERSISTENCE_NAMESPACE};
 #[cfg(feature = "bdk")]
 pub use wallet::{BdkWallet, WalletBalance};
-pub use wallet::{FundingWallet, SpliceCoinSource, WalletCoin, WalletError};
+pub use wallet::{CoordinatorCall, FundingWallet, SpliceCoinSource, WalletCoin, WalletError};
 
 /// The README's examples compile.
 #[cfg(doctest)]

@@ -164,6 +164,20 @@ async fn other_wallet_spends_leave_a_splices_coins_alone() {
         matches!(payment, Err(WalletError::InsufficientFunds { .. })),
         "a payment may not spend the splice's coin: {payment:?}"
     );
+    // Nor can a payment said to be abandoned free it.
+    let spends_the_splice_coin = bitcoin::Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: vec![bitcoin::TxIn {
+            previous_output: held[0],
+            ..Default::default()
+        }],
+        output: Vec::new(),
+    };
+    a.wallet()
+        .payment_abandoned(&spends_the_splice_coin)
+        .unwrap();
+    assert_eq!(a.wallet().locked_coins(), held, "still locked");
     let open = a.open_channel(b.node_id(), Amount::from_sat(500_000), Amount::ZERO);
     assert!(
         matches!(

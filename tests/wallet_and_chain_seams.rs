@@ -19,8 +19,8 @@ use bitcoin::{
 use common::*;
 use ldk_splice::devchain::DevChain;
 use ldk_splice::node::{ChainFeed, Node};
+use ldk_splice::{CoordinatorCall, FundingWallet, WalletCoin, WalletError};
 use ldk_splice::{FeePolicy, SpliceState};
-use ldk_splice::{FundingWallet, WalletCoin, WalletError};
 
 const CAPACITY: Amount = Amount::from_sat(1_000_000);
 const FEERATE: FeeRate = FeeRate::from_sat_per_kwu(500);
@@ -115,11 +115,11 @@ impl FundingWallet for OneKeyWallet {
         self.state().outputs.get(outpoint).map(|(o, _)| o.clone())
     }
 
-    fn lock_coins(&self, outpoints: &[OutPoint]) {
+    fn lock_coins(&self, outpoints: &[OutPoint], _: &CoordinatorCall) {
         self.state().locked.extend(outpoints.iter().copied());
     }
 
-    fn unlock_coins(&self, outpoints: &[OutPoint]) -> Result<(), WalletError> {
+    fn unlock_coins(&self, outpoints: &[OutPoint], _: &CoordinatorCall) -> Result<(), WalletError> {
         let mut state = self.state();
         for outpoint in outpoints {
             state.locked.remove(outpoint);

@@ -114,7 +114,7 @@ where
         let fee = FeePolicy::fixed(feerate)
             .with_max_feerate(plan.fee.max_feerate)
             .with_max_fee(plan.fee.max_fee);
-        let now = std::time::SystemTime::now();
+        let now = crate::ids::now_in_seconds();
         let deadline = now + plan.deadline.max(std::time::Duration::from_secs(1));
 
         let pool = Arc::new(CoinPool::default());

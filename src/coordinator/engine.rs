@@ -67,7 +67,7 @@ where
         updates: Vec<Update>,
         extra: Vec<Change>,
     ) -> Result<(), SpliceError> {
-        let now = std::time::SystemTime::now();
+        let now = crate::ids::now_in_seconds();
         let mut changes = Vec::with_capacity(updates.len() + extra.len());
         let mut records = Vec::with_capacity(updates.len());
         for Update { mut record, passed } in updates {
@@ -187,7 +187,7 @@ where
         if free.is_empty() {
             return;
         }
-        if let Err(e) = self.wallet.unlock_coins(&free) {
+        if let Err(e) = self.wallet.unlock_coins(&free, crate::wallet::COORDINATOR) {
             // Unlocked in memory; the store still has the locks, which the
             // next start frees (no live splice holds them).
             log::warn!("{id}: coins freed, but the wallet could not write it: {e}");

@@ -199,7 +199,7 @@ where
             .collect();
         if !free.is_empty() {
             self.wallet
-                .unlock_coins(&free)
+                .unlock_coins(&free, crate::wallet::COORDINATOR)
                 .map_err(|e| SpliceError::Persistence(e.to_string()))?;
         }
         Ok(())

@@ -359,7 +359,7 @@ where
         fee: &FeePolicy,
         contribution: &FundingContribution,
     ) -> SpliceRecord {
-        let now = std::time::SystemTime::now();
+        let now = crate::ids::now_in_seconds();
         SpliceRecord {
             id,
             channel_id: plan.channel.channel_id,

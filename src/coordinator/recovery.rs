@@ -225,7 +225,7 @@ where
         if known {
             return Ok(());
         }
-        let now = std::time::SystemTime::now();
+        let now = crate::ids::now_in_seconds();
         let record = SpliceRecord {
             id: SpliceId(state.next_id),
             channel_id: channel.channel_id,
@@ -285,7 +285,7 @@ where
         }
         log::info!("freeing {} coins no splice holds", orphans.len());
         self.wallet
-            .unlock_coins(&orphans)
+            .unlock_coins(&orphans, crate::wallet::COORDINATOR)
             .map_err(|e| SpliceError::Persistence(e.to_string()))
     }
 

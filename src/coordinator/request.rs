@@ -462,7 +462,7 @@ where
 
     /// Undoes locks that were written, when the record was not.
     fn unlock_written(&self, picked: &[OutPoint]) {
-        if let Err(e) = self.wallet.unlock_coins(picked) {
+        if let Err(e) = self.wallet.unlock_coins(picked, crate::wallet::COORDINATOR) {
             log::warn!("coins freed, but the wallet could not write it: {e}");
         }
     }

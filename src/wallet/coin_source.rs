@@ -209,7 +209,7 @@ impl CoinSelectionSourceSync for SpliceCoinSource<'_> {
         let outpoints: Vec<OutPoint> = confirmed_utxos.iter().map(|u| u.outpoint()).collect();
         self.pool.take(&outpoints);
         if self.lock {
-            self.wallet.lock_coins(&outpoints);
+            self.wallet.lock_coins(&outpoints, super::COORDINATOR);
         }
         Ok(CoinSelection {
             confirmed_utxos,

@@ -57,6 +57,16 @@ impl std::fmt::Display for WalletError {
 
 impl std::error::Error for WalletError {}
 
+/// Shows a [`FundingWallet`] that the splice coordinator makes the call.
+/// Only this crate can make one, so no code outside it can lock or unlock
+/// coins through the seam: a coin freed while a splice still holds it could
+/// be spent twice. Implementations take it as an argument and ignore it.
+#[derive(Debug)]
+pub struct CoordinatorCall(());
+
+/// The one [`CoordinatorCall`] this crate passes.
+pub(crate) const COORDINATOR: &CoordinatorCall = &CoordinatorCall(());
+
 /// A confirmed coin a wallet offers for a splice.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalletCoin {
@@ -93,11 +103,15 @@ pub trait FundingWallet: Send + Sync {
     /// Locks `outpoints` at once for every later spend and listing. The lock
     /// must survive a restart after the next successful
     /// [`FundingWallet::save`].
-    fn lock_coins(&self, outpoints: &[OutPoint]);
+    fn lock_coins(&self, outpoints: &[OutPoint], call: &CoordinatorCall);
 
     /// Unlocks `outpoints` at once and writes it; on a write error they are
     /// unlocked in memory anyway and the next write carries the change.
-    fn unlock_coins(&self, outpoints: &[OutPoint]) -> Result<(), WalletError>;
+    fn unlock_coins(
+        &self,
+        outpoints: &[OutPoint],
+        call: &CoordinatorCall,
+    ) -> Result<(), WalletError>;
 
     /// Writes every change not written yet, locks included.
     fn save(&self) -> Result<(), WalletError>;

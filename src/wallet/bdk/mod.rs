@@ -29,7 +29,7 @@ use bitcoin::{
 use changeset_log::ChangeLog;
 use lightning::chain::{BlockLocator, Listen};
 
-use super::{FundingWallet, WalletCoin, WalletError};
+use super::{CoordinatorCall, FundingWallet, WalletCoin, WalletError};
 use crate::store::SharedStore;
 
 /// On-chain balance, split by how settled the coins are.
@@ -58,6 +58,10 @@ struct State {
     /// Changes taken from the wallet whose write failed: written with the
     /// next ones, never dropped.
     unsaved: Option<bdk_wallet::ChangeSet>,
+    /// Coins locked by `build_payment` (not by a splice): the only ones
+    /// `payment_sent`/`payment_abandoned` unlock. In memory only: after a
+    /// restart the coordinator frees every lock no splice holds.
+    payment_locks: std::collections::BTreeSet<OutPoint>,
 }
 
 /// A BDK wallet (BIP84 P2WPKH, keys derived from the node seed) persisted in
@@ -112,6 +116,7 @@ impl BdkWallet {
                 wallet,
                 log,
                 unsaved: None,
+                payment_locks: Default::default(),
             }),
             master_key: xprv,
             network,
@@ -243,14 +248,27 @@ impl BdkWallet {
             }
             return Err(e);
         }
+        state
+            .payment_locks
+            .extend(tx.input.iter().map(|i| i.previous_output));
         Ok(tx)
     }
 
     /// A transaction from [`BdkWallet::build_payment`] will not be
-    /// broadcast: its coins are free again.
+    /// broadcast: its coins are free again. Only coins `build_payment`
+    /// locked are unlocked; a splice's stay locked whatever `tx` spends.
     pub fn payment_abandoned(&self, tx: &Transaction) -> Result<(), WalletError> {
-        let outpoints: Vec<OutPoint> = tx.input.iter().map(|i| i.previous_output).collect();
+        let outpoints = self.take_payment_locks(tx);
         self.unlock_coins(&outpoints)
+    }
+
+    fn take_payment_locks(&self, tx: &Transaction) -> Vec<OutPoint> {
+        let mut state = self.lock();
+        tx.input
+            .iter()
+            .map(|i| i.previous_output)
+            .filter(|o| state.payment_locks.remove(o))
+            .collect()
     }
 
     /// A transaction from [`BdkWallet::build_payment`] was broadcast:
@@ -258,7 +276,7 @@ impl BdkWallet {
     /// coins unlocked, since being spent now keeps them out of later spends.
     pub fn payment_sent(&self, tx: &Transaction) -> Result<(), WalletError> {
         self.transaction_broadcast(tx);
-        let outpoints: Vec<OutPoint> = tx.input.iter().map(|i| i.previous_output).collect();
+        let outpoints = self.take_payment_locks(tx);
         self.unlock_coins(&outpoints)
     }
 
@@ -299,7 +317,7 @@ impl BdkWallet {
 
     /// Unlocks `outpoints` and writes it. They are spendable at once, even
     /// if the write fails (the next write carries the change).
-    pub fn unlock_coins(&self, outpoints: &[OutPoint]) -> Result<(), WalletError> {
+    pub(crate) fn unlock_coins(&self, outpoints: &[OutPoint]) -> Result<(), WalletError> {
         let mut state = self.lock();
         for outpoint in outpoints {
             state.wallet.unlock_outpoint(*outpoint);
@@ -454,14 +472,14 @@ impl FundingWallet for BdkWallet {
         BdkWallet::owned_output(self, outpoint)
     }
 
-    fn lock_coins(&self, outpoints: &[OutPoint]) {
+    fn lock_coins(&self, outpoints: &[OutPoint], _: &CoordinatorCall) {
         let mut state = self.lock();
         for outpoint in outpoints {
             state.wallet.lock_outpoint(*outpoint);
         }
     }
 
-    fn unlock_coins(&self, outpoints: &[OutPoint]) -> Result<(), WalletError> {
+    fn unlock_coins(&self, outpoints: &[OutPoint], _: &CoordinatorCall) -> Result<(), WalletError> {
         BdkWallet::unlock_coins(self, outpoints)
     }
 
