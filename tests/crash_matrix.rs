@@ -299,8 +299,9 @@ impl Pair {
             }
             assert!(
                 Instant::now() < deadline,
-                "{what}: stuck: {new:#?}\n{}",
-                self.alice.log_tail(60)
+                "{what}: stuck: {new:#?}\nAlice:\n{}\nBob:\n{}",
+                self.alice.log_notable(150),
+                self.bob.log_tail(150)
             );
             if new
                 .iter()

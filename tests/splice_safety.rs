@@ -23,6 +23,7 @@ use std::time::Duration;
 use bitcoin::{Amount, FeeRate, OutPoint};
 use common::fake_peer::{Behaviour, FakeBob};
 use common::*;
+use ldk_splice::devchain::DevChain;
 use ldk_splice::node::{Node, NodeError};
 use ldk_splice::{
     BatchPlan, ChannelRef, Destination, FeePolicy, Leg, Payout, ResizeRequest, SpliceError,
@@ -616,5 +617,89 @@ async fn a_splice_the_counterparty_starts_is_recorded_as_theirs() {
         a.channel(&channel_id).unwrap().channel_value_satoshis,
         (CAPACITY + add).to_sat()
     );
+    assert_no_locks(a);
+}
+
+/// Shows `node` (whose own chain sync is stopped, behind a fake peer) every
+/// block of `chain` from `next` on, through LDK's `Confirm`; returns the
+/// next height to show.
+fn show_blocks_to(chain: &DevChain, node: &Node, mut next: u32) -> u32 {
+    let (tip, _) = chain.tip();
+    while next <= tip {
+        let block = chain.block(&chain.block_hash(next).unwrap()).unwrap();
+        let txdata: Vec<(usize, &bitcoin::Transaction)> = block.txdata.iter().enumerate().collect();
+        for part in node.confirmables() {
+            part.transactions_confirmed(&block.header, &txdata, next);
+            part.best_block_updated(&block.header, next);
+        }
+        next += 1;
+    }
+    next
+}
+
+/// Bob's `splice_locked` is lost on its way to Alice (a crash or a dropped
+/// connection at the wrong moment), and LDK sends it again only in a
+/// `channel_reestablish`. Both stay connected, so nothing would: the node
+/// restarts the connection once the splice is three blocks past its lock
+/// depth, and the splice locks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_splice_locked_is_sent_again_after_a_reconnect() {
+    let Setup {
+        chain,
+        alice,
+        bob,
+        channel_id,
+    } = two_nodes_with_channel(CAPACITY, PAID_TO_BOB_MSAT).await;
+    let (a, b) = (&alice.node, &bob.node);
+    let full = a.onchain_balance().confirmed;
+    let fake = bob_behind_fake_peer(a, b, &channel_id, Behaviour::LoseFirstSpliceLocked).await;
+    let mut bob_next = show_blocks_to(&chain, b, b.best_block_height() + 1);
+    let add = Amount::from_sat(150_000);
+    let id = a.splice_in(&channel_id, &b.node_id(), add, fee()).unwrap();
+    broadcast_txid(&chain, a, id).await;
+
+    let mut locked_at = None;
+    for _ in 0..20 {
+        chain.mine_blocks_to_burn(1);
+        bob_next = show_blocks_to(&chain, b, bob_next);
+        wait_synced(&chain, a).await;
+        let depth = |n: &Node| {
+            n.channel(&channel_id)
+                .and_then(|c| c.splice_details)
+                .and_then(|d| d.confirmed_candidate)
+                .map(|c| (c.confirmations, c.confirmations_required))
+        };
+        let seen = depth(a);
+        if a.wait_until(Duration::from_millis(1_500), "locked", |n| {
+            n.splice_status(id)
+                .is_some_and(|r| r.state == SpliceState::Locked)
+        })
+        .await
+        .is_ok()
+        {
+            locked_at = seen;
+            break;
+        }
+    }
+    let (confirmations, required) = locked_at.expect("the splice locks after a reconnect");
+    assert_eq!(fake.handler.splice_locked_lost.load(Ordering::SeqCst), 1);
+    assert!(
+        confirmations >= required + 3,
+        "locked at {confirmations} of {required}: the lost splice_locked came back only with the reconnection"
+    );
+    assert!(
+        fake.handler.connections.load(Ordering::SeqCst) >= 2,
+        "reconnected"
+    );
+    let record = a.splice_status(id).unwrap();
+    assert_eq!(
+        a.channel(&channel_id).unwrap().channel_value_satoshis,
+        (CAPACITY + add).to_sat()
+    );
+    a.wait_until(WAIT, "the wallet to see the splice", |n| {
+        n.onchain_balance().confirmed == full - add - record.fee
+    })
+    .await
+    .expect("wallet paid exactly the amount and the fee");
     assert_no_locks(a);
 }

@@ -1,5 +1,7 @@
 //! The node's peer connections: dialling, accepting, reconnecting.
 
+use std::collections::HashMap;
+
 use super::*;
 
 impl Node {
@@ -96,12 +98,11 @@ pub(super) async fn reconnect_peers(
     interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut stuck_locks = StuckLocks::default();
     loop {
-        let mut wanted: Vec<PublicKey> = channel_manager
-            .list_channels()
-            .iter()
-            .map(|c| c.counterparty.node_id)
-            .collect();
+        let channels = channel_manager.list_channels();
+        stuck_locks.bounce(&channels, &peer_manager);
+        let mut wanted: Vec<PublicKey> = channels.iter().map(|c| c.counterparty.node_id).collect();
         wanted.sort();
         wanted.dedup();
         for node_id in wanted {
@@ -118,5 +119,64 @@ pub(super) async fn reconnect_peers(
             _ = tokio::time::sleep(interval) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// Blocks past its lock depth after which a splice whose `splice_locked`
+/// we sent, but whose peer's never came, gets its connection restarted.
+const STUCK_LOCK_BLOCKS: u32 = 3;
+
+/// Restarts the connection of a peer whose `splice_locked` is overdue.
+///
+/// A `splice_locked` lost across a crash or a disconnect at the wrong
+/// moment is retransmitted by LDK only in `channel_reestablish` (its
+/// `my_current_funding_locked`); with both sides connected and waiting,
+/// nothing else makes it go again, and the splice never locks. Seen in the
+/// crash tests when a node dies right after the splice confirms. Each stuck
+/// candidate gets one reconnection at `STUCK_LOCK_BLOCKS` past its lock
+/// depth, then one every further `STUCK_LOCK_BLOCKS` blocks.
+#[derive(Default)]
+struct StuckLocks {
+    /// For each stuck candidate, the confirmations at its last bounce.
+    bounced: HashMap<bitcoin::Txid, u32>,
+}
+
+impl StuckLocks {
+    fn bounce(&mut self, channels: &[ChannelDetails], peer_manager: &PeerManager) {
+        let mut still_stuck = HashMap::new();
+        for channel in channels {
+            let Some(confirmed) = channel
+                .splice_details
+                .as_ref()
+                .and_then(|d| d.confirmed_candidate.as_ref())
+            else {
+                continue;
+            };
+            let overdue = confirmed.splice_locked_sent
+                && confirmed.confirmations
+                    >= confirmed
+                        .confirmations_required
+                        .saturating_add(STUCK_LOCK_BLOCKS);
+            if !overdue {
+                continue;
+            }
+            let last = self.bounced.get(&confirmed.txid).copied();
+            let due = last
+                .is_none_or(|at| confirmed.confirmations >= at.saturating_add(STUCK_LOCK_BLOCKS));
+            let node_id = channel.counterparty.node_id;
+            if due && peer_manager.peer_by_node_id(&node_id).is_some() {
+                log::warn!(
+                    "splice {} of channel {} is {} blocks deep and {node_id} has not sent splice_locked: reconnecting so that it is sent again",
+                    confirmed.txid,
+                    channel.channel_id,
+                    confirmed.confirmations
+                );
+                peer_manager.disconnect_by_node_id(node_id);
+                still_stuck.insert(confirmed.txid, confirmed.confirmations);
+            } else {
+                still_stuck.insert(confirmed.txid, last.unwrap_or(0));
+            }
+        }
+        self.bounced = still_stuck;
     }
 }

@@ -47,6 +47,9 @@ pub enum Behaviour {
     /// let a `tx_signatures` through, in either direction: both sides stay
     /// awaiting signatures and nobody can broadcast.
     WithholdTxSignatures,
+    /// Lose the first `splice_locked` Bob sends (as a crash or a dropped
+    /// connection would): only a `channel_reestablish` carries it again.
+    LoseFirstSpliceLocked,
 }
 
 /// The node's `ChannelManager`, as a channel message handler that forwards
@@ -62,6 +65,9 @@ pub struct Counterparty {
     /// `tx_signatures` kept from either side under
     /// [`Behaviour::WithholdTxSignatures`].
     pub tx_signatures_withheld: AtomicUsize,
+    /// `splice_locked` messages of Bob's lost under
+    /// [`Behaviour::LoseFirstSpliceLocked`].
+    pub splice_locked_lost: AtomicUsize,
 }
 
 impl Counterparty {
@@ -84,6 +90,16 @@ impl BaseMessageHandler for Counterparty {
                     self.tx_signatures_withheld.fetch_add(1, Ordering::SeqCst);
                 }
                 keep
+            });
+        }
+        if self.behaviour == Behaviour::LoseFirstSpliceLocked {
+            events.retain(|event| {
+                let lose = matches!(event, MessageSendEvent::SendSpliceLocked { .. })
+                    && self.splice_locked_lost.load(Ordering::SeqCst) == 0;
+                if lose {
+                    self.splice_locked_lost.fetch_add(1, Ordering::SeqCst);
+                }
+                !lose
             });
         }
         events
@@ -276,6 +292,7 @@ impl FakeBob {
             stfu_seen: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             tx_signatures_withheld: AtomicUsize::new(0),
+            splice_locked_lost: AtomicUsize::new(0),
         });
         let writer = Arc::new(ManagerWriter {
             cm: bob.channel_manager().clone(),
