@@ -24,14 +24,16 @@ pub use batch::{
 };
 pub use coordinator::{CoordinatorConfig, Destination, Payout, ResizeRequest, SpliceCoordinator};
 pub use error::SpliceError;
-pub use events::{EventNotifier, SpliceEvent};
+#[doc(hidden)]
+pub use events::EventNotifier;
+pub use events::SpliceEvent;
 pub use fees::{FeePolicy, FeeRateSource, SpliceQuote};
 pub use ids::{BatchId, ChannelRef, SpliceId};
 pub use logger::LogBridge;
 pub use record::{
     BatchState, SpliceCandidate, SpliceOrigin, SpliceOutput, SpliceRecord, SpliceState,
 };
-pub use store::{SharedStore, StoreError, PERSISTENCE_NAMESPACE};
+pub use store::{SharedStore, PERSISTENCE_NAMESPACE};
 #[cfg(feature = "bdk")]
 pub use wallet::{BdkWallet, WalletBalance};
 pub use wallet::{CoordinatorCall, FundingWallet, SpliceCoinSource, WalletCoin, WalletError};

@@ -301,7 +301,7 @@ impl Pair {
                 Instant::now() < deadline,
                 "{what}: stuck: {new:#?}\nAlice:\n{}\nBob:\n{}",
                 self.alice.log_notable(150),
-                self.bob.log_tail(150)
+                self.bob.log_notable(150)
             );
             if new
                 .iter()

@@ -4,6 +4,9 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use bitcoin::{Amount, FeeRate};
 use common::*;
 use ldk_splice::{FeePolicy, SpliceEvent, SpliceState};
@@ -331,4 +334,60 @@ async fn a_reorg_takes_confirmation_depth_back() {
     a.wait_for_splice(id, WAIT, |s| *s == SpliceState::Locked)
         .await
         .unwrap();
+}
+
+/// Splice events wake every kind of waiter: an `.await`ing task, a blocked
+/// thread and a callback on LDK's `Future`. The callback runs with the
+/// coordinator free (it reads the splice list from inside; under the
+/// coordinator's lock that would deadlock), once per batch of news.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn event_waiters_wake_with_the_coordinator_free() {
+    let Setup {
+        chain: _chain,
+        alice,
+        bob,
+        channel_id,
+    } = two_nodes_with_channel(CAPACITY, 10_000_000).await;
+    let (a, b) = (&alice.node, &bob.node);
+    let coordinator = a.coordinator().clone();
+    while coordinator.next_event().is_some() {
+        coordinator.event_handled().expect("event acknowledged");
+    }
+    // Take the wake-up of the events just acknowledged.
+    coordinator.event_future().wait_timeout(Duration::ZERO);
+
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let (inner, seen) = (coordinator.clone(), seen.clone());
+        coordinator
+            .event_future()
+            .register_callback(Box::new(move || {
+                seen.lock().unwrap().push(inner.list_splices().len());
+            }));
+    }
+    let task = {
+        let coordinator = coordinator.clone();
+        tokio::spawn(async move { coordinator.next_event_async().await })
+    };
+    let thread = {
+        let coordinator = coordinator.clone();
+        std::thread::spawn(move || coordinator.wait_next_event(WAIT))
+    };
+    assert!(seen.lock().unwrap().is_empty(), "no news yet");
+
+    let id = a
+        .splice_in(&channel_id, &b.node_id(), Amount::from_sat(100_000), fee())
+        .unwrap();
+    let event = tokio::time::timeout(WAIT, task)
+        .await
+        .expect("the task woke")
+        .unwrap();
+    assert_eq!(event.splice_id(), Some(id));
+    let event = thread.join().unwrap().expect("the thread woke");
+    assert_eq!(event.splice_id(), Some(id));
+    assert_eq!(
+        seen.lock().unwrap().first(),
+        Some(&1),
+        "the callback ran, and could read the coordinator"
+    );
 }

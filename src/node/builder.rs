@@ -4,6 +4,7 @@ use super::*;
 
 /// Everything needed to start a [`Node`]. Build it with [`NodeBuilder`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct NodeConfig {
     /// Where the seed, channel state, wallet and logs live.
     pub data_dir: PathBuf,

@@ -388,21 +388,33 @@ impl Daemon {
         }
     }
 
+    /// The daemon's whole log (lossy: a line cut by a kill may not be UTF-8).
+    fn log(&self) -> String {
+        let path = self.dir.join("logs/sample-node.log");
+        match std::fs::read(&path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => format!("(cannot read {}: {e})", path.display()),
+        }
+    }
+
     /// The last `n` lines of the daemon's log.
     pub fn log_tail(&self, n: usize) -> String {
-        let log =
-            std::fs::read_to_string(self.dir.join("logs/sample-node.log")).unwrap_or_default();
+        let log = self.log();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
-    /// The last `n` log lines that are not API chatter.
+    /// The last `n` log lines that are not API or connection chatter.
     pub fn log_notable(&self, n: usize) -> String {
-        let log =
-            std::fs::read_to_string(self.dir.join("logs/sample-node.log")).unwrap_or_default();
+        let log = self.log();
         let lines: Vec<&str> = log
             .lines()
-            .filter(|l| !l.contains("sample_node::api"))
+            .filter(|l| {
+                !l.contains("sample_node::api")
+                    && !l.contains("Received Init message")
+                    && !l.contains("data_loss_protect")
+                    && !l.contains("node::connections")
+            })
             .collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
