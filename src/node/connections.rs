@@ -1,7 +1,5 @@
 //! The node's peer connections: dialling, accepting, reconnecting.
 
-use std::collections::HashMap;
-
 use super::*;
 
 impl Node {
@@ -98,11 +96,12 @@ pub(super) async fn reconnect_peers(
     interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut stuck_locks = StuckLocks::default();
     loop {
-        let channels = channel_manager.list_channels();
-        stuck_locks.bounce(&channels, &peer_manager);
-        let mut wanted: Vec<PublicKey> = channels.iter().map(|c| c.counterparty.node_id).collect();
+        let mut wanted: Vec<PublicKey> = channel_manager
+            .list_channels()
+            .iter()
+            .map(|c| c.counterparty.node_id)
+            .collect();
         wanted.sort();
         wanted.dedup();
         for node_id in wanted {
@@ -119,77 +118,5 @@ pub(super) async fn reconnect_peers(
             _ = tokio::time::sleep(interval) => {}
             _ = stop.changed() => return,
         }
-    }
-}
-
-/// Blocks past its lock depth after which a splice whose `splice_locked`
-/// we sent, but whose peer's never came, gets its connection restarted.
-const STUCK_LOCK_BLOCKS: u32 = 3;
-
-/// The least time between two reconnections for one stuck splice (blocks
-/// can come faster than a reconnection completes on regtest).
-const STUCK_LOCK_RETRY: Duration = Duration::from_secs(10);
-
-/// Restarts the connection of a peer whose `splice_locked` is overdue.
-///
-/// A `splice_locked` lost across a crash or a disconnect at the wrong
-/// moment is retransmitted by LDK only in `channel_reestablish` (its
-/// `my_current_funding_locked`); with both sides connected and waiting,
-/// nothing else makes it go again, and the splice never locks. Seen in the
-/// crash tests when a node dies right after the splice confirms. Each stuck
-/// candidate gets one reconnection at `STUCK_LOCK_BLOCKS` past its lock
-/// depth, then one every further `STUCK_LOCK_BLOCKS` blocks and at least
-/// `STUCK_LOCK_RETRY` apart.
-#[derive(Default)]
-struct StuckLocks {
-    /// For each stuck candidate, the confirmations and time of its last bounce.
-    bounced: HashMap<bitcoin::Txid, (u32, Option<std::time::Instant>)>,
-}
-
-impl StuckLocks {
-    fn bounce(&mut self, channels: &[ChannelDetails], peer_manager: &PeerManager) {
-        let mut still_stuck = HashMap::new();
-        for channel in channels {
-            let Some(confirmed) = channel
-                .splice_details
-                .as_ref()
-                .and_then(|d| d.confirmed_candidate.as_ref())
-            else {
-                continue;
-            };
-            // Either side may be the one holding it up: we never sent ours
-            // (LDK still quiescent after a restart mid-signing), or theirs
-            // never came.
-            let overdue = confirmed.confirmations
-                >= confirmed
-                    .confirmations_required
-                    .saturating_add(STUCK_LOCK_BLOCKS);
-            if !overdue {
-                continue;
-            }
-            let last = self.bounced.get(&confirmed.txid).copied();
-            let due = last.is_none_or(|(depth, when)| {
-                confirmed.confirmations >= depth.saturating_add(STUCK_LOCK_BLOCKS)
-                    && when.is_none_or(|when| when.elapsed() >= STUCK_LOCK_RETRY)
-            });
-            let node_id = channel.counterparty.node_id;
-            if due && peer_manager.peer_by_node_id(&node_id).is_some() {
-                log::warn!(
-                    "splice {} of channel {} is {} blocks deep and not locked (our splice_locked sent: {}): reconnecting to {node_id} so that channel_reestablish settles it",
-                    confirmed.txid,
-                    channel.channel_id,
-                    confirmed.confirmations,
-                    confirmed.splice_locked_sent
-                );
-                peer_manager.disconnect_by_node_id(node_id);
-                still_stuck.insert(
-                    confirmed.txid,
-                    (confirmed.confirmations, Some(std::time::Instant::now())),
-                );
-            } else {
-                still_stuck.insert(confirmed.txid, last.unwrap_or((0, None)));
-            }
-        }
-        self.bounced = still_stuck;
     }
 }

@@ -17,6 +17,7 @@ mod keys;
 mod manager_store;
 mod payments;
 mod peers;
+mod splice_watch;
 mod splicing;
 mod start;
 mod sync;

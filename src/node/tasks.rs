@@ -129,6 +129,14 @@ impl Node {
             self.config.fee_update_interval,
             stop_receiver.clone(),
         )));
+        tasks.push(tokio::spawn(super::splice_watch::watch_splices(
+            self.channel_manager.clone(),
+            self.chain_monitor.clone(),
+            self.bitcoind.clone(),
+            self.peer_manager.clone(),
+            self.config.reconnect_interval,
+            stop_receiver.clone(),
+        )));
         tasks.push(tokio::spawn(reconnect_peers(
             self.channel_manager.clone(),
             self.peer_manager.clone(),
