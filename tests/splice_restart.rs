@@ -528,16 +528,8 @@ async fn a_node_stopped_and_started_on_the_same_value_splices_again() {
     let id = a
         .splice_in(&channel_id, &b.node_id(), added, fee())
         .expect("splice-in accepted");
-    let record = a
-        .wait_for_splice(id, WAIT, |s| *s == SpliceState::Broadcast)
-        .await
-        .expect("broadcast");
-    wait_in_mempool(&chain, &record.txid.unwrap()).await;
-    mine(&chain, 6, &[a, b]).await;
-    let record = a
-        .wait_for_splice(id, WAIT, |s| *s == SpliceState::Locked)
-        .await
-        .expect("locked");
+    broadcast_txid(&chain, a, id).await;
+    let record = mine_to_lock(&chain, a, b, id).await;
     assert_eq!(
         a.channel(&channel_id).unwrap().channel_value_satoshis,
         (CAPACITY + added).to_sat()

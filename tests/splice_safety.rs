@@ -23,7 +23,6 @@ use std::time::Duration;
 use bitcoin::{Amount, FeeRate, OutPoint};
 use common::fake_peer::{Behaviour, FakeBob};
 use common::*;
-use ldk_splice::devchain::DevChain;
 use ldk_splice::node::{Node, NodeError};
 use ldk_splice::{
     BatchPlan, ChannelRef, Destination, FeePolicy, Leg, Payout, ResizeRequest, SpliceError,
@@ -620,23 +619,6 @@ async fn a_splice_the_counterparty_starts_is_recorded_as_theirs() {
     assert_no_locks(a);
 }
 
-/// Shows `node` (whose own chain sync is stopped, behind a fake peer) every
-/// block of `chain` from `next` on, through LDK's `Confirm`; returns the
-/// next height to show.
-fn show_blocks_to(chain: &DevChain, node: &Node, mut next: u32) -> u32 {
-    let (tip, _) = chain.tip();
-    while next <= tip {
-        let block = chain.block(&chain.block_hash(next).unwrap()).unwrap();
-        let txdata: Vec<(usize, &bitcoin::Transaction)> = block.txdata.iter().enumerate().collect();
-        for part in node.confirmables() {
-            part.transactions_confirmed(&block.header, &txdata, next);
-            part.best_block_updated(&block.header, next);
-        }
-        next += 1;
-    }
-    next
-}
-
 /// Bob's `splice_locked` is lost on its way to Alice (a crash or a dropped
 /// connection at the wrong moment), and LDK sends it again only in a
 /// `channel_reestablish`. Both stay connected, so nothing would: the node
@@ -653,7 +635,7 @@ async fn a_lost_splice_locked_is_sent_again_after_a_reconnect() {
     let (a, b) = (&alice.node, &bob.node);
     let full = a.onchain_balance().confirmed;
     let fake = bob_behind_fake_peer(a, b, &channel_id, Behaviour::LoseFirstSpliceLocked).await;
-    let mut bob_next = show_blocks_to(&chain, b, b.best_block_height() + 1);
+    let mut bob_next = feed_blocks_through_confirm(&chain, b, b.best_block_height() + 1);
     let add = Amount::from_sat(150_000);
     let id = a.splice_in(&channel_id, &b.node_id(), add, fee()).unwrap();
     broadcast_txid(&chain, a, id).await;
@@ -661,7 +643,7 @@ async fn a_lost_splice_locked_is_sent_again_after_a_reconnect() {
     let mut locked_at = None;
     for _ in 0..20 {
         chain.mine_blocks_to_burn(1);
-        bob_next = show_blocks_to(&chain, b, bob_next);
+        bob_next = feed_blocks_through_confirm(&chain, b, bob_next);
         wait_synced(&chain, a).await;
         let depth = |n: &Node| {
             n.channel(&channel_id)

@@ -241,12 +241,8 @@ async fn a_wallet_of_ours_funds_a_splice_in_and_signs_only_its_coins() {
         vec![coin],
         "its coin is locked at once"
     );
-    let record = a
-        .wait_for_splice(id, WAIT, |s| *s == SpliceState::Broadcast)
-        .await
-        .expect("broadcast");
-    let txid = record.txid.unwrap();
-    wait_in_mempool(&chain, &txid).await;
+    let txid = broadcast_txid(&chain, a, id).await;
+    let record = a.splice_status(id).unwrap();
     let tx = chain.transaction(&txid).unwrap();
     assert_eq!(record.inputs, vec![coin]);
     assert_eq!(
@@ -257,10 +253,7 @@ async fn a_wallet_of_ours_funds_a_splice_in_and_signs_only_its_coins() {
     assert_eq!(fee_of(&chain, &tx), record.fee);
 
     let next = chain.tip().0 + 1;
-    mine(&chain, 6, &[a, b]).await;
-    a.wait_for_splice(id, WAIT, |s| *s == SpliceState::Locked)
-        .await
-        .expect("locked");
+    mine_to_lock(&chain, a, b, id).await;
     show_blocks(&chain, &one_key, next);
     assert_eq!(
         a.channel(&channel_id).unwrap().channel_value_satoshis,
@@ -284,17 +277,7 @@ async fn a_wallet_of_ours_funds_a_splice_in_and_signs_only_its_coins() {
 fn feed_through_confirm(chain: DevChain, node: Arc<Node>, stop: Arc<AtomicBool>) {
     let mut next = node.best_block_height() + 1;
     while !stop.load(Ordering::SeqCst) {
-        let (tip, _) = chain.tip();
-        while next <= tip {
-            let hash = chain.block_hash(next).unwrap();
-            let block = chain.block(&hash).unwrap();
-            let txdata: Vec<(usize, &Transaction)> = block.txdata.iter().enumerate().collect();
-            for part in node.confirmables() {
-                part.transactions_confirmed(&block.header, &txdata, next);
-                part.best_block_updated(&block.header, next);
-            }
-            next += 1;
-        }
+        next = feed_blocks_through_confirm(&chain, &node, next);
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -325,11 +308,7 @@ async fn a_node_fed_through_confirm_opens_splices_and_locks() {
     let id = a
         .splice_in(&channel_id, &b.node_id(), added, FeePolicy::fixed(FEERATE))
         .expect("splice-in accepted");
-    let record = a
-        .wait_for_splice(id, WAIT, |s| *s == SpliceState::Broadcast)
-        .await
-        .expect("broadcast");
-    wait_in_mempool(&chain, &record.txid.unwrap()).await;
+    broadcast_txid(&chain, a, id).await;
     mine(&chain, 1, &[a, b]).await;
     a.wait_for_splice(id, WAIT, |s| matches!(s, SpliceState::Confirmed { .. }))
         .await

@@ -94,9 +94,8 @@ impl Node {
             ..Default::default()
         };
 
-        let mut monitors =
-            read_channel_monitors(store.clone(), keys.clone(), signer_provider.clone())
-                .map_err(|e| NodeError::Storage(format!("reading channel monitors: {e}")))?;
+        let monitors = read_channel_monitors(store.clone(), keys.clone(), signer_provider.clone())
+            .map_err(|e| NodeError::Storage(format!("reading channel monitors: {e}")))?;
 
         let manager_bytes = store
             .read(
@@ -154,10 +153,10 @@ impl Node {
         // fed through `Confirm`, hand the monitors over as they are: the
         // application's sync brings them to the tip).
         let rpc = bitcoind.rpc();
-        let chain_tip = match config.chain_feed {
+        let (chain_tip, monitors) = match config.chain_feed {
             ChainFeed::BitcoindBlocks => {
                 let monitor_listeners: Vec<_> = monitors
-                    .drain(..)
+                    .into_iter()
                     .map(|(best, monitor)| {
                         (
                             best,
@@ -181,28 +180,20 @@ impl Node {
                 )
                 .await
                 .map_err(|e| NodeError::Chain(format!("initial chain sync failed: {e:?}")))?;
-                for (_, (monitor, ..)) in monitor_listeners {
-                    let channel_id = monitor.channel_id();
-                    chain_monitor
-                        .load_existing_monitor(channel_id, monitor)
-                        .map_err(|()| {
-                            NodeError::Storage(format!("monitor for {channel_id} refused"))
-                        })?;
-                }
-                Some(synced)
+                let monitors = monitor_listeners
+                    .into_iter()
+                    .map(|(best, (monitor, ..))| (best, monitor))
+                    .collect();
+                (Some(synced), monitors)
             }
-            _ => {
-                for (_, monitor) in monitors {
-                    let channel_id = monitor.channel_id();
-                    chain_monitor
-                        .load_existing_monitor(channel_id, monitor)
-                        .map_err(|()| {
-                            NodeError::Storage(format!("monitor for {channel_id} refused"))
-                        })?;
-                }
-                None
-            }
+            _ => (None, monitors),
         };
+        for (_, monitor) in monitors {
+            let channel_id = monitor.channel_id();
+            chain_monitor
+                .load_existing_monitor(channel_id, monitor)
+                .map_err(|()| NodeError::Storage(format!("monitor for {channel_id} refused")))?;
+        }
 
         {
             // Whatever we broadcast (splices, channel fundings, closes) is

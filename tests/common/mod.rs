@@ -343,6 +343,23 @@ pub async fn broadcast_txid(
     txid
 }
 
+/// Shows `node` every block of `chain` from height `next` to the tip through
+/// LDK's `Confirm` (`transactions_confirmed`, then `best_block_updated`), as
+/// an Electrum or Esplora sync would; returns the next height to show.
+pub fn feed_blocks_through_confirm(chain: &DevChain, node: &Node, mut next: u32) -> u32 {
+    let (tip, _) = chain.tip();
+    while next <= tip {
+        let block = chain.block(&chain.block_hash(next).unwrap()).unwrap();
+        let txdata: Vec<(usize, &Transaction)> = block.txdata.iter().enumerate().collect();
+        for part in node.confirmables() {
+            part.transactions_confirmed(&block.header, &txdata, next);
+            part.best_block_updated(&block.header, next);
+        }
+        next += 1;
+    }
+    next
+}
+
 /// Mines until splice `id` of `a` locks, and returns its record.
 pub async fn mine_to_lock(
     chain: &DevChain,

@@ -16,6 +16,32 @@ use lightning::chain::Confirm;
 
 use super::BdkWallet;
 
+impl BdkWallet {
+    /// Puts `block_id` into the wallet's chain with `tx_update` (the
+    /// transactions it confirms) and writes the change.
+    fn apply_at(
+        &self,
+        state: &mut super::State,
+        block_id: BlockId,
+        tx_update: TxUpdate<ConfirmationBlockTime>,
+    ) {
+        let chain = state.wallet.latest_checkpoint().insert(block_id);
+        let update = Update {
+            tx_update,
+            chain: Some(chain),
+            ..Update::default()
+        };
+        if let Err(e) = state.wallet.apply_update(update) {
+            log::error!(
+                "wallet could not take the block at height {}: {e}",
+                block_id.height
+            );
+            return;
+        }
+        self.persist_or_log(state);
+    }
+}
+
 impl Confirm for BdkWallet {
     fn transactions_confirmed(&self, header: &Header, txdata: &TransactionData, height: u32) {
         if height == 0 {
@@ -42,17 +68,7 @@ impl Confirm for BdkWallet {
             ));
         }
         tx_update.txs = relevant;
-        let chain = state.wallet.latest_checkpoint().insert(block_id);
-        let update = Update {
-            tx_update,
-            chain: Some(chain),
-            ..Update::default()
-        };
-        if let Err(e) = state.wallet.apply_update(update) {
-            log::error!("wallet could not take the block at height {height}: {e}");
-            return;
-        }
-        self.persist_or_log(&mut state);
+        self.apply_at(&mut state, block_id, tx_update);
     }
 
     fn transaction_unconfirmed(&self, txid: &Txid) {
@@ -71,16 +87,7 @@ impl Confirm for BdkWallet {
             height,
             hash: header.block_hash(),
         };
-        let chain = state.wallet.latest_checkpoint().insert(block_id);
-        let update = Update {
-            chain: Some(chain),
-            ..Update::default()
-        };
-        if let Err(e) = state.wallet.apply_update(update) {
-            log::error!("wallet could not move its tip to height {height}: {e}");
-            return;
-        }
-        self.persist_or_log(&mut state);
+        self.apply_at(&mut state, block_id, TxUpdate::default());
     }
 
     fn get_relevant_txids(&self) -> Vec<(Txid, u32, Option<BlockHash>)> {

@@ -415,10 +415,7 @@ impl BdkWallet {
 
     /// The confirmed balance that is not locked.
     pub fn available_balance(&self) -> Amount {
-        self.spendable_coins()
-            .iter()
-            .map(|coin| coin.output.value)
-            .sum()
+        crate::wallet::available_balance(self)
     }
 
     /// Whether `outpoint` is (or was) an output of this wallet.
@@ -551,13 +548,7 @@ impl Listen for BdkWallet {
 
 impl lightning::sign::ChangeDestinationSourceSync for BdkWallet {
     fn get_change_destination_script(&self) -> Result<ScriptBuf, ()> {
-        let mut state = self.lock();
-        let script = state
-            .wallet
-            .next_unused_address(KeychainKind::Internal)
-            .address
-            .script_pubkey();
-        self.persist(&mut state).map(|()| script).map_err(|e| {
+        self.change_script().map_err(|e| {
             log::error!("no change script: {e}");
         })
     }
