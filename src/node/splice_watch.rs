@@ -82,7 +82,17 @@ async fn replay_missed_confirmations(
                 Err(()) => continue,
             };
         for (txid, height, hash) in confirmed {
-            if height > channel_manager.current_best_block().height || !replayed.insert(txid) {
+            // A manager that is `STUCK_LOCK_BLOCKS` past the block and still
+            // has not counted it missed it; anything closer may just be the
+            // block arriving (the monitor hears of it right after the
+            // manager), and a block shown twice is not harmless.
+            let best = channel_manager.current_best_block().height;
+            if best < height.saturating_add(STUCK_LOCK_BLOCKS)
+                || !counts_none(channel_manager, channel.channel_id)
+            {
+                continue;
+            }
+            if !replayed.insert(txid) {
                 continue;
             }
             let block = match bitcoind.block(&hash).await {
@@ -108,6 +118,17 @@ async fn replay_missed_confirmations(
             channel_manager.transactions_confirmed(&block.header, &[(index, tx)], height);
         }
     }
+}
+
+/// Whether the manager still counts no confirmation for any splice of
+/// `channel_id`, read afresh.
+fn counts_none(channel_manager: &ChannelManager, channel_id: ChannelId) -> bool {
+    channel_manager
+        .list_channels()
+        .iter()
+        .find(|c| c.channel_id == channel_id)
+        .and_then(|c| c.splice_details.as_ref())
+        .is_some_and(|d| d.confirmed_candidate.is_none())
 }
 
 /// Whether a splice of `channel` is being negotiated or signed right now.
