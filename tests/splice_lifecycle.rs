@@ -93,10 +93,9 @@ async fn splices_on_two_channels_at_once() {
             fee(),
         )
         .unwrap();
+    // In the mempool, not just handed to the broadcaster, before mining.
     for id in [in_b, out_c] {
-        a.wait_for_splice(id, WAIT, |s| *s == SpliceState::Broadcast)
-            .await
-            .unwrap();
+        broadcast_txid(&chain, a, id).await;
     }
     let in_record = a.splice_status(in_b).unwrap();
     let out_record = a.splice_status(out_c).unwrap();
