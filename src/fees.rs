@@ -13,6 +13,21 @@ pub enum FeeRateSource {
     Fixed(FeeRate),
     /// Whatever the node's `FeeEstimator` says for this target.
     Estimate(ConfirmationTarget),
+    /// The feerate for channel funding and splices: the
+    /// [`FundingFeeEstimator`] given to the coordinator
+    /// ([`CoordinatorConfig::with_funding_fee_estimator`](crate::CoordinatorConfig::with_funding_fee_estimator)),
+    /// or, without one, the `FeeEstimator`'s `NonAnchorChannelFee`. LDK has
+    /// no confirmation target of its own for funding transactions.
+    Funding,
+}
+
+/// The feerate to fund channels and splices at. LDK's `ConfirmationTarget`s
+/// cover commitment, close and claim transactions but no funding one; a
+/// node gives the coordinator its own estimate (the bundled node asks
+/// bitcoind for confirmation within 6 blocks).
+pub trait FundingFeeEstimator: Send + Sync {
+    /// The feerate for a funding or splice transaction now.
+    fn funding_feerate(&self) -> FeeRate;
 }
 
 /// How much a splice may pay in fees: a feerate (fixed or estimated),
@@ -50,6 +65,15 @@ impl FeePolicy {
     pub fn estimate(target: ConfirmationTarget) -> Self {
         FeePolicy {
             source: FeeRateSource::Estimate(target),
+            max_feerate: Self::DEFAULT_MAX_FEERATE,
+            max_fee: Self::DEFAULT_MAX_FEE,
+        }
+    }
+
+    /// The funding feerate ([`FeeRateSource::Funding`]) with the default caps.
+    pub fn funding() -> Self {
+        FeePolicy {
+            source: FeeRateSource::Funding,
             max_feerate: Self::DEFAULT_MAX_FEERATE,
             max_fee: Self::DEFAULT_MAX_FEE,
         }
@@ -95,14 +119,25 @@ impl FeePolicy {
         Ok(())
     }
 
-    /// The feerate to use now, checked against the cap.
-    pub fn feerate<F: FeeEstimator + ?Sized>(&self, estimator: &F) -> Result<FeeRate, SpliceError> {
+    /// The feerate to use now, checked against the cap. `funding` answers
+    /// for [`FeeRateSource::Funding`]; without it the estimator's
+    /// `NonAnchorChannelFee` does.
+    pub fn feerate<F: FeeEstimator + ?Sized>(
+        &self,
+        estimator: &F,
+        funding: Option<&dyn FundingFeeEstimator>,
+    ) -> Result<FeeRate, SpliceError> {
         self.validate()?;
+        let estimate = |target| {
+            FeeRate::from_sat_per_kwu(u64::from(estimator.get_est_sat_per_1000_weight(target)))
+        };
         let feerate = match self.source {
             FeeRateSource::Fixed(rate) => rate,
-            FeeRateSource::Estimate(target) => {
-                FeeRate::from_sat_per_kwu(u64::from(estimator.get_est_sat_per_1000_weight(target)))
-            }
+            FeeRateSource::Estimate(target) => estimate(target),
+            FeeRateSource::Funding => match funding {
+                Some(funding) => funding.funding_feerate(),
+                None => estimate(ConfirmationTarget::NonAnchorChannelFee),
+            },
         };
         if feerate > self.max_feerate {
             return Err(SpliceError::FeeRateTooHigh {
@@ -127,9 +162,9 @@ impl FeePolicy {
 }
 
 impl Default for FeePolicy {
-    /// The estimator's channel-funding feerate, default caps.
+    /// The funding feerate ([`FeeRateSource::Funding`]), default caps.
     fn default() -> Self {
-        FeePolicy::estimate(ConfirmationTarget::NonAnchorChannelFee)
+        FeePolicy::funding()
     }
 }
 

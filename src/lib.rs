@@ -27,7 +27,7 @@ pub use error::SpliceError;
 #[doc(hidden)]
 pub use events::EventNotifier;
 pub use events::SpliceEvent;
-pub use fees::{FeePolicy, FeeRateSource, SpliceQuote};
+pub use fees::{FeePolicy, FeeRateSource, FundingFeeEstimator, SpliceQuote};
 pub use ids::{BatchId, ChannelRef, SpliceId};
 pub use logger::LogBridge;
 pub use record::{

@@ -931,6 +931,16 @@ async fn fee_estimate_mempool_accept_and_mining_over_rpc() {
         .await
         .expect("estimate");
     assert_eq!(estimate["feerate"], json!(0.00003));
+    chain.set_fee_rate(bitcoin::FeeRate::ZERO);
+    let estimate = call(&chain, "estimatesmartfee", &[json!(3)])
+        .await
+        .expect("estimate");
+    assert_eq!(
+        estimate,
+        json!({"errors": ["Insufficient data or no feerate found"], "blocks": 0}),
+        "no estimate, as bitcoind answers without history"
+    );
+    chain.set_fee_rate(bitcoin::FeeRate::from_sat_per_vb_u32(3));
     assert_eq!(
         rpc_error(&chain, "estimatesmartfee", &[json!(0)]).await.0,
         -8

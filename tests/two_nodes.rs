@@ -176,3 +176,64 @@ async fn wrong_network_and_unreachable_bitcoind_are_reported() {
         .expect("bad credentials are refused");
     assert!(matches!(err, NodeError::Chain(_)), "{err}");
 }
+
+/// Without an estimate from bitcoind each target runs on its own fallback:
+/// urgent claims and the maximum well above the normal rate, the minimums
+/// we allow peers at the relay floor, funding on its own target. Once
+/// bitcoind estimates again, every target follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fee_estimates_fall_back_per_target_and_follow_bitcoind_again() {
+    use bitcoin::FeeRate;
+    use ldk_splice::node::{FeeTarget, FEE_TARGETS};
+    use lightning::chain::chaininterface::{ConfirmationTarget, FeeEstimator};
+
+    let chain = start_chain().await;
+    chain.set_fee_rate(FeeRate::ZERO);
+    let node = start_node(&chain).await;
+    let bitcoind = node.node.bitcoind();
+    let ldk = |target| bitcoind.get_est_sat_per_1000_weight(target);
+    let estimates = bitcoind.fee_estimates();
+    assert_eq!(estimates.len(), FEE_TARGETS.len());
+    assert!(estimates.iter().all(|e| e.fallback), "{estimates:?}");
+    assert_eq!(ldk(ConfirmationTarget::MaximumFeeEstimate), 12_500);
+    assert_eq!(ldk(ConfirmationTarget::UrgentOnChainSweep), 5_000);
+    assert_eq!(ldk(ConfirmationTarget::NonAnchorChannelFee), 2_500);
+    assert_eq!(ldk(ConfirmationTarget::AnchorChannelFee), 500);
+    assert_eq!(ldk(ConfirmationTarget::OutputSpendingFee), 1_000);
+    assert_eq!(
+        ldk(ConfirmationTarget::MinAllowedAnchorChannelRemoteFee),
+        253
+    );
+    assert_eq!(
+        ldk(ConfirmationTarget::MinAllowedNonAnchorChannelRemoteFee),
+        253
+    );
+    assert_eq!(ldk(ConfirmationTarget::ChannelCloseMinimum), 253);
+    assert_eq!(bitcoind.funding_feerate(), FeeRate::from_sat_per_vb_u32(10));
+    assert!(
+        ldk(ConfirmationTarget::UrgentOnChainSweep) > 2 * ldk(ConfirmationTarget::AnchorChannelFee),
+        "urgent claims fall back well above the normal rate"
+    );
+
+    chain.set_fee_rate(FeeRate::from_sat_per_vb_u32(7));
+    bitcoind.update_fee_estimates().await;
+    let estimates = bitcoind.fee_estimates();
+    assert!(estimates.iter().all(|e| !e.fallback), "{estimates:?}");
+    for estimate in &estimates {
+        assert_eq!(
+            estimate.feerate,
+            FeeRate::from_sat_per_vb_u32(7),
+            "{}",
+            estimate.target
+        );
+    }
+    assert_eq!(ldk(ConfirmationTarget::UrgentOnChainSweep), 1_750);
+    assert_eq!(bitcoind.funding_feerate(), FeeRate::from_sat_per_vb_u32(7));
+    assert!(estimates.iter().any(|e| e.target == FeeTarget::Funding));
+
+    // An estimate that goes away again falls back again.
+    chain.set_fee_rate(FeeRate::ZERO);
+    bitcoind.update_fee_estimates().await;
+    assert_eq!(ldk(ConfirmationTarget::UrgentOnChainSweep), 5_000);
+    assert_eq!(bitcoind.funding_feerate(), FeeRate::from_sat_per_vb_u32(10));
+}

@@ -23,7 +23,6 @@ use ldk_splice::node::Node;
 use ldk_splice::{
     BatchId, BatchPlan, ChannelRef, Destination, FeePolicy, Leg, Payout, ResizeRequest, SpliceId,
 };
-use lightning::chain::chaininterface::ConfirmationTarget;
 use lightning::ln::types::ChannelId;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -200,7 +199,7 @@ impl FeeParams {
                         ApiError::bad_request(format!("invalid feerate {rate} sat/vB"))
                     })?,
             ),
-            None => FeePolicy::estimate(ConfirmationTarget::NonAnchorChannelFee),
+            None => FeePolicy::funding(),
         };
         if let Some(max) = self.max_fee_sat {
             policy = policy.with_max_fee(Amount::from_sat(max));

@@ -46,7 +46,7 @@ use crate::store::SharedStore;
 use crate::wallet::FundingWallet;
 
 /// Settings of a [`SpliceCoordinator`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct CoordinatorConfig {
     /// The network addresses must belong to.
@@ -58,6 +58,26 @@ pub struct CoordinatorConfig {
     /// peer holding our signature for a negotiation we forgot, and it
     /// force-closes the channel. The bundled node sets it.
     pub signatures_wait_for_manager_persistence: bool,
+    /// Where [`FeeRateSource::Funding`](crate::FeeRateSource::Funding)
+    /// feerates come from; without one, the `FeeEstimator`'s
+    /// `NonAnchorChannelFee`.
+    pub funding_fee_estimator: Option<Arc<dyn crate::fees::FundingFeeEstimator>>,
+}
+
+impl std::fmt::Debug for CoordinatorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoordinatorConfig")
+            .field("network", &self.network)
+            .field(
+                "signatures_wait_for_manager_persistence",
+                &self.signatures_wait_for_manager_persistence,
+            )
+            .field(
+                "funding_fee_estimator",
+                &self.funding_fee_estimator.is_some(),
+            )
+            .finish()
+    }
 }
 
 impl CoordinatorConfig {
@@ -67,7 +87,17 @@ impl CoordinatorConfig {
         CoordinatorConfig {
             network,
             signatures_wait_for_manager_persistence: false,
+            funding_fee_estimator: None,
         }
+    }
+
+    /// Sets [`CoordinatorConfig::funding_fee_estimator`].
+    pub fn with_funding_fee_estimator(
+        mut self,
+        estimator: Arc<dyn crate::fees::FundingFeeEstimator>,
+    ) -> Self {
+        self.funding_fee_estimator = Some(estimator);
+        self
     }
 
     /// Sets [`CoordinatorConfig::signatures_wait_for_manager_persistence`].

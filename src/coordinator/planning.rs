@@ -162,7 +162,7 @@ where
                 maximum,
             });
         }
-        let feerate = fee.feerate(&*self.fee_estimator)?;
+        let feerate = self.feerate(fee)?;
         if request.add > Amount::ZERO && mode != PlanMode::Unfunded {
             let available = pool.available(&*self.wallet);
             if request.add > available {

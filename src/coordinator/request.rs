@@ -515,7 +515,10 @@ where
 
     /// The feerate `fee` gives now.
     pub(crate) fn feerate(&self, fee: &FeePolicy) -> Result<bitcoin::FeeRate, SpliceError> {
-        fee.feerate(&*self.fee_estimator)
+        fee.feerate(
+            &*self.fee_estimator,
+            self.config.funding_fee_estimator.as_deref(),
+        )
     }
 
     /// Whether LDK holds a contribution of ours on the channel (queued,

@@ -327,7 +327,8 @@ impl DevChain {
             .read(|s| s.chain.entry(hash).map(|e| (*e.block).clone()))
     }
 
-    /// Sets what `estimatesmartfee` answers.
+    /// Sets what `estimatesmartfee` answers; zero makes it answer that it
+    /// has no estimate, as a bitcoind without enough history does.
     pub fn set_fee_rate(&self, rate: FeeRate) {
         self.shared().write(|s| s.fee_rate = rate)
     }

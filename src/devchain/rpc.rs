@@ -677,6 +677,13 @@ fn estimatesmartfee(shared: &Shared, args: &Args) -> RpcResult {
         }
     }
     let rate_kvb = shared.read(|s| s.fee_rate.to_sat_per_kwu().saturating_mul(4));
+    if rate_kvb == 0 {
+        // What a bitcoind without enough blocks and mempool history says.
+        return Ok(json!({
+            "errors": ["Insufficient data or no feerate found"],
+            "blocks": 0,
+        }));
+    }
     Ok(json!({
         "feerate": json::btc_per_kvb(rate_kvb.max(MIN_RELAY_SAT_PER_KVB)),
         "blocks": target.max(2),

@@ -1,43 +1,26 @@
 //! Talking to bitcoind (or the devchain) over JSON-RPC: block source, fee
 //! estimator and broadcaster.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use bitcoin::consensus::encode::serialize_hex;
+use bitcoin::FeeRate;
 use bitcoin::{Network, Transaction, Txid};
 use lightning::chain::chaininterface::{
     BroadcasterInterface, ConfirmationTarget, FeeEstimator, TransactionType,
-    FEERATE_FLOOR_SATS_PER_KW,
 };
 use lightning_block_sync::http::JsonResponse;
 use lightning_block_sync::rpc::RpcClient;
 use serde_json::json;
 
+use super::fee_estimates::{FeeEstimate, FeeEstimates, FeeTarget};
 use super::NodeError;
-
-/// Every confirmation target LDK asks about, with the block target we ask
-/// bitcoind's `estimatesmartfee` for.
-const TARGETS: [(ConfirmationTarget, u16); 8] = [
-    (ConfirmationTarget::MaximumFeeEstimate, 1),
-    (ConfirmationTarget::UrgentOnChainSweep, 6),
-    (ConfirmationTarget::MinAllowedAnchorChannelRemoteFee, 1008),
-    (ConfirmationTarget::MinAllowedNonAnchorChannelRemoteFee, 144),
-    (ConfirmationTarget::AnchorChannelFee, 1008),
-    (ConfirmationTarget::NonAnchorChannelFee, 12),
-    (ConfirmationTarget::ChannelCloseMinimum, 144),
-    (ConfirmationTarget::OutputSpendingFee, 12),
-];
-
-/// Used until bitcoind has an estimate (a fresh regtest bitcoind has none).
-const FALLBACK_SAT_PER_KW: u32 = 500; // 2 sat/vB
 
 /// One bitcoind JSON-RPC endpoint, used for blocks, fees and broadcasting.
 pub struct Bitcoind {
     rpc: Arc<RpcClient>,
-    fee_cache: HashMap<ConfirmationTarget, AtomicU32>,
+    fees: FeeEstimates,
     runtime: tokio::runtime::Handle,
     /// Transactions we handed to bitcoind and whether it took them.
     broadcasts: Arc<Mutex<Vec<BroadcastRecord>>>,
@@ -89,18 +72,15 @@ impl Bitcoind {
                 "bitcoind at {url} is on chain '{chain}', expected '{expected}'"
             )));
         }
-        let fee_cache = TARGETS
-            .iter()
-            .map(|(target, _)| (*target, AtomicU32::new(FALLBACK_SAT_PER_KW)))
-            .collect();
         let this = Arc::new(Bitcoind {
             rpc,
-            fee_cache,
+            fees: FeeEstimates::new(),
             runtime: tokio::runtime::Handle::current(),
             broadcasts: Arc::new(Mutex::new(Vec::new())),
             on_broadcast: Mutex::new(None),
         });
         this.update_fee_estimates().await;
+        this.fees.log_fallbacks();
         Ok(this)
     }
 
@@ -109,29 +89,23 @@ impl Bitcoind {
         Arc::clone(&self.rpc)
     }
 
-    /// Asks bitcoind for a fresh fee estimate for every target. Targets it
-    /// cannot estimate keep their last value.
+    /// Asks bitcoind for a fresh fee estimate for every target. A target
+    /// it cannot estimate uses its fallback (see
+    /// [`FEE_TARGETS`](super::FEE_TARGETS)), with a
+    /// warning in the log when it starts to.
     pub async fn update_fee_estimates(&self) {
-        for (target, blocks) in TARGETS {
-            let estimate: Result<JsonResponse, _> = self
-                .rpc
-                .call_method("estimatesmartfee", &[json!(blocks), json!("ECONOMICAL")])
-                .await;
-            let Ok(JsonResponse(value)) = estimate else {
-                continue;
-            };
-            // BTC per kvB -> sat per 1000 weight units.
-            let Some(btc_per_kvb) = value["feerate"].as_f64() else {
-                continue;
-            };
-            let sat_per_kw = (btc_per_kvb * 100_000_000.0 / 4.0).round();
-            if sat_per_kw.is_finite() && sat_per_kw >= 0.0 && sat_per_kw <= u32::MAX as f64 {
-                let rate = (sat_per_kw as u32).max(FEERATE_FLOOR_SATS_PER_KW);
-                if let Some(slot) = self.fee_cache.get(&target) {
-                    slot.store(rate, Ordering::Release);
-                }
-            }
-        }
+        self.fees.refresh(&self.rpc).await;
+    }
+
+    /// The feerate for channel funding and splice transactions (confirmation
+    /// within 6 blocks; LDK has no target for them).
+    pub fn funding_feerate(&self) -> FeeRate {
+        FeeRate::from_sat_per_kwu(u64::from(self.fees.sat_per_kwu(FeeTarget::Funding)))
+    }
+
+    /// Every target's feerate now, and whether it is a fallback.
+    pub fn fee_estimates(&self) -> Vec<FeeEstimate> {
+        self.fees.all()
     }
 
     /// The current tip height and hash.
@@ -188,10 +162,13 @@ impl Bitcoind {
 
 impl FeeEstimator for Bitcoind {
     fn get_est_sat_per_1000_weight(&self, target: ConfirmationTarget) -> u32 {
-        self.fee_cache
-            .get(&target)
-            .map(|rate| rate.load(Ordering::Acquire))
-            .unwrap_or(FALLBACK_SAT_PER_KW)
+        self.fees.sat_per_kwu(FeeTarget::Ldk(target))
+    }
+}
+
+impl crate::fees::FundingFeeEstimator for Bitcoind {
+    fn funding_feerate(&self) -> FeeRate {
+        Bitcoind::funding_feerate(self)
     }
 }
 

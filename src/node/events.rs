@@ -3,8 +3,6 @@
 use std::sync::Arc;
 
 use bitcoin::hashes::Hash;
-use bitcoin::FeeRate;
-use lightning::chain::chaininterface::{ConfirmationTarget, FeeEstimator};
 use lightning::events::{Event, ReplayEvent};
 use lightning::util::ser::Writeable;
 
@@ -53,10 +51,7 @@ impl NodeEventHandler {
                 output_script,
                 ..
             } => {
-                let fee_rate = FeeRate::from_sat_per_kwu(u64::from(
-                    self.bitcoind
-                        .get_est_sat_per_1000_weight(ConfirmationTarget::NonAnchorChannelFee),
-                ));
+                let fee_rate = self.bitcoind.funding_feerate();
                 let amount = bitcoin::Amount::from_sat(channel_value_satoshis);
                 let funding = self
                     .wallet

@@ -12,6 +12,7 @@ mod channels;
 mod connections;
 mod error;
 mod events;
+mod fee_estimates;
 mod invoices;
 mod keys;
 mod manager_store;
@@ -60,6 +61,7 @@ use lightning_background_processor::{BackgroundProcessor, GossipSync as BpGossip
 pub use self::bitcoind::{Bitcoind, BroadcastRecord};
 pub use self::builder::{ChainFeed, NodeBuilder, NodeConfig, StoreWrapper};
 pub use self::error::NodeError;
+pub use self::fee_estimates::{FeeEstimate, FeeTarget, TargetPolicy, FEE_TARGETS};
 pub use self::keys::WalletSignerProvider;
 pub use self::payments::{PaymentDirection, PaymentInfo, PaymentStatus};
 pub use self::sync::ChainListeners;

@@ -207,10 +207,9 @@ impl Node {
                 funding_wallet.unwrap_or_else(|| wallet.clone()),
                 bitcoind.clone(),
                 shared_store.clone(),
-                CoordinatorConfig {
-                    network: config.network,
-                    signatures_wait_for_manager_persistence: true,
-                },
+                CoordinatorConfig::new(config.network)
+                    .with_signatures_waiting_for_manager_persistence(true)
+                    .with_funding_fee_estimator(bitcoind.clone()),
             )
             .map_err(|e| NodeError::Storage(format!("splice journal: {e}")))?,
         );
