@@ -640,8 +640,13 @@ async fn a_lost_splice_locked_is_sent_again_after_a_reconnect() {
     let id = a.splice_in(&channel_id, &b.node_id(), add, fee()).unwrap();
     broadcast_txid(&chain, a, id).await;
 
+    // One reconnection normally settles it; under load Bob's first
+    // `splice_locked` can be the one he resends after a reconnection, so
+    // leave room for the node's next attempt (three blocks and ten seconds
+    // later).
     let mut locked_at = None;
-    for _ in 0..20 {
+    let mut last_seen = None;
+    for _ in 0..40 {
         chain.mine_blocks_to_burn(1);
         bob_next = feed_blocks_through_confirm(&chain, b, bob_next);
         wait_synced(&chain, a).await;
@@ -652,6 +657,7 @@ async fn a_lost_splice_locked_is_sent_again_after_a_reconnect() {
                 .map(|c| (c.confirmations, c.confirmations_required))
         };
         let seen = depth(a);
+        last_seen = seen;
         if a.wait_until(Duration::from_millis(1_500), "locked", |n| {
             n.splice_status(id)
                 .is_some_and(|r| r.state == SpliceState::Locked)
@@ -663,7 +669,13 @@ async fn a_lost_splice_locked_is_sent_again_after_a_reconnect() {
             break;
         }
     }
-    let (confirmations, required) = locked_at.expect("the splice locks after a reconnect");
+    let (confirmations, required) = locked_at.unwrap_or_else(|| {
+        panic!(
+            "the splice locks after a reconnect: last seen (confirmations, required) {last_seen:?}, {} connections, {} splice_locked lost",
+            fake.handler.connections.load(Ordering::SeqCst),
+            fake.handler.splice_locked_lost.load(Ordering::SeqCst)
+        )
+    });
     assert_eq!(fake.handler.splice_locked_lost.load(Ordering::SeqCst), 1);
     assert!(
         confirmations >= required + 3,
