@@ -650,14 +650,11 @@ async fn a_lost_splice_locked_is_sent_again_after_a_reconnect() {
         chain.mine_blocks_to_burn(1);
         bob_next = feed_blocks_through_confirm(&chain, b, bob_next);
         wait_synced(&chain, a).await;
-        let depth = |n: &Node| {
-            n.channel(&channel_id)
-                .and_then(|c| c.splice_details)
-                .and_then(|d| d.confirmed_candidate)
-                .map(|c| (c.confirmations, c.confirmations_required))
-        };
-        let seen = depth(a);
-        last_seen = seen;
+        last_seen = a
+            .channel(&channel_id)
+            .and_then(|c| c.splice_details)
+            .and_then(|d| d.confirmed_candidate)
+            .map(|c| (c.confirmations, c.confirmations_required));
         if a.wait_until(Duration::from_millis(1_500), "locked", |n| {
             n.splice_status(id)
                 .is_some_and(|r| r.state == SpliceState::Locked)
@@ -665,7 +662,7 @@ async fn a_lost_splice_locked_is_sent_again_after_a_reconnect() {
         .await
         .is_ok()
         {
-            locked_at = seen;
+            locked_at = last_seen;
             break;
         }
     }
