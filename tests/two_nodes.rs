@@ -99,11 +99,24 @@ async fn open_pay_restart_pay_close_accounts_for_every_satoshi() {
     // Bob's channel balance is 100k - 30k + 10k sat; Alice opened, so she
     // pays the closing fee.
     let bob_channel_balance = Amount::from_sat(80_000);
+    // A close asked for while the peer is reconnecting waits for the
+    // channel to be re-established instead of failing.
+    alice.node.disconnect(&bob_id);
     alice
         .node
-        .close_channel(&channel.channel_id, &bob_id)
+        .wait_until(WAIT, "bob disconnected", |n| !n.is_connected(&bob_id))
         .await
-        .expect("close starts");
+        .expect("disconnects");
+    let reconnect = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        alice.node.connect(bob_id, bob_node.listen_addr()).await
+    };
+    let (closed, reconnected) = tokio::join!(
+        alice.node.close_channel(&channel.channel_id, &bob_id),
+        reconnect
+    );
+    reconnected.expect("reconnects");
+    closed.expect("close starts once the channel is re-established");
     let close_tx = wait_for_mempool_tx(&chain, |tx| {
         tx.input
             .iter()

@@ -1,6 +1,7 @@
 //! The node's channels: opening, listing, balances, closing.
 
 use super::*;
+use lightning::util::errors::APIError;
 
 impl Node {
     /// Opens a channel of `capacity` to a connected peer, funded from the
@@ -79,22 +80,46 @@ impl Node {
     }
 
     /// Closes a channel cooperatively. LDK refuses to start a close while
-    /// a channel monitor update is still being written; the node writes
-    /// them right after persisting the channel manager (deferred monitor
-    /// writes), so this first waits (up to ten seconds) for those to land.
+    /// a channel monitor update is still being written (the node writes
+    /// them right after persisting the channel manager) or while the peer
+    /// is re-establishing the channel after a reconnection; both pass within
+    /// moments, so this waits for them (up to ten seconds) and retries.
+    /// Other refusals (a close already under way, an unknown channel) are
+    /// returned at once.
     pub async fn close_channel(
         &self,
         channel_id: &ChannelId,
         counterparty: &PublicKey,
     ) -> Result<(), NodeError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while self.chain_monitor.pending_operation_count() > 0
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        loop {
+            while self.chain_monitor.pending_operation_count() > 0
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            match self.channel_manager.close_channel(channel_id, counterparty) {
+                Ok(()) => return Ok(()),
+                Err(APIError::ChannelUnavailable { err })
+                    if tokio::time::Instant::now() < deadline
+                        && self.close_may_succeed_soon(channel_id) =>
+                {
+                    log::debug!("close of {channel_id} waits: {err}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(NodeError::Lightning(format!("{e:?}"))),
+            }
         }
-        self.channel_manager
-            .close_channel(channel_id, counterparty)
-            .map_err(|e| NodeError::Lightning(format!("{e:?}")))
+    }
+
+    /// Whether a refused close is worth retrying: the channel still exists
+    /// and no shutdown has started on either side.
+    fn close_may_succeed_soon(&self, channel_id: &ChannelId) -> bool {
+        self.channel(channel_id).is_some_and(|c| {
+            matches!(
+                c.channel_shutdown_state,
+                None | Some(lightning::ln::channel_state::ChannelShutdownState::NotShuttingDown)
+            )
+        })
     }
 }
