@@ -1,6 +1,7 @@
 //! The devchain validates, mines, replaces and reorganises like bitcoind, and serves its RPC
 //! with bitcoind's shapes and error codes. Every transaction here is really built and signed.
 
+use base64::Engine;
 use bitcoin::hashes::Hash;
 use bitcoin::key::{CompressedPublicKey, Keypair, TapTweak};
 use bitcoin::secp256k1::{All, Message, Secp256k1, SecretKey};
@@ -197,6 +198,17 @@ fn expect_reject(
 
 /// A raw HTTP/1.1 exchange: returns the status code and body.
 async fn http(chain: &DevChain, request_line: &str, auth: bool, body: &str) -> (u16, Vec<u8>) {
+    let credentials = auth.then(|| chain.rpc_credentials());
+    http_as(chain, request_line, credentials.as_deref(), body).await
+}
+
+/// A raw HTTP/1.1 exchange with basic auth as `credentials` (`user:password`), if any.
+async fn http_as(
+    chain: &DevChain,
+    request_line: &str,
+    credentials: Option<&str>,
+    body: &str,
+) -> (u16, Vec<u8>) {
     let mut stream = tokio::net::TcpStream::connect(chain.rpc_addr())
         .await
         .expect("connect");
@@ -204,10 +216,10 @@ async fn http(chain: &DevChain, request_line: &str, auth: bool, body: &str) -> (
         "{request_line} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
     );
-    if auth {
+    if let Some(credentials) = credentials {
         request.push_str(&format!(
             "Authorization: Basic {}\r\n",
-            chain.rpc_credentials_base64()
+            base64::engine::general_purpose::STANDARD.encode(credentials)
         ));
     }
     request.push_str("\r\n");
@@ -1282,4 +1294,229 @@ async fn no_rpc_input_crashes_the_server() {
     // Still alive, and the chain is intact (no block was invalidated below genesis).
     let count = call(&chain, "getblockcount", &[]).await.expect("alive");
     assert!(count.as_u64().is_some());
+}
+
+/// The mempool's txids as bitcoind lists them: strings, oldest first.
+fn txid_strings(txids: &[Txid]) -> Value {
+    json!(txids.iter().map(Txid::to_string).collect::<Vec<_>>())
+}
+
+/// `GET /rest/mempool/contents.json` with `query` (after the `?`, or empty).
+async fn rest_mempool(chain: &DevChain, query: &str) -> (u16, Vec<u8>) {
+    let path = if query.is_empty() {
+        "GET /rest/mempool/contents.json".to_string()
+    } else {
+        format!("GET /rest/mempool/contents.json?{query}")
+    };
+    http(chain, &path, false, "").await
+}
+
+/// The mempool sequence, read over REST and over RPC, which must agree with each other and
+/// list exactly the mempool's txids.
+async fn mempool_sequence(chain: &DevChain) -> u64 {
+    let (status, body) = rest_mempool(chain, "verbose=false&mempool_sequence=true").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let rest: Value = serde_json::from_slice(&body).expect("json");
+    let rpc = call(chain, "getrawmempool", &[json!(false), json!(true)])
+        .await
+        .expect("getrawmempool");
+    assert_eq!(rest, rpc, "REST and RPC agree");
+    assert_eq!(rest["txids"], txid_strings(&chain.mempool_txids()));
+    assert_eq!(rest.as_object().map(|o| o.len()), Some(2), "{rest}");
+    rest["mempool_sequence"].as_u64().expect("a number")
+}
+
+#[tokio::test]
+async fn rest_mempool_contents_takes_verbose_and_mempool_sequence_like_bitcoind() {
+    let key = Key::new(17);
+    let chain = setup(&key).await;
+    let (parent, child) = parent_and_child(&key, &chain, 1_000);
+    let txids = vec![parent.compute_txid(), child.compute_txid()];
+    assert_eq!(chain.mempool_txids(), txids);
+    let json_of = |body: Vec<u8>| -> Value { serde_json::from_slice(&body).expect("json") };
+
+    // verbose=false: the txids, oldest first.
+    let (status, body) = rest_mempool(&chain, "verbose=false").await;
+    assert_eq!(status, 200);
+    assert_eq!(json_of(body), txid_strings(&txids));
+    let (status, body) = rest_mempool(&chain, "mempool_sequence=false&verbose=false").await;
+    assert_eq!(status, 200);
+    assert_eq!(json_of(body), txid_strings(&txids));
+
+    // With the sequence: an object with both, as getrawmempool false true answers.
+    let (status, body) = rest_mempool(&chain, "verbose=false&mempool_sequence=true").await;
+    assert_eq!(status, 200);
+    let listed = json_of(body);
+    assert_eq!(listed["txids"], txid_strings(&txids));
+    assert_eq!(listed.as_object().map(|o| o.len()), Some(2), "{listed}");
+    let rpc = call(&chain, "getrawmempool", &[json!(false), json!(true)])
+        .await
+        .expect("getrawmempool");
+    assert_eq!(listed, rpc);
+
+    // Verbose (the default, or said): one entry per txid, the same as getrawmempool true.
+    let (status, body) = rest_mempool(&chain, "").await;
+    assert_eq!(status, 200);
+    let verbose = json_of(body);
+    let keys: Vec<&String> = verbose.as_object().expect("object").keys().collect();
+    let mut expected: Vec<String> = txids.iter().map(Txid::to_string).collect();
+    expected.sort();
+    assert_eq!(keys, expected.iter().collect::<Vec<_>>());
+    assert_eq!(
+        verbose[child.compute_txid().to_string()]["depends"],
+        txid_strings(&[parent.compute_txid()])
+    );
+    let (status, body) = rest_mempool(&chain, "verbose=true").await;
+    assert_eq!((status, json_of(body)), (200, verbose.clone()));
+    let rpc = call(&chain, "getrawmempool", &[json!(true)])
+        .await
+        .expect("getrawmempool verbose");
+    assert_eq!(rpc, verbose);
+
+    // Verbose with the sequence is refused, with bitcoind's message.
+    let refused =
+        "Verbose results cannot contain mempool sequence values. (hint: set \"verbose=false\")\r\n";
+    for query in [
+        "mempool_sequence=true",
+        "verbose=true&mempool_sequence=true",
+    ] {
+        let (status, body) = rest_mempool(&chain, query).await;
+        assert_eq!(
+            (status, String::from_utf8_lossy(&body).as_ref()),
+            (400, refused),
+            "{query}"
+        );
+    }
+    assert_eq!(
+        rpc_error(&chain, "getrawmempool", &[json!(true), json!(true)]).await,
+        (
+            -8,
+            "Verbose results cannot contain mempool sequence values.".into()
+        )
+    );
+
+    // Values other than "true" and "false" are refused, as bitcoind does.
+    let bad_verbose = "The \"verbose\" query parameter must be either \"true\" or \"false\".\r\n";
+    for query in [
+        "verbose=yes",
+        "verbose=TRUE",
+        "verbose=1",
+        "verbose=",
+        "verbose",
+    ] {
+        let (status, body) = rest_mempool(&chain, query).await;
+        assert_eq!(
+            (status, String::from_utf8_lossy(&body).as_ref()),
+            (400, bad_verbose),
+            "{query}"
+        );
+    }
+    let bad_sequence =
+        "The \"mempool_sequence\" query parameter must be either \"true\" or \"false\".\r\n";
+    for query in [
+        "verbose=false&mempool_sequence=1",
+        "verbose=false&mempool_sequence=no",
+    ] {
+        let (status, body) = rest_mempool(&chain, query).await;
+        assert_eq!(
+            (status, String::from_utf8_lossy(&body).as_ref()),
+            (400, bad_sequence),
+            "{query}"
+        );
+    }
+    // Only JSON, as before.
+    let (status, _) = http(
+        &chain,
+        "GET /rest/mempool/contents.bin?verbose=false",
+        false,
+        "",
+    )
+    .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn mempool_sequence_counts_every_transaction_added_or_removed() {
+    let key = Key::new(18);
+    let chain = setup(&key).await;
+    // bitcoind starts at 1; mining empty blocks changes nothing.
+    let start = mempool_sequence(&chain).await;
+    assert_eq!(start, 1);
+
+    // A broadcast parent and child: two additions.
+    let (parent, child) = parent_and_child(&key, &chain, 1_000);
+    assert_eq!(mempool_sequence(&chain).await, start + 2);
+
+    // Sending one again, a rejection and a test acceptance change nothing.
+    chain.send_raw_transaction(&parent).expect("already in");
+    let too_much = key.spend(
+        &[coinbase(&chain, 1)],
+        vec![out(&key.p2wpkh(), COINBASE_SAT + 1)],
+    );
+    assert!(chain.send_raw_transaction(&too_much).is_err());
+    let fine = key.spend(
+        &[coinbase(&chain, 1)],
+        vec![out(&key.p2wpkh(), COINBASE_SAT - 1_000)],
+    );
+    chain.test_mempool_accept(&fine).expect("would be accepted");
+    assert_eq!(mempool_sequence(&chain).await, start + 2);
+
+    // A replacement evicting both: one addition, two removals.
+    let replacement = key.spend(
+        &[coinbase(&chain, 2)],
+        vec![out(&key.p2tr(), COINBASE_SAT - 2_000 - 200)],
+    );
+    chain.send_raw_transaction(&replacement).expect("replaces");
+    assert_eq!(chain.mempool_txids(), vec![replacement.compute_txid()]);
+    assert_eq!(mempool_sequence(&chain).await, start + 5);
+
+    // Mined: one removal.
+    chain.mine_blocks_to_burn(1);
+    assert!(chain.mempool_txids().is_empty());
+    assert_eq!(mempool_sequence(&chain).await, start + 6);
+
+    // Disconnected: it comes back, one addition.
+    assert_eq!(chain.invalidate_tip(1), vec![replacement.compute_txid()]);
+    assert_eq!(mempool_sequence(&chain).await, start + 7);
+
+    // A block confirming the original parent evicts the replacement: one removal.
+    chain
+        .mine_block_with(std::slice::from_ref(&parent))
+        .expect("mined");
+    assert!(chain.mempool_txids().is_empty());
+    assert_eq!(mempool_sequence(&chain).await, start + 8);
+
+    // The child can now enter (one addition), and a reorg that returns the parent under it
+    // counts the parent alone (the child stays): one more addition.
+    chain.send_raw_transaction(&child).expect("child");
+    assert_eq!(mempool_sequence(&chain).await, start + 9);
+    assert_eq!(chain.invalidate_tip(1), vec![parent.compute_txid()]);
+    assert_eq!(
+        chain.mempool_txids(),
+        vec![parent.compute_txid(), child.compute_txid()]
+    );
+    assert_eq!(mempool_sequence(&chain).await, start + 10);
+
+    // A package: nothing when the child pays too little, two additions when it pays enough.
+    let free_parent = key.spend(
+        &[coinbase(&chain, 1)],
+        vec![out(&key.p2wpkh(), COINBASE_SAT)],
+    );
+    let stingy = key.spend(
+        &[coin(&free_parent, 0)],
+        vec![out(&key.p2tr(), COINBASE_SAT - 150)],
+    );
+    assert!(chain
+        .submit_package(&[free_parent.clone(), stingy])
+        .is_err());
+    assert_eq!(mempool_sequence(&chain).await, start + 10);
+    let paying = key.spend(
+        &[coin(&free_parent, 0)],
+        vec![out(&key.p2tr(), COINBASE_SAT - 1_000)],
+    );
+    chain
+        .submit_package(&[free_parent, paying])
+        .expect("package");
+    assert_eq!(chain.mempool_txids().len(), 4);
+    assert_eq!(mempool_sequence(&chain).await, start + 12);
 }

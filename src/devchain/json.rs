@@ -357,3 +357,49 @@ pub(crate) fn mempool_info(state: &State) -> Value {
         "fullrbf": true,
     })
 }
+
+/// What `getrawmempool` and REST `mempool/contents` list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MempoolListing {
+    /// Every entry in full, keyed by txid.
+    Verbose,
+    /// The txids, oldest first.
+    Txids,
+    /// The txids and the mempool sequence.
+    TxidsWithSequence,
+}
+
+impl MempoolListing {
+    /// The listing bitcoind's `verbose` and `mempool_sequence` flags ask for; `None` when both
+    /// are set, which bitcoind refuses.
+    pub fn from_flags(verbose: bool, with_sequence: bool) -> Option<Self> {
+        match (verbose, with_sequence) {
+            (true, true) => None,
+            (true, false) => Some(MempoolListing::Verbose),
+            (false, false) => Some(MempoolListing::Txids),
+            (false, true) => Some(MempoolListing::TxidsWithSequence),
+        }
+    }
+}
+
+/// `getrawmempool` (and REST `mempool/contents`) in the shape `listing` asks for.
+pub(crate) fn raw_mempool(mempool: &Mempool, listing: MempoolListing) -> Value {
+    let entries = mempool.entries();
+    let txids = || {
+        let txids = entries.iter().map(|e| json!(e.txid.to_string()));
+        Value::Array(txids.collect())
+    };
+    match listing {
+        MempoolListing::Verbose => Value::Object(
+            entries
+                .iter()
+                .map(|e| (e.txid.to_string(), mempool_entry(mempool, e)))
+                .collect(),
+        ),
+        MempoolListing::Txids => txids(),
+        MempoolListing::TxidsWithSequence => json!({
+            "txids": txids(),
+            "mempool_sequence": mempool.mempool_sequence(),
+        }),
+    }
+}

@@ -47,11 +47,24 @@ pub(crate) struct MempoolEntry {
 }
 
 /// The mempool: transactions valid on the current tip, and who spends what.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct Mempool {
     entries: HashMap<Txid, MempoolEntry>,
     spends: HashMap<OutPoint, Txid>,
     next_sequence: u64,
+    mempool_sequence: u64,
+}
+
+impl Default for Mempool {
+    fn default() -> Self {
+        Mempool {
+            entries: HashMap::new(),
+            spends: HashMap::new(),
+            next_sequence: 0,
+            // bitcoind's count starts at 1 too.
+            mempool_sequence: 1,
+        }
+    }
 }
 
 /// What an accepted transaction looks like.
@@ -106,6 +119,12 @@ impl Mempool {
     /// Number of transactions.
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// bitcoind's mempool sequence: one more for every transaction that entered or left
+    /// (acceptance, replacement, mining, conflicts, reorgs).
+    pub fn mempool_sequence(&self) -> u64 {
+        self.mempool_sequence
     }
 
     /// All entries, oldest first (so parents come before children).
@@ -200,6 +219,7 @@ impl Mempool {
 
     fn remove_one(&mut self, txid: &Txid) -> Option<MempoolEntry> {
         let entry = self.entries.remove(txid)?;
+        self.mempool_sequence += 1;
         for input in &entry.tx.input {
             if self.spends.get(&input.previous_output) == Some(txid) {
                 self.spends.remove(&input.previous_output);
@@ -225,8 +245,54 @@ impl Mempool {
         self.remove_with_descendants(conflicts);
     }
 
+    /// After a reorg: accepts `returning` (the transactions of the disconnected blocks, oldest
+    /// first, fees not checked), then the entries that were here, each only if still valid on
+    /// `chain`'s tip. Returns the txids of `returning` accepted. The mempool sequence moves
+    /// only for transactions that really entered or left, not for entries that stayed.
+    pub fn readmit_after_reorg(
+        &mut self,
+        chain: &Chain,
+        returning: &[Transaction],
+        now: u64,
+    ) -> Vec<Txid> {
+        let before: HashSet<Txid> = self.entries.keys().copied().collect();
+        let sequence = self.mempool_sequence;
+        let old = self.drain();
+        let returned = returning
+            .iter()
+            .filter_map(|tx| self.readmit(chain, tx, now))
+            .collect();
+        for entry in old {
+            self.readmit(chain, &entry.tx, entry.time);
+        }
+        let entered = self.entries.keys().filter(|t| !before.contains(*t)).count();
+        let left = before
+            .iter()
+            .filter(|t| !self.entries.contains_key(*t))
+            .count();
+        self.mempool_sequence = sequence + (entered + left) as u64;
+        returned
+    }
+
+    /// Accepts `tx` back after a reorg, fees not checked; logs why not.
+    fn readmit(&mut self, chain: &Chain, tx: &Transaction, now: u64) -> Option<Txid> {
+        let options = AcceptOptions {
+            test_only: false,
+            bypass_fees: true,
+            now,
+        };
+        match self.accept(chain, tx, options) {
+            Ok(accepted) => Some(accepted.txid),
+            Err(reason) => {
+                let txid = tx.compute_txid();
+                log::info!("devchain: {txid} not kept in the mempool after a reorg: {reason}");
+                None
+            }
+        }
+    }
+
     /// Empties the mempool, returning its entries oldest first.
-    pub fn drain(&mut self) -> Vec<MempoolEntry> {
+    fn drain(&mut self) -> Vec<MempoolEntry> {
         let mut entries: Vec<_> = self.entries.drain().map(|(_, e)| e).collect();
         self.spends.clear();
         entries.sort_by_key(|e| e.sequence);
@@ -362,6 +428,7 @@ impl Mempool {
             sequence: self.next_sequence,
         };
         self.next_sequence += 1;
+        self.mempool_sequence += 1;
         self.entries.insert(txid, entry);
         Ok(accepted)
     }

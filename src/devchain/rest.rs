@@ -5,10 +5,10 @@ use axum::http::StatusCode;
 use bitcoin::consensus::encode::{serialize, Encodable, VarInt};
 use bitcoin::hex::DisplayHex;
 use bitcoin::{BlockHash, OutPoint, Txid};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::str::FromStr;
 
-use super::json;
+use super::json::{self, MempoolListing};
 use super::Shared;
 
 /// Most headers one request may ask for.
@@ -118,25 +118,15 @@ pub(crate) fn handle(shared: &Shared, path: &str, query: Option<&str>) -> Reply 
     } else if let Some(rest) = path.strip_prefix("mempool/info") {
         simple_json(rest, || shared.read(json::mempool_info))
     } else if let Some(rest) = path.strip_prefix("mempool/contents") {
-        simple_json(rest, || {
-            shared.read(|s| {
-                let mut map = Map::new();
-                for entry in s.mempool.entries() {
-                    map.insert(
-                        entry.txid.to_string(),
-                        json::mempool_entry(&s.mempool, entry),
-                    );
-                }
-                Value::Object(map)
-            })
-        })
+        mempool_contents(shared, rest, query)
     } else {
         Err(error(StatusCode::NOT_FOUND, "not found"))
     };
     result.unwrap_or_else(|reply| reply)
 }
 
-fn simple_json(rest: &str, value: impl FnOnce() -> Value) -> Result<Reply, Reply> {
+/// Checks that `rest` is just `.json`, the only format of the JSON-only resources.
+fn json_only(rest: &str) -> Result<(), Reply> {
     let ("", format) = split_format(rest)? else {
         return Err(error(StatusCode::NOT_FOUND, "not found"));
     };
@@ -146,7 +136,52 @@ fn simple_json(rest: &str, value: impl FnOnce() -> Value) -> Result<Reply, Reply
             "output format not found (available: json)",
         ));
     }
-    Ok(reply(format, Vec::new, value))
+    Ok(())
+}
+
+fn simple_json(rest: &str, value: impl FnOnce() -> Value) -> Result<Reply, Reply> {
+    json_only(rest)?;
+    Ok(reply(Format::Json, Vec::new, value))
+}
+
+/// The value of query parameter `name` (its first occurrence, as bitcoind reads it); a
+/// parameter given without `=` has the empty value.
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then_some(value)
+    })
+}
+
+/// A `true`/`false` query parameter, `default` when absent; bitcoind refuses anything else.
+fn bool_param(query: Option<&str>, name: &str, default: bool) -> Result<bool, Reply> {
+    match query_param(query, name) {
+        None => Ok(default),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(_) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("The \"{name}\" query parameter must be either \"true\" or \"false\"."),
+        )),
+    }
+}
+
+/// `mempool/contents.json?verbose=<bool>&mempool_sequence=<bool>`: the verbose entries by
+/// default, the txids with `verbose=false`, and the txids with the mempool sequence when that
+/// is asked for too, as bitcoind 25 and later answer.
+fn mempool_contents(shared: &Shared, rest: &str, query: Option<&str>) -> Result<Reply, Reply> {
+    json_only(rest)?;
+    let verbose = bool_param(query, "verbose", true)?;
+    let with_sequence = bool_param(query, "mempool_sequence", false)?;
+    let listing = MempoolListing::from_flags(verbose, with_sequence).ok_or_else(|| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "Verbose results cannot contain mempool sequence values. (hint: set \"verbose=false\")",
+        )
+    })?;
+    Ok(reply(Format::Json, Vec::new, || {
+        shared.read(|s| json::raw_mempool(&s.mempool, listing))
+    }))
 }
 
 fn headers(shared: &Shared, rest: &str, query: Option<&str>) -> Result<Reply, Reply> {
@@ -155,12 +190,7 @@ fn headers(shared: &Shared, rest: &str, query: Option<&str>) -> Result<Reply, Re
     let (count, hash) = match name.split_once('/') {
         Some((count, hash)) => (count.to_string(), hash),
         None => {
-            let count = query
-                .into_iter()
-                .flat_map(|q| q.split('&'))
-                .find_map(|kv| kv.strip_prefix("count="))
-                .unwrap_or("5")
-                .to_string();
+            let count = query_param(query, "count").unwrap_or("5").to_string();
             (count, name)
         }
     };

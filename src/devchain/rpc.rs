@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use std::str::FromStr;
 
 use super::error::RejectReason;
-use super::json;
+use super::json::{self, MempoolListing};
 use super::mempool::MIN_RELAY_SAT_PER_KVB;
 use super::package::{self, MAX_PACKAGE_COUNT};
 use super::state::unix_now;
@@ -333,30 +333,7 @@ pub(crate) fn call(shared: &Shared, method: &str, params: &Value) -> RpcResult {
         }
         "gettxout" => gettxout(shared, &args),
         "getrawtransaction" => getrawtransaction(shared, &args),
-        "getrawmempool" => {
-            let verbose = args.bool(0, false)?;
-            let with_sequence = args.bool(1, false)?;
-            shared.read(|s| {
-                let entries = s.mempool.entries();
-                if verbose {
-                    let mut map = Map::new();
-                    for entry in entries {
-                        map.insert(
-                            entry.txid.to_string(),
-                            json::mempool_entry(&s.mempool, entry),
-                        );
-                    }
-                    Ok(Value::Object(map))
-                } else {
-                    let txids: Vec<String> = entries.iter().map(|e| e.txid.to_string()).collect();
-                    if with_sequence {
-                        Ok(json!({ "txids": txids, "mempool_sequence": entries.len() }))
-                    } else {
-                        Ok(json!(txids))
-                    }
-                }
-            })
-        }
+        "getrawmempool" => getrawmempool(shared, &args),
         "getmempoolentry" => {
             let txid: Txid = args.hash(0)?;
             shared.read(|s| {
@@ -455,6 +432,18 @@ fn network_info() -> Value {
         "localaddresses": [],
         "warnings": "",
     })
+}
+
+fn getrawmempool(shared: &Shared, args: &Args) -> RpcResult {
+    let verbose = args.bool(0, false)?;
+    let with_sequence = args.bool(1, false)?;
+    let listing = MempoolListing::from_flags(verbose, with_sequence).ok_or_else(|| {
+        RpcError::new(
+            RPC_INVALID_PARAMETER,
+            "Verbose results cannot contain mempool sequence values.",
+        )
+    })?;
+    Ok(shared.read(|s| json::raw_mempool(&s.mempool, listing)))
 }
 
 fn gettxout(shared: &Shared, args: &Args) -> RpcResult {

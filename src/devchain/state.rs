@@ -213,40 +213,13 @@ impl State {
             disconnected.push(block);
         }
         // Back to the mempool oldest block first, then what was in the mempool already.
-        let old = self.mempool.drain();
-        let mut returned = Vec::new();
-        for block in disconnected.iter().rev() {
-            for tx in block.txdata.iter().skip(1) {
-                let options = AcceptOptions {
-                    test_only: false,
-                    bypass_fees: true,
-                    now: unix_now(),
-                };
-                match self.mempool.accept(&self.chain, tx, options) {
-                    Ok(accepted) => returned.push(accepted.txid),
-                    Err(reason) => {
-                        log::info!(
-                            "devchain: {} not returned to the mempool: {reason}",
-                            tx.compute_txid()
-                        )
-                    }
-                }
-            }
-        }
-        for entry in old {
-            let options = AcceptOptions {
-                test_only: false,
-                bypass_fees: true,
-                now: entry.time,
-            };
-            if let Err(reason) = self.mempool.accept(&self.chain, &entry.tx, options) {
-                log::info!(
-                    "devchain: {} dropped from the mempool: {reason}",
-                    entry.txid
-                );
-            }
-        }
-        returned
+        let returning: Vec<Transaction> = disconnected
+            .iter()
+            .rev()
+            .flat_map(|block| block.txdata.iter().skip(1).cloned())
+            .collect();
+        self.mempool
+            .readmit_after_reorg(&self.chain, &returning, unix_now())
     }
 
     /// `invalidateblock`: disconnects `hash` and every active block above it. Returns the txids
