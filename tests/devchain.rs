@@ -1520,3 +1520,36 @@ async fn mempool_sequence_counts_every_transaction_added_or_removed() {
     assert_eq!(chain.mempool_txids().len(), 4);
     assert_eq!(mempool_sequence(&chain).await, start + 12);
 }
+#[tokio::test]
+async fn rpc_refuses_credentials_that_differ_anywhere() {
+    let chain = DevChain::start(DevChainConfig {
+        rpc_user: "alice".to_string(),
+        rpc_password: "correct-horse".to_string(),
+        ..DevChainConfig::default()
+    })
+    .await
+    .expect("starts");
+    let body = r#"{"method":"getblockcount","id":1}"#;
+    let (status, reply) = http_as(&chain, "POST /", Some("alice:correct-horse"), body).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&reply).expect("json")["result"],
+        json!(0)
+    );
+
+    for wrong in [
+        "alice:correct-horsf",  // same length, only the last byte differs
+        "carol:correct-horse",  // another user, the right password
+        "alice:correct-hors",   // a prefix
+        "alice:correct-horsee", // longer
+        "alice:",
+        "alice",
+        ":correct-horse",
+        "",
+    ] {
+        let (status, _) = http_as(&chain, "POST /", Some(wrong), body).await;
+        assert_eq!(status, 401, "{wrong:?} must be refused");
+    }
+    let (status, _) = http_as(&chain, "POST /", None, body).await;
+    assert_eq!(status, 401);
+}

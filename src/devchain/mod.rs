@@ -25,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+mod auth;
 mod chain;
 mod error;
 mod json;
@@ -80,7 +81,7 @@ impl Default for DevChainConfig {
 /// State shared by the handles and the server.
 pub(crate) struct Shared {
     state: Mutex<State>,
-    credentials: String,
+    credentials: auth::Credentials,
     changes: watch::Sender<u64>,
     stop: watch::Sender<bool>,
 }
@@ -104,9 +105,10 @@ impl Shared {
         result
     }
 
-    /// `user:password`.
-    pub(crate) fn credentials(&self) -> &str {
-        &self.credentials
+    /// Whether `given` (basic auth's decoded `user:password`) are the RPC credentials, checked
+    /// in constant time.
+    pub(crate) fn credentials_match(&self, given: &[u8]) -> bool {
+        self.credentials.matches(given)
     }
 
     /// Asks the server to stop (the `stop` RPC).
@@ -155,7 +157,7 @@ impl DevChain {
         let addr = listener.local_addr().map_err(DevChainError::Bind)?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new(config.fee_rate)),
-            credentials: format!("{}:{}", config.rpc_user, config.rpc_password),
+            credentials: auth::Credentials::new(&config.rpc_user, &config.rpc_password),
             changes: watch::channel(0).0,
             stop: watch::channel(false).0,
         });

@@ -42,6 +42,7 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
         .into_response()
 }
 
+/// Whether the request carries the RPC credentials in basic auth (compared in constant time).
 fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
     let Some(value) = headers
         .get(header::AUTHORIZATION)
@@ -55,7 +56,7 @@ fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
     let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
         return false;
     };
-    decoded == shared.credentials().as_bytes()
+    shared.credentials_match(&decoded)
 }
 
 async fn rpc_handler(
