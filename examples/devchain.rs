@@ -5,10 +5,12 @@
 //! ```
 //!
 //! Prints `devchain listening on 127.0.0.1:PORT` on stdout once it serves, logs to stderr, and
-//! runs until SIGINT, SIGTERM or a `stop` RPC.
+//! runs until SIGINT, SIGTERM or a `stop` RPC. Bound to an address other than loopback, it
+//! first prints a `WARNING:` line on stderr (whatever `--log-level`): its RPC sends the
+//! credentials in plain HTTP and mines on request.
 
 use clap::Parser;
-use ldk_splice::devchain::{DevChain, DevChainConfig};
+use ldk_splice::devchain::{non_loopback_warning, DevChain, DevChainConfig};
 use std::io::Write;
 use std::net::SocketAddr;
 
@@ -75,6 +77,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         fee_rate: bitcoin::FeeRate::from_sat_per_vb_u32(args.fee_rate),
     };
     let chain = DevChain::start(config).await?;
+    // Whatever the log level: this one must not go unseen.
+    if let Some(warning) = non_loopback_warning(chain.rpc_addr()) {
+        eprintln!("WARNING: {warning}");
+    }
     {
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "devchain listening on {}", chain.rpc_addr())?;

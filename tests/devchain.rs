@@ -11,13 +11,17 @@ use bitcoin::{
     absolute, Address, Amount, Block, BlockHash, Network, OutPoint, ScriptBuf, Sequence,
     Transaction, TxIn, TxOut, Txid, Witness,
 };
-use ldk_splice::devchain::{DevChain, DevChainConfig, RejectReason};
+use ldk_splice::devchain::{non_loopback_warning, DevChain, DevChainConfig, RejectReason};
 use lightning_block_sync::http::HttpClientError;
 use lightning_block_sync::rpc::{RpcClient, RpcClientError};
 use serde_json::{json, Value};
+use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[path = "common/processes.rs"]
+mod processes;
 
 /// A key that can receive and spend p2wpkh and p2tr (key path) outputs.
 struct Key {
@@ -1552,4 +1556,138 @@ async fn rpc_refuses_credentials_that_differ_anywhere() {
     }
     let (status, _) = http_as(&chain, "POST /", None, body).await;
     assert_eq!(status, 401);
+}
+
+#[test]
+fn only_loopback_addresses_go_without_a_warning() {
+    for loopback in [
+        "127.0.0.1:0",
+        "127.8.9.10:18443",
+        "[::1]:0",
+        "[::ffff:127.0.0.1]:0",
+    ] {
+        let addr: SocketAddr = loopback.parse().expect("address");
+        assert_eq!(non_loopback_warning(addr), None, "{loopback}");
+    }
+    for exposed in [
+        "0.0.0.0:0",
+        "[::]:18443",
+        "192.168.1.20:18443",
+        "10.0.0.1:0",
+        "[2001:db8::1]:0",
+        "[::ffff:10.0.0.1]:0",
+    ] {
+        let addr: SocketAddr = exposed.parse().expect("address");
+        let warning = non_loopback_warning(addr).unwrap_or_else(|| panic!("{exposed}"));
+        assert!(
+            warning.contains(&addr.to_string()) && warning.contains("not a loopback address"),
+            "{warning}"
+        );
+    }
+}
+
+/// Every warning logged in this test binary (other tests' too), for the one test that looks.
+struct Warnings(std::sync::Mutex<Vec<String>>);
+
+impl log::Log for Warnings {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            let mut warnings = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            warnings.push(record.args().to_string());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static WARNINGS: Warnings = Warnings(std::sync::Mutex::new(Vec::new()));
+
+/// The warnings logged so far that mention `addr`.
+fn warnings_about(addr: SocketAddr) -> Vec<String> {
+    let warnings = WARNINGS.0.lock().unwrap_or_else(|e| e.into_inner());
+    let addr = addr.to_string();
+    warnings
+        .iter()
+        .filter(|w| w.contains(&addr))
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn starting_on_a_non_loopback_address_logs_a_warning() {
+    log::set_logger(&WARNINGS).expect("no other logger in this test binary");
+    log::set_max_level(log::LevelFilter::Warn);
+
+    let exposed = DevChain::start(DevChainConfig {
+        bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+        ..DevChainConfig::default()
+    })
+    .await
+    .expect("starts");
+    exposed.shutdown();
+    let addr = exposed.rpc_addr();
+    let expected = non_loopback_warning(addr).expect("0.0.0.0 is not loopback");
+    assert_eq!(warnings_about(addr), vec![format!("devchain: {expected}")]);
+
+    let local = DevChain::start(DevChainConfig::default())
+        .await
+        .expect("starts");
+    local.shutdown();
+    assert_eq!(warnings_about(local.rpc_addr()), Vec::<String>::new());
+    exposed.stopped().await;
+    local.stopped().await;
+}
+
+/// Runs the `devchain` example bound to `bind` with logging off until it says it listens;
+/// returns the address it printed and everything it wrote on stderr by then.
+fn example_stderr(bind: &str) -> (SocketAddr, String) {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(processes::example_binary("devchain"))
+        .args(["--rpc-bind", bind, "--rpc-auth", "example:example-test"])
+        .args(["--log-level", "off"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the example starts");
+    let stdout = child.stdout.take().expect("piped");
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = line_tx.send(line);
+    });
+    let line = line_rx.recv_timeout(Duration::from_secs(60));
+    // The warning comes before the line on stdout; nothing more is needed from it.
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("the example said it listens in time");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut stderr)
+        .expect("stderr read");
+    let addr = line
+        .trim()
+        .strip_prefix("devchain listening on ")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    (addr, stderr)
+}
+
+#[test]
+fn the_example_warns_on_stderr_when_not_on_loopback() {
+    let (addr, stderr) = example_stderr("0.0.0.0:0");
+    let warning = non_loopback_warning(addr).expect("0.0.0.0 is not loopback");
+    assert_eq!(stderr, format!("WARNING: {warning}\n"));
+
+    let (addr, stderr) = example_stderr("127.0.0.1:0");
+    assert!(addr.ip().is_loopback());
+    assert_eq!(stderr, "", "no warning on loopback");
 }

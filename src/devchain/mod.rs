@@ -57,7 +57,7 @@ use state::State;
 #[derive(Clone, Debug)]
 pub struct DevChainConfig {
     /// Where the RPC (and REST) server listens; port 0 picks a free one. Default
-    /// `127.0.0.1:0`.
+    /// `127.0.0.1:0`. Any address but loopback is warned about ([`non_loopback_warning`]).
     pub bind: SocketAddr,
     /// RPC user name. Default `devchain`.
     pub rpc_user: String,
@@ -76,6 +76,23 @@ impl Default for DevChainConfig {
             fee_rate: FeeRate::from_sat_per_vb_u32(2),
         }
     }
+}
+
+/// The warning to give when a devchain listens on `addr`, or `None` for a loopback address
+/// (`127.0.0.0/8`, `::1`, or `::ffff:127.x.y.z`).
+///
+/// Its RPC takes the credentials in plain HTTP basic auth and mines blocks on request, so it is
+/// meant to be reachable from this machine only. [`DevChain::start`] logs this warning
+/// (`log::warn!`) and the `devchain` example also prints it on stderr.
+pub fn non_loopback_warning(addr: SocketAddr) -> Option<String> {
+    if addr.ip().to_canonical().is_loopback() {
+        return None;
+    }
+    Some(format!(
+        "the devchain listens on {addr}, which is not a loopback address: its RPC carries the \
+         credentials in plain HTTP basic auth and mines blocks on request, so anyone who can \
+         reach it can read them or drive the chain; bind 127.0.0.1 unless that is what you want"
+    ))
 }
 
 /// State shared by the handles and the server.
@@ -155,6 +172,9 @@ impl DevChain {
             .await
             .map_err(DevChainError::Bind)?;
         let addr = listener.local_addr().map_err(DevChainError::Bind)?;
+        if let Some(warning) = non_loopback_warning(addr) {
+            log::warn!("devchain: {warning}");
+        }
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new(config.fee_rate)),
             credentials: auth::Credentials::new(&config.rpc_user, &config.rpc_password),
