@@ -1606,6 +1606,16 @@ impl log::Log for Warnings {
 
 static WARNINGS: Warnings = Warnings(std::sync::Mutex::new(Vec::new()));
 
+/// A password nobody can guess, for the chains these tests bind beyond loopback for an instant.
+fn throwaway_password() -> String {
+    let mut bytes = [0u8; 16];
+    bitcoin::secp256k1::rand::RngCore::fill_bytes(
+        &mut bitcoin::secp256k1::rand::thread_rng(),
+        &mut bytes,
+    );
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The warnings logged so far that mention `addr`.
 fn warnings_about(addr: SocketAddr) -> Vec<String> {
     let warnings = WARNINGS.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -1624,6 +1634,7 @@ async fn starting_on_a_non_loopback_address_logs_a_warning() {
 
     let exposed = DevChain::start(DevChainConfig {
         bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+        rpc_password: throwaway_password(),
         ..DevChainConfig::default()
     })
     .await
@@ -1648,7 +1659,8 @@ fn example_stderr(bind: &str) -> (SocketAddr, String) {
     use std::io::{BufRead, BufReader, Read};
     use std::process::{Command, Stdio};
     let mut child = Command::new(processes::example_binary("devchain"))
-        .args(["--rpc-bind", bind, "--rpc-auth", "example:example-test"])
+        .args(["--rpc-bind", bind, "--rpc-auth"])
+        .arg(format!("example:{}", throwaway_password()))
         .args(["--log-level", "off"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
