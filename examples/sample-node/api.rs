@@ -2,16 +2,29 @@
 //! command, a JSON object of parameters in, JSON out.
 //!
 //! Every request needs `Authorization: Bearer TOKEN` (the token in
-//! `DIR/api-token`); without it the answer is `401 {"error": ...}`. Bad
-//! parameters get `400 {"error": ...}`, refusals by the node `422`.
+//! `DIR/api-token`). The token is checked from the headers alone, before
+//! any of the body is read: without it the answer is `401 {"error": ...}`
+//! and the body is never read. Bodies are limited to [`MAX_BODY_BYTES`]: a
+//! `Content-Length` over it is refused at once with 413, a chunked body is
+//! cut off there (413 too). Bad parameters get `400 {"error": ...}`,
+//! refusals by the node `422`.
+//!
+//! Node and coordinator calls that block (locks, store writes, coin
+//! selection) run on tokio's blocking pool, at most [`MAX_BLOCKING_CALLS`]
+//! at once, never on the runtime's worker threads: those drive the peer
+//! connections and chain sync, and a handful of slow API calls there would
+//! stall every channel. Calls that only await (`connect`, `closechannel`,
+//! waiting for a payment) run as they are.
 
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -26,17 +39,73 @@ use ldk_splice::{
 use lightning::ln::types::ChannelId;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+use tower_http::limit::RequestBodyLimitLayer;
+
+/// The largest request body the API reads: 64 KiB (a batch plan with
+/// hundreds of legs fits).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// How many blocking node calls run at once. Twice the cores of a small
+/// machine: a slow call (a splice's store writes, a quote's coin selection)
+/// does not hold up a quick `getinfo`, yet API threads never outnumber the
+/// runtime's by much when they compete for the CPU and for the node's
+/// locks with peer traffic and chain sync. Further calls wait, in order, as
+/// futures that hold no thread.
+pub const MAX_BLOCKING_CALLS: usize = 4;
 
 /// What every handler shares.
 pub struct AppState {
     /// The running node.
     pub node: Node,
     /// The bearer token clients must present.
-    pub token: String,
+    token: String,
     /// Set when `stop` is called: the daemon then shuts down.
-    pub stop: tokio::sync::watch::Sender<bool>,
+    stop: tokio::sync::watch::Sender<bool>,
     /// Crash points, when the daemon was started for crash tests.
-    pub crash: Option<Arc<crate::crash::CrashPoints>>,
+    crash: Option<Arc<crate::crash::CrashPoints>>,
+    /// Permits for blocking node calls ([`MAX_BLOCKING_CALLS`]).
+    blocking_calls: Arc<Semaphore>,
+}
+
+impl AppState {
+    /// The state of an API serving `node` to clients presenting `token`.
+    pub fn new(
+        node: Node,
+        token: String,
+        stop: tokio::sync::watch::Sender<bool>,
+        crash: Option<Arc<crate::crash::CrashPoints>>,
+    ) -> Self {
+        AppState {
+            node,
+            token,
+            stop,
+            crash,
+            blocking_calls: Arc::new(Semaphore::new(MAX_BLOCKING_CALLS)),
+        }
+    }
+
+    /// Runs `call` on tokio's blocking pool once a permit is free; the
+    /// permit is held until `call` returns, even if the client goes away.
+    async fn blocking<T, F>(self: &Arc<Self>, call: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let permit = self
+            .blocking_calls
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::internal("the daemon is stopping"))?;
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            call(&state)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("the node call did not finish: {e}")))?
+    }
 }
 
 /// An error answer: an HTTP status and a message, sent as `{"error": msg}`.
@@ -47,25 +116,37 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn bad_request(message: impl Into<String>) -> Self {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
-            status: StatusCode::BAD_REQUEST,
+            status,
             message: message.into(),
         }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
     }
 
     fn refused(message: impl std::fmt::Display) -> Self {
-        ApiError {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            message: message.to_string(),
-        }
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, message.to_string())
     }
 
     fn not_found(message: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::NOT_FOUND,
-            message: message.into(),
-        }
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+
+    fn too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body over the API's limit of {} KiB",
+                MAX_BODY_BYTES / 1024
+            ),
+        )
     }
 }
 
@@ -77,13 +158,18 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Value, ApiError>;
 
-/// The API's routes.
+/// The API's routes. Layers, outermost first: the token check (headers
+/// only), 413s as JSON, the body limit, then the routes.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/{command}", post(handle))
         .fallback(|| async {
             ApiError::not_found("no such route; use POST /v1/<command>").into_response()
         })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(middleware::map_response(json_too_large))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }
 
@@ -97,25 +183,59 @@ fn token_matches(given: &str, expected: &str) -> bool {
             == 0
 }
 
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| token_matches(t.trim(), token))
+}
+
+/// Answers 401 unless the request carries the token, looking at the
+/// headers only: the body of a refused request is never read.
+async fn require_token(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !authorized(request.headers(), &state.token) {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong API token (send Authorization: Bearer <DIR/api-token>)",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// The body limit's 413 (a Content-Length over the limit) as JSON, like
+/// every other error.
+async fn json_too_large(response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json {
+        return ApiError::too_large().into_response();
+    }
+    response
+}
+
 async fn handle(
     State(state): State<Arc<AppState>>,
     Path(command): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let authorized = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| token_matches(t.trim(), &state.token));
-    if !authorized {
-        return ApiError {
-            status: StatusCode::UNAUTHORIZED,
-            message: "missing or wrong API token (send Authorization: Bearer <DIR/api-token>)"
-                .into(),
+    let body = match body {
+        Ok(body) => body,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return ApiError::too_large().into_response()
         }
-        .into_response();
-    }
+        Err(e) => {
+            return ApiError::new(e.status(), format!("cannot read the request body: {e}"))
+                .into_response()
+        }
+    };
     let params: Value = if body.is_empty() {
         json!({})
     } else {
@@ -391,18 +511,98 @@ fn channel_json(node: &Node, c: &lightning::ln::channel_state::ChannelDetails) -
     })
 }
 
-async fn dispatch(state: &AppState, command: &str, p: Value) -> ApiResult {
+/// Runs `command`: the async ones here, the rest on the blocking pool.
+async fn dispatch(state: &Arc<AppState>, command: &str, p: Value) -> ApiResult {
     let node = &state.node;
     match command {
-        "getinfo" => Ok(json!({
-            "node_id": node.node_id().to_string(),
-            "listen_addr": node.listen_addr().to_string(),
-            "network": node.config().network.to_string(),
-            "block_height": node.best_block_height(),
-            "channels": node.list_channels().len(),
-            "usable_channels": node.list_channels().iter().filter(|c| c.is_usable).count(),
-            "peers": node.peer_manager().list_peers().len(),
-        })),
+        "connect" => {
+            #[derive(Deserialize)]
+            struct P {
+                peer: String,
+            }
+            let P { peer } = params(command, p)?;
+            let (id, addr) = peer.split_once('@').ok_or_else(|| {
+                ApiError::bad_request(format!("invalid peer '{peer}': expected NODEID@HOST:PORT"))
+            })?;
+            let node_id = parse_node_id(id)?;
+            let addr = tokio::net::lookup_host(addr)
+                .await
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| ApiError::bad_request(format!("invalid peer address '{addr}'")))?;
+            node.connect(node_id, addr)
+                .await
+                .map_err(ApiError::refused)?;
+            Ok(json!({ "connected": node_id.to_string(), "addr": addr.to_string() }))
+        }
+        "pay" => {
+            #[derive(Deserialize)]
+            struct P {
+                invoice: String,
+            }
+            let P { invoice } = params(command, p)?;
+            let invoice = lightning::bolt11_invoice::Bolt11Invoice::from_str(invoice.trim())
+                .map_err(|e| ApiError::bad_request(format!("invalid invoice: {e}")))?;
+            let hash = state
+                .blocking(move |s| s.node.pay_invoice(&invoice).map_err(ApiError::refused))
+                .await?;
+            let info = node
+                .wait_for_payment(&hash, Duration::from_secs(60))
+                .await
+                .map_err(ApiError::refused)?;
+            to_json(&info)
+        }
+        "closechannel" => {
+            let c: ChannelParams = params(command, p)?;
+            let channel = c.parse()?;
+            node.close_channel(&channel.channel_id, &channel.counterparty)
+                .await
+                .map_err(ApiError::refused)?;
+            Ok(json!({ "closing": channel.channel_id.0.to_lower_hex_string() }))
+        }
+        "crashat" => {
+            let Some(crash) = &state.crash else {
+                return Err(ApiError::not_found(format!("unknown command '{command}'")));
+            };
+            #[derive(Deserialize)]
+            struct P {
+                state: String,
+                #[serde(default)]
+                delay_ms: u64,
+            }
+            let P { state, delay_ms } = params(command, p)?;
+            crash.arm(state.clone(), Duration::from_millis(delay_ms));
+            Ok(json!({ "armed": state, "delay_ms": delay_ms }))
+        }
+        "stop" => {
+            let _ = state.stop.send(true);
+            Ok(json!({ "stopping": true }))
+        }
+        _ => {
+            let command = command.to_string();
+            state
+                .blocking(move |s| dispatch_blocking(s, &command, p))
+                .await
+        }
+    }
+}
+
+/// The commands that call the node synchronously; run on the blocking pool.
+fn dispatch_blocking(state: &AppState, command: &str, p: Value) -> ApiResult {
+    let node = &state.node;
+    match command {
+        "getinfo" => {
+            let channels = node.list_channels();
+            Ok(json!({
+                "node_id": node.node_id().to_string(),
+                "listen_addr": node.listen_addr().to_string(),
+                "network": node.config().network.to_string(),
+                "block_height": node.best_block_height(),
+                "channels": channels.len(),
+                "usable_channels": channels.iter().filter(|c| c.is_usable).count(),
+                "peers": node.peer_manager().list_peers().len(),
+            }))
+        }
         "newaddress" => node
             .new_address()
             .map(|a| json!({ "address": a.to_string() }))
@@ -430,26 +630,6 @@ async fn dispatch(state: &AppState, command: &str, p: Value) -> ApiResult {
                     .map(|a| a.to_sat())
                     .sum::<u64>(),
             }))
-        }
-        "connect" => {
-            #[derive(Deserialize)]
-            struct P {
-                peer: String,
-            }
-            let P { peer } = params(command, p)?;
-            let (id, addr) = peer.split_once('@').ok_or_else(|| {
-                ApiError::bad_request(format!("invalid peer '{peer}': expected NODEID@HOST:PORT"))
-            })?;
-            let node_id = parse_node_id(id)?;
-            let addr = tokio::net::lookup_host(addr)
-                .await
-                .ok()
-                .and_then(|mut a| a.next())
-                .ok_or_else(|| ApiError::bad_request(format!("invalid peer address '{addr}'")))?;
-            node.connect(node_id, addr)
-                .await
-                .map_err(ApiError::refused)?;
-            Ok(json!({ "connected": node_id.to_string(), "addr": addr.to_string() }))
         }
         "openchannel" => {
             #[derive(Deserialize)]
@@ -498,21 +678,6 @@ async fn dispatch(state: &AppState, command: &str, p: Value) -> ApiResult {
                 "invoice": invoice.to_string(),
                 "payment_hash": invoice.payment_hash().to_string(),
             }))
-        }
-        "pay" => {
-            #[derive(Deserialize)]
-            struct P {
-                invoice: String,
-            }
-            let P { invoice } = params(command, p)?;
-            let invoice = lightning::bolt11_invoice::Bolt11Invoice::from_str(invoice.trim())
-                .map_err(|e| ApiError::bad_request(format!("invalid invoice: {e}")))?;
-            let hash = node.pay_invoice(&invoice).map_err(ApiError::refused)?;
-            let info = node
-                .wait_for_payment(&hash, Duration::from_secs(60))
-                .await
-                .map_err(ApiError::refused)?;
-            to_json(&info)
         }
         "splicein" | "spliceout" => {
             let sp: SpliceParams = params(command, p)?;
@@ -579,32 +744,6 @@ async fn dispatch(state: &AppState, command: &str, p: Value) -> ApiResult {
             let id = parse_batch_id(&id)?;
             node.cancel_batch(id).map_err(ApiError::refused)?;
             batch_by_id(node, id)
-        }
-        "closechannel" => {
-            let c: ChannelParams = params(command, p)?;
-            let channel = c.parse()?;
-            node.close_channel(&channel.channel_id, &channel.counterparty)
-                .await
-                .map_err(ApiError::refused)?;
-            Ok(json!({ "closing": channel.channel_id.0.to_lower_hex_string() }))
-        }
-        "crashat" => {
-            let Some(crash) = &state.crash else {
-                return Err(ApiError::not_found(format!("unknown command '{command}'")));
-            };
-            #[derive(Deserialize)]
-            struct P {
-                state: String,
-                #[serde(default)]
-                delay_ms: u64,
-            }
-            let P { state, delay_ms } = params(command, p)?;
-            crash.arm(state.clone(), Duration::from_millis(delay_ms));
-            Ok(json!({ "armed": state, "delay_ms": delay_ms }))
-        }
-        "stop" => {
-            let _ = state.stop.send(true);
-            Ok(json!({ "stopping": true }))
         }
         other => Err(ApiError::not_found(format!("unknown command '{other}'"))),
     }

@@ -229,12 +229,7 @@ async fn serve_api(args: &DaemonArgs, node: Node) -> Result<(), String> {
         node.observe_written_events(Box::new(move |event| observer.observe(event)));
         crash
     });
-    let state = Arc::new(AppState {
-        node,
-        token,
-        stop: stop_tx,
-        crash,
-    });
+    let state = Arc::new(AppState::new(node, token, stop_tx, crash));
     let router = api::router(state.clone());
     let addr_path = args.datadir.join(API_ADDR_FILE);
     std::fs::write(&addr_path, api_addr.to_string())
