@@ -1,6 +1,7 @@
 //! Drives the `sample-node` example as a user would: a devchain process and
 //! two daemons, a channel opened and spliced through the CLI, balances
-//! checked from the CLI's JSON, both daemons stopped with `cli stop`.
+//! checked from the CLI's JSON, both daemons stopped with `cli stop`, and
+//! everything they wrote readable by the owner alone.
 
 mod common;
 
@@ -386,6 +387,12 @@ async fn sample_node_daemon_and_cli_splice_in() {
             !daemon.dir.join("api-addr").exists(),
             "api-addr removed on exit"
         );
+    }
+    // Everything the daemons wrote (seed, channel monitors, wallet, logs)
+    // is theirs alone.
+    #[cfg(unix)]
+    for dir in ["alice", "bob"].map(|name| tmp.path().join(name)) {
+        assert_private(&dir, "after the daemons stopped");
     }
     chain.shutdown();
     eprintln!("sample-node CLI test took {:?}", started.elapsed());

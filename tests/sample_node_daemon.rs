@@ -147,6 +147,9 @@ fn bitcoind_credentials_from_cookie_env_or_config_in_that_order() {
     let dir = tmp.path().join("env");
     std::fs::create_dir(&dir).unwrap();
     write_file(&dir.join("sample-node.toml"), &wrong_config, 0o600);
+    // An existing data directory, and a file an earlier run left open to
+    // others: the daemon makes them private.
+    write_file(&dir.join("notes.txt"), "left by an earlier run", 0o644);
     let mut command = daemon_command(&binary, &chain, &dir);
     command.env(AUTH_ENV, &right);
     let by_env = spawn_daemon(command, dir);
@@ -192,7 +195,10 @@ fn bitcoind_credentials_from_cookie_env_or_config_in_that_order() {
         "the password is never logged"
     );
     for daemon in [by_cookie, by_env, by_config] {
+        let dir = daemon.dir.clone();
         stop(&binary, daemon);
+        #[cfg(unix)]
+        assert_private(&dir, "after a daemon ran");
     }
 
     // A wrong cookie is used even when the environment has the right

@@ -22,7 +22,7 @@ pub const API_TOKEN_FILE: &str = "api-token";
 /// config file, else their defaults (see `settings.rs`).
 #[derive(clap::Args, Debug)]
 pub struct DaemonArgs {
-    /// Data directory: seed, channel state, wallet, logs, API address and token.
+    /// Data directory (made 0700): seed, channel state, wallet, logs, API address and token.
     #[arg(long)]
     pub datadir: PathBuf,
     /// Config file (TOML) [default: DIR/sample-node.toml when it exists].
@@ -83,8 +83,20 @@ fn progress(message: &str) {
     eprintln!("sample-node: {message}");
 }
 
+/// Files the daemon, the node and LDK create are readable by us alone:
+/// 0700 directories, 0600 files (the seed, channel monitors, the wallet's
+/// descriptors and the logs live in the data directory).
+fn private_umask() {
+    #[cfg(unix)]
+    // SAFETY: umask(2) only sets the process's file mode creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 /// Runs the daemon; returns the process exit code.
 pub fn run(args: DaemonArgs) -> i32 {
+    private_umask();
     let env_auth = std::env::var(AUTH_ENV).ok();
     let settings = match Settings::resolve(&args, env_auth.as_deref()) {
         Ok(settings) => settings,
@@ -116,13 +128,76 @@ pub fn run(args: DaemonArgs) -> i32 {
     }
 }
 
+/// Creates the data directory 0700, and takes group and other permissions
+/// off it and everything in it that an earlier run (or another tool) left
+/// open. Symbolic links are left alone. Returns how many entries it
+/// tightened.
+fn secure_datadir(dir: &Path) -> Result<usize, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fn tighten(path: &Path, count: &mut usize) -> Result<(), String> {
+            let meta = std::fs::symlink_metadata(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            if meta.file_type().is_symlink() {
+                return Ok(());
+            }
+            let mode = meta.permissions().mode() & 0o7777;
+            let wanted = if meta.is_dir() {
+                (mode & 0o700) | 0o700
+            } else {
+                mode & 0o700
+            };
+            if wanted != mode {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(wanted))
+                    .map_err(|e| format!("cannot make {} private: {e}", path.display()))?;
+                *count += 1;
+            }
+            if meta.is_dir() {
+                let entries = std::fs::read_dir(path)
+                    .map_err(|e| format!("cannot list {}: {e}", path.display()))?;
+                for entry in entries {
+                    let entry =
+                        entry.map_err(|e| format!("cannot list {}: {e}", path.display()))?;
+                    tighten(&entry.path(), count)?;
+                }
+            }
+            Ok(())
+        }
+        let mut count = 0;
+        // The directory itself may be a link to where the data lives.
+        let meta =
+            std::fs::metadata(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+        if meta.permissions().mode() & 0o777 != 0o700 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| format!("cannot make {} private: {e}", dir.display()))?;
+            count += 1;
+        }
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+            tighten(&entry.path(), &mut count)?;
+        }
+        Ok(count)
+    }
+    #[cfg(not(unix))]
+    Ok(0)
+}
+
 fn init_logging(datadir: &Path, level: log::LevelFilter) -> Result<PathBuf, String> {
     let dir = datadir.join("logs");
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let path = dir.join("sample-node.log");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options
         .open(&path)
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     env_logger::Builder::new()
@@ -178,10 +253,15 @@ async fn termination_signal() {
 
 async fn serve(settings: Settings) -> Result<(), String> {
     let datadir = settings.datadir.clone();
-    std::fs::create_dir_all(&datadir)
-        .map_err(|e| format!("cannot create {}: {e}", datadir.display()))?;
+    let tightened = secure_datadir(&datadir)?;
     let log_path = init_logging(&datadir, settings.log_level)?;
     progress(&format!("logging to {}", log_path.display()));
+    if tightened > 0 {
+        log::warn!(
+            "made {tightened} entries of {} private (0700 directories, 0600 files)",
+            datadir.display()
+        );
+    }
     for warning in &settings.warnings {
         log::warn!("{warning}");
     }
@@ -253,7 +333,7 @@ async fn serve_api(settings: &Settings, node: Node) -> Result<(), String> {
     let state = Arc::new(AppState::new(node, token, stop_tx, crash));
     let router = api::router(state.clone());
     let addr_path = settings.datadir.join(API_ADDR_FILE);
-    std::fs::write(&addr_path, api_addr.to_string())
+    write_private(&addr_path, &api_addr.to_string())
         .map_err(|e| format!("cannot write {}: {e}", addr_path.display()))?;
     log::info!("api listening on {api_addr}");
     println!("sample-node api listening on {api_addr}");

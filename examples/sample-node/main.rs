@@ -21,10 +21,11 @@
 //! credentials in it is refused, and so is `--network bitcoin` (mainnet is
 //! not enabled yet).
 //!
-//! The daemon prints `sample-node api listening on 127.0.0.1:PORT` on
-//! stdout once it serves, writes the API address to `DIR/api-addr` and a
-//! random token to `DIR/api-token` (mode 0600), and stops cleanly on
-//! SIGINT, SIGTERM or `cli stop`.
+//! The daemon sets its umask to 077 and makes the data directory 0700:
+//! every file in it (seed, channel monitors, wallet, logs) is 0600. It
+//! prints `sample-node api listening on 127.0.0.1:PORT` on stdout once it
+//! serves, writes the API address to `DIR/api-addr` and a random token to
+//! `DIR/api-token`, and stops cleanly on SIGINT, SIGTERM or `cli stop`.
 //!
 //! The API is `POST /v1/<command>` on the loopback address, with
 //! `Authorization: Bearer <DIR/api-token>` and a JSON object of parameters

@@ -311,6 +311,45 @@ pub fn run_to_exit(mut command: Command) -> (std::process::ExitStatus, String, S
     )
 }
 
+/// Every entry under `dir` (and `dir` itself) whose permissions are not
+/// 0700 (directories) or 0600 (files), with its mode.
+#[cfg(unix)]
+pub fn loose_permissions(dir: &Path) -> Vec<(PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut loose = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(path) = todo.pop() {
+        // A running daemon may remove a file (a store's temporary) meanwhile.
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        let wanted = if meta.is_dir() { 0o700 } else { 0o600 };
+        if mode != wanted {
+            loose.push((path.clone(), mode));
+        }
+        if meta.is_dir() {
+            let entries = std::fs::read_dir(&path).into_iter().flatten();
+            todo.extend(entries.flatten().map(|entry| entry.path()));
+        }
+    }
+    loose
+}
+
+/// Fails unless `dir` and everything in it is 0700 (directories) or 0600
+/// (files); `when` says at which point of the test.
+#[cfg(unix)]
+pub fn assert_private(dir: &Path, when: &str) {
+    let loose = loose_permissions(dir);
+    assert!(
+        loose.is_empty(),
+        "{when}: {} entries under {} are not 0700/0600, e.g. {:?}",
+        loose.len(),
+        dir.display(),
+        &loose[..loose.len().min(8)]
+    );
+}
+
 /// Runs `sample-node cli --datadir DIR args...`; returns its exit success and JSON.
 pub fn cli(binary: &Path, dir: &Path, args: &[&str]) -> (bool, Value) {
     let output = Command::new(binary)
