@@ -14,10 +14,14 @@
 //! at once, never on the runtime's worker threads: those drive the peer
 //! connections and chain sync, and a handful of slow API calls there would
 //! stall every channel. Calls that only await (`connect`, `closechannel`,
-//! waiting for a payment) run as they are.
+//! waiting for a payment or for events) run as they are.
+//!
+//! Events: `events` lists the coordinator's unacknowledged splice and batch
+//! events, each with an id `RUN:N`; `ackevents {"through": ID}` acknowledges
+//! every event up to and including that one. See [`EventLedger`].
 
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -34,9 +38,11 @@ use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Address, Amount, FeeRate};
 use ldk_splice::node::Node;
 use ldk_splice::{
-    BatchId, BatchPlan, ChannelRef, Destination, FeePolicy, Leg, Payout, ResizeRequest, SpliceId,
+    BatchId, BatchPlan, ChannelRef, Destination, FeePolicy, Leg, Payout, ResizeRequest,
+    SpliceEvent, SpliceId,
 };
 use lightning::ln::types::ChannelId;
+use lightning::sign::EntropySource;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
@@ -54,6 +60,32 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// futures that hold no thread.
 pub const MAX_BLOCKING_CALLS: usize = 4;
 
+/// How long `events` may wait for a first event (`wait_secs`).
+const MAX_EVENT_WAIT: Duration = Duration::from_secs(60);
+
+/// The daemon's numbering of the coordinator's event queue.
+///
+/// The coordinator keeps splice and batch events (one queue for both) until
+/// they are acknowledged, oldest first, and does not expose their sequence
+/// numbers. This daemon is the queue's only consumer, and only
+/// `ackevents` removes events (from the front, under this ledger's lock), so
+/// the `i`-th pending event (0-based) is event number `acked + i + 1` of
+/// this run, and a number, once shown, always names the same event.
+///
+/// Events are shown as `RUN:N`, `RUN` being random per daemon start:
+/// `ackevents {"through": "RUN:N"}` acknowledges events up to and including
+/// N. Numbers follow the order events were queued, and `events` lists every
+/// pending event, so a listing that shows N also shows every event before N
+/// that was still pending. Two clients acknowledging, or one
+/// acting on a stale listing, therefore never acknowledge an event they
+/// have not seen: what another client already acknowledged is skipped (the
+/// call is idempotent), newer events stay, and an id from an earlier run of
+/// the daemon (whose numbering was reset by the restart) is refused with 409.
+pub struct EventLedger {
+    /// Events this run acknowledged.
+    acked: u64,
+}
+
 /// What every handler shares.
 pub struct AppState {
     /// The running node.
@@ -66,6 +98,10 @@ pub struct AppState {
     crash: Option<Arc<crate::crash::CrashPoints>>,
     /// Permits for blocking node calls ([`MAX_BLOCKING_CALLS`]).
     blocking_calls: Arc<Semaphore>,
+    /// This run's event numbering.
+    events: Mutex<EventLedger>,
+    /// This run's event id prefix.
+    run: String,
 }
 
 impl AppState {
@@ -76,12 +112,15 @@ impl AppState {
         stop: tokio::sync::watch::Sender<bool>,
         crash: Option<Arc<crate::crash::CrashPoints>>,
     ) -> Self {
+        let run = node.keys().get_secure_random_bytes()[..4].to_lower_hex_string();
         AppState {
             node,
             token,
             stop,
             crash,
             blocking_calls: Arc::new(Semaphore::new(MAX_BLOCKING_CALLS)),
+            events: Mutex::new(EventLedger { acked: 0 }),
+            run,
         }
     }
 
@@ -560,6 +599,25 @@ async fn dispatch(state: &Arc<AppState>, command: &str, p: Value) -> ApiResult {
                 .map_err(ApiError::refused)?;
             Ok(json!({ "closing": channel.channel_id.0.to_lower_hex_string() }))
         }
+        "events" => {
+            #[derive(Deserialize, Default)]
+            #[serde(deny_unknown_fields)]
+            struct P {
+                /// Wait up to this long for a first event when none is pending.
+                #[serde(default)]
+                wait_secs: u64,
+            }
+            let P { wait_secs } = params(command, p)?;
+            let wait = Duration::from_secs(wait_secs).min(MAX_EVENT_WAIT);
+            // Taken before listing, so an event queued in between wakes it.
+            let announced = node.coordinator().event_future();
+            let listed = state.blocking(|s| Ok(list_events(s))).await?;
+            if !listed.is_empty() || wait.is_zero() {
+                return Ok(Value::Array(listed));
+            }
+            let _ = tokio::time::timeout(wait, announced).await;
+            Ok(Value::Array(state.blocking(|s| Ok(list_events(s))).await?))
+        }
         "crashat" => {
             let Some(crash) = &state.crash else {
                 return Err(ApiError::not_found(format!("unknown command '{command}'")));
@@ -745,8 +803,95 @@ fn dispatch_blocking(state: &AppState, command: &str, p: Value) -> ApiResult {
             node.cancel_batch(id).map_err(ApiError::refused)?;
             batch_by_id(node, id)
         }
+        "ackevents" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct P {
+                through: String,
+            }
+            let P { through } = params(command, p)?;
+            ack_events(state, &through)
+        }
         other => Err(ApiError::not_found(format!("unknown command '{other}'"))),
     }
+}
+
+/// One event as the API shows it: its id, what it is about, the state
+/// reached, and the event as the library serializes it.
+fn event_json(id: String, event: &SpliceEvent) -> Value {
+    let mut value = json!({ "id": id });
+    let state_name = |state: Value| state["state"].as_str().map(str::to_string);
+    match event {
+        SpliceEvent::StateChanged { id, state, .. } => {
+            value["splice_id"] = json!(id.to_string());
+            value["state"] = json!(serde_json::to_value(state).ok().and_then(state_name));
+        }
+        SpliceEvent::BatchStateChanged { batch, state } => {
+            value["batch_id"] = json!(batch.to_string());
+            value["state"] = json!(serde_json::to_value(state).ok().and_then(state_name));
+        }
+        _ => {}
+    }
+    value["event"] = serde_json::to_value(event).unwrap_or(Value::Null);
+    value
+}
+
+/// Every pending event, oldest first, numbered as [`EventLedger`] says.
+fn list_events(state: &AppState) -> Vec<Value> {
+    let ledger = state.events.lock().unwrap_or_else(|e| e.into_inner());
+    state
+        .node
+        .coordinator()
+        .pending_events()
+        .iter()
+        .zip(ledger.acked + 1..)
+        .map(|(event, n)| event_json(format!("{}:{n}", state.run), event))
+        .collect()
+}
+
+/// Acknowledges every pending event up to and including `through`.
+fn ack_events(state: &AppState, through: &str) -> ApiResult {
+    let (run, n) = through
+        .trim()
+        .split_once(':')
+        .and_then(|(run, n)| Some((run, n.parse::<u64>().ok().filter(|n| *n > 0)?)))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "invalid event id '{through}': expected RUN:N as `events` shows it"
+            ))
+        })?;
+    if run != state.run {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "event {through} is from an earlier run of the daemon (events are now \
+                 {}:N); list the events again and acknowledge from that listing",
+                state.run
+            ),
+        ));
+    }
+    let coordinator = state.node.coordinator();
+    let mut ledger = state.events.lock().unwrap_or_else(|e| e.into_inner());
+    let pending = coordinator.pending_events().len() as u64;
+    let newest = ledger.acked + pending;
+    if n > newest {
+        return Err(ApiError::not_found(format!(
+            "no event {through}: the newest is {}:{newest}; list the events first",
+            state.run
+        )));
+    }
+    let count = n.saturating_sub(ledger.acked);
+    for done in 0..count {
+        coordinator.event_handled().map_err(|e| {
+            ApiError::internal(format!("acknowledged {done} of {count} events, then: {e}"))
+        })?;
+        ledger.acked += 1;
+    }
+    Ok(json!({
+        "acknowledged": count,
+        "through": through.trim(),
+        "pending": pending - count,
+    }))
 }
 
 fn splice_by_id(node: &Node, id: SpliceId) -> ApiResult {

@@ -158,6 +158,18 @@ enum Command {
     Cancel { id: String },
     /// Close a channel cooperatively.
     Closechannel { channel_id: String, node_id: String },
+    /// Splice and batch events not acknowledged yet, oldest first, each with
+    /// an id RUN:N. The daemon keeps them (across restarts too) until they
+    /// are acknowledged.
+    Events {
+        /// Acknowledge every event up to and including ID (as a listing showed it).
+        #[arg(long, value_name = "ID", conflicts_with = "follow")]
+        ack: Option<String>,
+        /// Print events as they come, one JSON object per line, and
+        /// acknowledge each once printed. Runs until interrupted.
+        #[arg(long)]
+        follow: bool,
+    },
     /// Stop the daemon.
     Stop,
 }
@@ -355,6 +367,9 @@ fn execute(args: CliArgs) -> Result<Value, CliError> {
             json!({ "channel_id": channel_id, "node_id": node_id }),
             None,
         ),
+        Command::Events { ack: Some(id), .. } => ("ackevents", json!({ "through": id }), None),
+        Command::Events { follow: true, .. } => return follow_events(&client),
+        Command::Events { .. } => ("events", json!({}), None),
         Command::Stop => ("stop", json!({}), None),
     };
     let answer = client.call(method, &params)?;
@@ -431,6 +446,35 @@ fn follow_splice(
     }
 }
 
+/// `events --follow`: waits for events, prints each on its own line, then
+/// acknowledges through the last one printed. An event is acknowledged only
+/// once it was written out; one printed just before an interruption may be
+/// printed again by the next `--follow`.
+fn follow_events(client: &Client) -> Result<Value, CliError> {
+    let mut stdout = std::io::stdout();
+    loop {
+        let events = client.call("events", &json!({ "wait_secs": 30 }))?;
+        let events = events.as_array().cloned().unwrap_or_default();
+        let Some(last) = events
+            .last()
+            .and_then(|e| e["id"].as_str())
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        for event in &events {
+            writeln!(stdout, "{event}")
+                .and_then(|()| stdout.flush())
+                .map_err(|e| CliError(format!("cannot print events: {e}")))?;
+        }
+        let (status, answer) = client.request("ackevents", &json!({ "through": last }))?;
+        // 409: the daemon restarted in between, and lists the events again.
+        if !(200..300).contains(&status) && status != 409 {
+            return Err(Client::error(status, &answer));
+        }
+    }
+}
+
 /// A minimal HTTP/1.1 client for the daemon's loopback API.
 struct Client {
     addr: SocketAddr,
@@ -461,6 +505,26 @@ impl Client {
 
     /// POSTs `params` to `/v1/<method>`; the answer's JSON, or its error.
     fn call(&self, method: &str, params: &Value) -> Result<Value, CliError> {
+        let (status, value) = self.request(method, params)?;
+        if (200..300).contains(&status) {
+            Ok(value)
+        } else {
+            Err(Self::error(status, &value))
+        }
+    }
+
+    /// The error an answer with a failure status carries.
+    fn error(status: u16, value: &Value) -> CliError {
+        CliError(
+            value["error"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("HTTP {status}: {value}")),
+        )
+    }
+
+    /// POSTs `params` to `/v1/<method>`; the HTTP status and the JSON answer.
+    fn request(&self, method: &str, params: &Value) -> Result<(u16, Value), CliError> {
         let body = params.to_string();
         let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))
             .map_err(|e| CliError(format!("cannot reach the daemon at {}: {e}", self.addr)))?;
@@ -500,16 +564,7 @@ impl Client {
                 "answer from the daemon is not JSON (HTTP {status}): {e}"
             ))
         })?;
-        if (200..300).contains(&status) {
-            Ok(value)
-        } else {
-            Err(CliError(
-                value["error"]
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("HTTP {status}: {value}")),
-            ))
-        }
+        Ok((status, value))
     }
 }
 

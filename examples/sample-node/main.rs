@@ -12,6 +12,8 @@
 //! # Talk to it:
 //! sample-node cli --datadir DIR getinfo
 //! sample-node cli --datadir DIR splicein CHANNEL_ID NODE_ID 100000 --feerate 2 --wait locked
+//! sample-node cli --datadir DIR events
+//! sample-node cli --datadir DIR events --ack RUN:N
 //! ```
 //!
 //! Settings come from the command line, else the config file (`--config
@@ -32,7 +34,7 @@
 //! of at most 64 KiB (see `api.rs`); answers are JSON, errors `{"error":
 //! "..."}` with status 400 (bad parameters), 401 (no or wrong token,
 //! answered before any of the body is read), 404 (unknown command or id),
-//! 413 (body over 64 KiB) or 422
+//! 409 (an event id from an earlier run), 413 (body over 64 KiB) or 422
 //! (refused by the node, e.g. a `SpliceError`). Blocking node calls run on
 //! a bounded blocking pool, never on the threads that drive peers and chain
 //! sync. The daemon logs to `DIR/logs/sample-node.log` (`--log-level`, or
