@@ -1,16 +1,24 @@
 //! The `sample-node` daemon as something to run with real money: bitcoind's
-//! credentials never on its command line, and settings it refuses before
-//! anything starts.
+//! credentials never on its command line, settings it refuses before
+//! anything starts, its data directory private, an API that checks the
+//! token before reading a body, caps bodies at 64 KiB, and keeps blocking
+//! node calls off the threads that drive peers.
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use common::processes::*;
+use serde_json::{json, Value};
 
-/// The tests here that run daemons take turns.
+/// The tests here that run daemons take turns: the load test times a
+/// payment, and daemons starting beside it would skew that.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
@@ -213,4 +221,285 @@ fn bitcoind_credentials_from_cookie_env_or_config_in_that_order() {
     assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("node did not start"), "{stderr}");
     assert!(stderr.contains("bad.cookie"), "names the source: {stderr}");
+}
+
+/// What one raw HTTP exchange brought back: the answer's status line and
+/// body, and how long after the request was sent it came.
+struct Answer {
+    status: String,
+    body: String,
+    after: Duration,
+}
+
+/// Sends `head` (request line and headers, without the blank line) and
+/// `body`, then reads one answer (to its Content-Length, or to the end).
+/// Writing stops quietly if the server closes the connection first.
+fn exchange(addr: &str, head: &str, body: &[u8]) -> Answer {
+    let mut stream = TcpStream::connect(addr).expect("api reachable");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let sent = Instant::now();
+    let _ = stream
+        .write_all(format!("{head}\r\n\r\n").as_bytes())
+        .and_then(|()| stream.write_all(body));
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+            let length = head.lines().find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())?
+            });
+            if length.is_some_and(|n| rest.len() >= n) {
+                break;
+            }
+        }
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!(
+                "no whole answer within 10 s ({e}); got {:?}",
+                String::from_utf8_lossy(&answer)
+            ),
+        }
+    }
+    let after = sent.elapsed();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Answer {
+        status: head.lines().next().unwrap_or_default().to_string(),
+        body: body.to_string(),
+        after,
+    }
+}
+
+/// The API's oversize and unauthenticated bodies, on `dir`'s daemon.
+fn check_body_limits(dir: &Path) {
+    let addr = std::fs::read_to_string(dir.join("api-addr")).unwrap();
+    let addr = addr.trim();
+    let token = std::fs::read_to_string(dir.join("api-token")).unwrap();
+    let auth = format!("Authorization: Bearer {}", token.trim());
+    let ten_mib = 10 * 1024 * 1024;
+    let announced = |auth: &str| {
+        format!(
+            "POST /v1/getinfo HTTP/1.1\r\nHost: {addr}\r\n{auth}\r\nContent-Type: application/json\r\nContent-Length: {ten_mib}"
+        )
+    };
+
+    // No token, 10 MiB announced, 9 bytes sent: 401 at once.
+    let answer = exchange(addr, &announced("X-No-Token: 1"), b"{\"pad\": \"");
+    assert!(answer.status.contains(" 401 "), "{}", answer.status);
+    assert!(answer.body.contains("API token"), "{}", answer.body);
+    assert!(answer.after < Duration::from_secs(5), "{:?}", answer.after);
+    // A wrong token: the same.
+    let answer = exchange(addr, &announced("Authorization: Bearer nope"), b"{");
+    assert!(answer.status.contains(" 401 "), "{}", answer.status);
+
+    // With the token, a Content-Length over 64 KiB: 413 at once, as JSON.
+    let answer = exchange(addr, &announced(&auth), b"{\"pad\": \"");
+    assert!(answer.status.contains(" 413 "), "{}", answer.status);
+    let error: Value = serde_json::from_str(&answer.body).expect("JSON error");
+    assert!(
+        error["error"].as_str().unwrap().contains("64 KiB"),
+        "{error}"
+    );
+    assert!(answer.after < Duration::from_secs(5), "{:?}", answer.after);
+
+    // A chunked body is cut off at 64 KiB: 80 KiB sent, never finished.
+    let chunk = vec![b' '; 8 * 1024];
+    let mut body = Vec::new();
+    for _ in 0..10 {
+        body.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        body.extend_from_slice(&chunk);
+        body.extend_from_slice(b"\r\n");
+    }
+    let answer = exchange(
+        addr,
+        &format!(
+            "POST /v1/getinfo HTTP/1.1\r\nHost: {addr}\r\n{auth}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked"
+        ),
+        &body,
+    );
+    assert!(answer.status.contains(" 413 "), "{}", answer.status);
+
+    // Just under the limit is read.
+    let body = json!({ "pad": " ".repeat(60 * 1024) }).to_string();
+    let answer = exchange(
+        addr,
+        &format!(
+            "POST /v1/getinfo HTTP/1.1\r\nHost: {addr}\r\n{auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close",
+            body.len()
+        ),
+        body.as_bytes(),
+    );
+    assert!(answer.status.contains(" 200 "), "{}", answer.status);
+}
+
+/// Bob pays one of Alice's invoices through his API; how long it took.
+fn timed_payment(bob: &Path, invoice: &str) -> Duration {
+    let started = Instant::now();
+    let paid = api_ok(bob, "pay", json!({ "invoice": invoice }));
+    assert_eq!(paid["status"], "Succeeded", "{paid}");
+    started.elapsed()
+}
+
+#[test]
+fn api_keeps_peers_moving_under_load_and_limits_bodies() {
+    let _turn = one_at_a_time();
+    let binary = sample_node_binary();
+    let chain = ChainProcess::start();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let alice = start_daemon(&binary, &chain, tmp.path().join("alice"));
+    let bob = start_daemon(&binary, &chain, tmp.path().join("bob"));
+    let (a, b) = (alice.dir.as_path(), bob.dir.as_path());
+
+    // Alice funds a channel to Bob, pushing him enough to pay her.
+    let info = api_ok(b, "getinfo", json!({}));
+    let bob_id = info["node_id"].as_str().unwrap().to_string();
+    let address = api_ok(a, "newaddress", json!({}));
+    let address: bitcoin::Address<bitcoin::address::NetworkUnchecked> =
+        address["address"].as_str().unwrap().parse().unwrap();
+    chain.mine_blocks(1, &address.assume_checked());
+    chain.mine_blocks_to_burn(100);
+    poll("Alice's coinbase to mature", || {
+        let balance = api_ok(a, "balance", json!({}));
+        (sat(&balance, "confirmed_sat") == SUBSIDY_SAT).then_some(())
+    });
+    api_ok(
+        a,
+        "connect",
+        json!({ "peer": format!("{bob_id}@{}", info["listen_addr"].as_str().unwrap()) }),
+    );
+    api_ok(
+        a,
+        "openchannel",
+        json!({ "node_id": bob_id, "amount_sat": 1_000_000, "push_sat": 300_000 }),
+    );
+    poll("the funding in the mempool", || {
+        (!chain.mempool().is_empty()).then_some(())
+    });
+    chain.mine_blocks_to_burn(6);
+    let channel_id = poll("the channel usable on both sides", || {
+        let usable = |dir: &Path| {
+            api_ok(dir, "listchannels", json!({}))
+                .as_array()
+                .and_then(|c| c.first().cloned())
+                .filter(|c| c["is_usable"] == true)
+        };
+        let channel = usable(a)?;
+        usable(b)?;
+        channel["channel_id"].as_str().map(str::to_string)
+    });
+    #[cfg(unix)]
+    assert_private(a, "after a channel open");
+
+    check_body_limits(a);
+
+    // A payment to Alice with the API idle (after one to warm up).
+    let invoice = |n: u64| {
+        let invoice = api_ok(
+            a,
+            "invoice",
+            json!({ "amount_msat": 1_000_000 + n, "description": "load" }),
+        );
+        invoice["invoice"].as_str().unwrap().to_string()
+    };
+    let (warm_up, idle_invoice, loaded_invoice) = (invoice(0), invoice(1), invoice(2));
+    timed_payment(b, &warm_up);
+    let idle = timed_payment(b, &idle_invoice);
+
+    // A batch splice starts on the channel; then 100 clients call the API
+    // at once, over and over, while Bob pays Alice again.
+    let batch = api_ok(
+        a,
+        "batch",
+        json!({ "feerate_sat_per_vb": 2, "legs": [
+            { "type": "splice_in", "channel_id": channel_id, "node_id": bob_id, "amount_sat": 50_000 },
+        ] }),
+    );
+    let batch_id = batch["batch_id"].as_str().unwrap().to_string();
+    let quote = json!({ "channel_id": channel_id, "node_id": bob_id, "add_sat": 10_000, "feerate_sat_per_vb": 2 });
+    let plan = json!({ "feerate_sat_per_vb": 2, "legs": [
+        { "type": "splice_out", "channel_id": channel_id, "node_id": bob_id, "amount_sat": 10_000, "to": "wallet" },
+    ] });
+    let calls: Vec<(&str, Value)> = vec![
+        ("getinfo", json!({})),
+        ("listsplices", json!({})),
+        ("quote", quote),
+        ("events", json!({})),
+        ("balance", json!({})),
+        ("listchannels", json!({})),
+        ("quotebatch", plan),
+        ("batchstatus", json!({ "id": batch_id })),
+        ("newaddress", json!({})),
+        (
+            "invoice",
+            json!({ "amount_msat": 5_000, "description": "load" }),
+        ),
+    ];
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let start = Arc::new(std::sync::Barrier::new(101));
+    let clients: Vec<_> = (0..100)
+        .map(|i| {
+            let (command, params) = calls[i % calls.len()].clone();
+            let (dir, stop, answered, start) = (
+                a.to_path_buf(),
+                stop.clone(),
+                answered.clone(),
+                start.clone(),
+            );
+            std::thread::spawn(move || {
+                start.wait();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let (status, answer) = api(&dir, command, params.clone());
+                    assert!(status < 500, "{command}: {status} {answer}");
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    start.wait();
+    // Let the load build up before paying.
+    poll("the load to build up", || {
+        (answered.load(Ordering::Relaxed) >= 100).then_some(())
+    });
+    let loaded = timed_payment(b, &loaded_invoice);
+    let during = answered.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().expect("a client failed");
+    }
+    eprintln!(
+        "payment to the daemon: {idle:?} idle, {loaded:?} under 100 concurrent API clients \
+         ({during} calls answered by then, {} in all)",
+        answered.load(Ordering::Relaxed)
+    );
+    assert!(
+        loaded < idle * 10 + Duration::from_secs(2),
+        "peer traffic stalled under API load: {loaded:?} against {idle:?} idle"
+    );
+
+    // The batch goes on to lock.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let batch = api_ok(a, "batchstatus", json!({ "id": batch_id }));
+        match batch["state"].as_str() {
+            Some("locked") => break,
+            Some("failed" | "cancelled") => panic!("the batch ended: {batch}"),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "the batch did not lock: {batch}");
+        chain.mine_blocks_to_burn(1);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    #[cfg(unix)]
+    for dir in [a, b] {
+        assert_private(dir, "after a batch splice");
+    }
 }
