@@ -449,7 +449,8 @@ fn follow_splice(
 /// `events --follow`: waits for events, prints each on its own line, then
 /// acknowledges through the last one printed. An event is acknowledged only
 /// once it was written out; one printed just before an interruption may be
-/// printed again by the next `--follow`.
+/// printed again by the next `--follow`. Ends with an error when the daemon
+/// stops (a restarted daemon has a new token: run `--follow` again).
 fn follow_events(client: &Client) -> Result<Value, CliError> {
     let mut stdout = std::io::stdout();
     loop {
@@ -467,11 +468,7 @@ fn follow_events(client: &Client) -> Result<Value, CliError> {
                 .and_then(|()| stdout.flush())
                 .map_err(|e| CliError(format!("cannot print events: {e}")))?;
         }
-        let (status, answer) = client.request("ackevents", &json!({ "through": last }))?;
-        // 409: the daemon restarted in between, and lists the events again.
-        if !(200..300).contains(&status) && status != 409 {
-            return Err(Client::error(status, &answer));
-        }
+        client.call("ackevents", &json!({ "through": last }))?;
     }
 }
 
@@ -505,26 +502,6 @@ impl Client {
 
     /// POSTs `params` to `/v1/<method>`; the answer's JSON, or its error.
     fn call(&self, method: &str, params: &Value) -> Result<Value, CliError> {
-        let (status, value) = self.request(method, params)?;
-        if (200..300).contains(&status) {
-            Ok(value)
-        } else {
-            Err(Self::error(status, &value))
-        }
-    }
-
-    /// The error an answer with a failure status carries.
-    fn error(status: u16, value: &Value) -> CliError {
-        CliError(
-            value["error"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("HTTP {status}: {value}")),
-        )
-    }
-
-    /// POSTs `params` to `/v1/<method>`; the HTTP status and the JSON answer.
-    fn request(&self, method: &str, params: &Value) -> Result<(u16, Value), CliError> {
         let body = params.to_string();
         let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))
             .map_err(|e| CliError(format!("cannot reach the daemon at {}: {e}", self.addr)))?;
@@ -564,7 +541,16 @@ impl Client {
                 "answer from the daemon is not JSON (HTTP {status}): {e}"
             ))
         })?;
-        Ok((status, value))
+        if (200..300).contains(&status) {
+            Ok(value)
+        } else {
+            Err(CliError(
+                value["error"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("HTTP {status}: {value}")),
+            ))
+        }
     }
 }
 
