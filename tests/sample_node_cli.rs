@@ -1,6 +1,8 @@
 //! Drives the `sample-node` example as a user would: a devchain process and
 //! two daemons, a channel opened and spliced through the CLI, balances
-//! checked from the CLI's JSON, both daemons stopped with `cli stop`.
+//! checked from the CLI's JSON, the splices' events listed, acknowledged
+//! and followed, both daemons stopped with `cli stop`, and everything they
+//! wrote readable by the owner alone.
 
 mod common;
 
@@ -60,6 +62,45 @@ fn splice_to_lock(
     );
     assert_eq!(record["state"], "locked", "{record}");
     (record, progress)
+}
+
+/// `cli events`: the pending events, oldest first.
+fn events(binary: &Path, dir: &Path) -> Vec<Value> {
+    let listed = cli_ok(binary, dir, &["events"]);
+    let listed = listed.as_array().expect("a list").clone();
+    let numbers: Vec<u64> = listed
+        .iter()
+        .map(|e| {
+            let id = e["id"].as_str().expect("an id");
+            id.split_once(':').unwrap().1.parse().expect("RUN:N")
+        })
+        .collect();
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+    listed
+}
+
+/// The states `splice` reached, as `listing` reports them.
+fn states_of(listing: &[Value], splice: &str) -> Vec<String> {
+    listing
+        .iter()
+        .filter(|e| e["splice_id"] == splice)
+        .map(|e| e["state"].as_str().expect("a state").to_string())
+        .collect()
+}
+
+/// The lines `stdout` prints, as they come.
+fn lines_of(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,6 +307,14 @@ async fn sample_node_daemon_and_cli_splice_in() {
     let all = cli_ok(&binary, a, &["listsplices"]);
     assert_eq!(all.as_array().unwrap().len(), 1);
 
+    // The splice's events wait to be acknowledged, oldest first.
+    let first_listing = events(&binary, a);
+    assert_eq!(
+        states_of(&first_listing, id).last().map(String::as_str),
+        Some("locked"),
+        "{first_listing:#?}"
+    );
+
     // Capacity grew by exactly the amount, on both sides; the wallet paid
     // the amount plus the recorded fee.
     for dir in [a, b] {
@@ -341,12 +390,62 @@ async fn sample_node_daemon_and_cli_splice_in() {
         2
     );
 
+    // Acknowledging from the first listing (now stale: the splice-out's
+    // events came since) drops exactly what it showed.
+    let second_listing = events(&binary, a);
+    let splice_out = record["splice_id"].as_str().unwrap();
+    assert!(
+        second_listing.len() > first_listing.len(),
+        "{second_listing:#?}"
+    );
+    let stale = first_listing.last().unwrap()["id"].as_str().unwrap();
+    let acked = cli_ok(&binary, a, &["events", "--ack", stale]);
+    assert_eq!(sat(&acked, "acknowledged"), first_listing.len() as u64);
+    let left = events(&binary, a);
+    assert_eq!(left[..], second_listing[first_listing.len()..]);
+    assert_eq!(
+        states_of(&left, splice_out).last().map(String::as_str),
+        Some("locked")
+    );
+    // A second client acting on the same stale listing drops nothing.
+    let again = cli_ok(&binary, a, &["events", "--ack", stale]);
+    assert_eq!(sat(&again, "acknowledged"), 0);
+    assert_eq!(events(&binary, a), left);
+    // Ids it never showed are refused: a later one, or another run's.
+    let newest = left.last().unwrap()["id"].as_str().unwrap();
+    let (run, n) = newest.split_once(':').unwrap();
+    let later = format!("{run}:{}", n.parse::<u64>().unwrap() + 1);
+    let (ok, error) = cli(&binary, a, &["events", "--ack", &later]);
+    assert!(
+        !ok && error["error"].as_str().unwrap().contains("no event"),
+        "{error}"
+    );
+    let (ok, error) = cli(&binary, a, &["events", "--ack", "earlier-run:1"]);
+    assert!(
+        !ok && error["error"].as_str().unwrap().contains("earlier run"),
+        "{error}"
+    );
+    assert_eq!(events(&binary, a), left);
+    // Acknowledging through the newest listed empties the queue.
+    cli_ok(&binary, a, &["events", "--ack", newest]);
+    assert_eq!(events(&binary, a), Vec::<Value>::new());
+
     // A locked splice can no longer be cancelled.
     let (ok, error) = cli(&binary, a, &["cancel", "splice-1"]);
     assert!(!ok, "{error}");
     assert!(error["error"].is_string(), "{error}");
 
-    // Grow and pay out in one splice.
+    // Grow and pay out in one splice, with `events --follow` printing (and
+    // acknowledging) its events as they come.
+    let mut follower = Command::new(&binary)
+        .arg("cli")
+        .arg("--datadir")
+        .arg(a)
+        .args(["events", "--follow"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("cli runs");
+    let followed = lines_of(follower.stdout.take().unwrap());
     let (record, _) = splice_to_lock(
         &binary,
         &chain,
@@ -368,6 +467,23 @@ async fn sample_node_daemon_and_cli_splice_in() {
     );
     let expected =
         sat(&record, "capacity_before") as i64 + record["net_value_sat"].as_i64().unwrap();
+    let resize = record["splice_id"].as_str().unwrap();
+    let mut seen = Vec::new();
+    while seen.last() != Some(&"locked".to_string()) {
+        let line = followed
+            .recv_timeout(WAIT)
+            .expect("events --follow prints the resize's lock");
+        let event: Value = serde_json::from_str(&line).expect("one JSON event per line");
+        if event["splice_id"] == resize {
+            seen.push(event["state"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(seen.contains(&"broadcast".to_string()), "{seen:?}");
+    poll("--follow to acknowledge what it printed", || {
+        events(&binary, a).is_empty().then_some(())
+    });
+    let _ = follower.kill();
+    let _ = follower.wait();
     let channels = cli_ok(&binary, a, &["listchannels"]);
     assert_eq!(
         sat(&channels[0], "capacity_sat") as i64,
@@ -386,6 +502,12 @@ async fn sample_node_daemon_and_cli_splice_in() {
             !daemon.dir.join("api-addr").exists(),
             "api-addr removed on exit"
         );
+    }
+    // Everything the daemons wrote (seed, channel monitors, wallet, logs)
+    // is theirs alone.
+    #[cfg(unix)]
+    for dir in ["alice", "bob"].map(|name| tmp.path().join(name)) {
+        assert_private(&dir, "after the daemons stopped");
     }
     chain.shutdown();
     eprintln!("sample-node CLI test took {:?}", started.elapsed());

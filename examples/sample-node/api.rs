@@ -2,16 +2,33 @@
 //! command, a JSON object of parameters in, JSON out.
 //!
 //! Every request needs `Authorization: Bearer TOKEN` (the token in
-//! `DIR/api-token`); without it the answer is `401 {"error": ...}`. Bad
-//! parameters get `400 {"error": ...}`, refusals by the node `422`.
+//! `DIR/api-token`). The token is checked from the headers alone, before
+//! any of the body is read: without it the answer is `401 {"error": ...}`
+//! and the body is never read. Bodies are limited to [`MAX_BODY_BYTES`]: a
+//! `Content-Length` over it is refused at once with 413, a chunked body is
+//! cut off there (413 too). Bad parameters get `400 {"error": ...}`,
+//! refusals by the node `422`.
+//!
+//! Node and coordinator calls that block (locks, store writes, coin
+//! selection) run on tokio's blocking pool, at most [`MAX_BLOCKING_CALLS`]
+//! at once, never on the runtime's worker threads: those drive the peer
+//! connections and chain sync, and a handful of slow API calls there would
+//! stall every channel. Calls that only await (`connect`, `closechannel`,
+//! waiting for a payment or for events) run as they are.
+//!
+//! Events: `events` lists the coordinator's unacknowledged splice and batch
+//! events, each with an id `RUN:N`; `ackevents {"through": ID}` acknowledges
+//! every event up to and including that one. See [`EventLedger`].
 
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -21,22 +38,113 @@ use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Address, Amount, FeeRate};
 use ldk_splice::node::Node;
 use ldk_splice::{
-    BatchId, BatchPlan, ChannelRef, Destination, FeePolicy, Leg, Payout, ResizeRequest, SpliceId,
+    BatchId, BatchPlan, ChannelRef, Destination, FeePolicy, Leg, Payout, ResizeRequest,
+    SpliceEvent, SpliceId,
 };
 use lightning::ln::types::ChannelId;
+use lightning::sign::EntropySource;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+use tower_http::limit::RequestBodyLimitLayer;
+
+/// The largest request body the API reads: 64 KiB (a batch plan with
+/// hundreds of legs fits).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// How many blocking node calls run at once. Twice the cores of a small
+/// machine: a slow call (a splice's store writes, a quote's coin selection)
+/// does not hold up a quick `getinfo`, yet API threads never outnumber the
+/// runtime's by much when they compete for the CPU and for the node's
+/// locks with peer traffic and chain sync. Further calls wait, in order, as
+/// futures that hold no thread.
+pub const MAX_BLOCKING_CALLS: usize = 4;
+
+/// How long `events` may wait for a first event (`wait_secs`).
+const MAX_EVENT_WAIT: Duration = Duration::from_secs(60);
+
+/// The daemon's numbering of the coordinator's event queue.
+///
+/// The coordinator keeps splice and batch events (one queue for both) until
+/// they are acknowledged, oldest first, and does not expose their sequence
+/// numbers. This daemon is the queue's only consumer, and only
+/// `ackevents` removes events (from the front, under this ledger's lock), so
+/// the `i`-th pending event (0-based) is event number `acked + i + 1` of
+/// this run, and a number, once shown, always names the same event.
+///
+/// Events are shown as `RUN:N`, `RUN` being random per daemon start:
+/// `ackevents {"through": "RUN:N"}` acknowledges events up to and including
+/// N. Numbers follow the order events were queued, and `events` lists every
+/// pending event, so a listing that shows N also shows every event before N
+/// that was still pending. Two clients acknowledging, or one
+/// acting on a stale listing, therefore never acknowledge an event they
+/// have not seen: what another client already acknowledged is skipped (the
+/// call is idempotent), newer events stay, and an id from an earlier run of
+/// the daemon (whose numbering was reset by the restart) is refused with 409.
+pub struct EventLedger {
+    /// Events this run acknowledged.
+    acked: u64,
+}
 
 /// What every handler shares.
 pub struct AppState {
     /// The running node.
     pub node: Node,
     /// The bearer token clients must present.
-    pub token: String,
+    token: String,
     /// Set when `stop` is called: the daemon then shuts down.
-    pub stop: tokio::sync::watch::Sender<bool>,
+    stop: tokio::sync::watch::Sender<bool>,
     /// Crash points, when the daemon was started for crash tests.
-    pub crash: Option<Arc<crate::crash::CrashPoints>>,
+    crash: Option<Arc<crate::crash::CrashPoints>>,
+    /// Permits for blocking node calls ([`MAX_BLOCKING_CALLS`]).
+    blocking_calls: Arc<Semaphore>,
+    /// This run's event numbering.
+    events: Mutex<EventLedger>,
+    /// This run's event id prefix.
+    run: String,
+}
+
+impl AppState {
+    /// The state of an API serving `node` to clients presenting `token`.
+    pub fn new(
+        node: Node,
+        token: String,
+        stop: tokio::sync::watch::Sender<bool>,
+        crash: Option<Arc<crate::crash::CrashPoints>>,
+    ) -> Self {
+        let run = node.keys().get_secure_random_bytes()[..4].to_lower_hex_string();
+        AppState {
+            node,
+            token,
+            stop,
+            crash,
+            blocking_calls: Arc::new(Semaphore::new(MAX_BLOCKING_CALLS)),
+            events: Mutex::new(EventLedger { acked: 0 }),
+            run,
+        }
+    }
+
+    /// Runs `call` on tokio's blocking pool once a permit is free; the
+    /// permit is held until `call` returns, even if the client goes away.
+    async fn blocking<T, F>(self: &Arc<Self>, call: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let permit = self
+            .blocking_calls
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::internal("the daemon is stopping"))?;
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            call(&state)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("the node call did not finish: {e}")))?
+    }
 }
 
 /// An error answer: an HTTP status and a message, sent as `{"error": msg}`.
@@ -47,25 +155,37 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn bad_request(message: impl Into<String>) -> Self {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
-            status: StatusCode::BAD_REQUEST,
+            status,
             message: message.into(),
         }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
     }
 
     fn refused(message: impl std::fmt::Display) -> Self {
-        ApiError {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            message: message.to_string(),
-        }
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, message.to_string())
     }
 
     fn not_found(message: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::NOT_FOUND,
-            message: message.into(),
-        }
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+
+    fn too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body over the API's limit of {} KiB",
+                MAX_BODY_BYTES / 1024
+            ),
+        )
     }
 }
 
@@ -77,13 +197,18 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Value, ApiError>;
 
-/// The API's routes.
+/// The API's routes. Layers, outermost first: the token check (headers
+/// only), 413s as JSON, the body limit, then the routes.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/{command}", post(handle))
         .fallback(|| async {
             ApiError::not_found("no such route; use POST /v1/<command>").into_response()
         })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(middleware::map_response(json_too_large))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }
 
@@ -97,25 +222,59 @@ fn token_matches(given: &str, expected: &str) -> bool {
             == 0
 }
 
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| token_matches(t.trim(), token))
+}
+
+/// Answers 401 unless the request carries the token, looking at the
+/// headers only: the body of a refused request is never read.
+async fn require_token(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !authorized(request.headers(), &state.token) {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong API token (send Authorization: Bearer <DIR/api-token>)",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// The body limit's 413 (a Content-Length over the limit) as JSON, like
+/// every other error.
+async fn json_too_large(response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json {
+        return ApiError::too_large().into_response();
+    }
+    response
+}
+
 async fn handle(
     State(state): State<Arc<AppState>>,
     Path(command): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let authorized = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| token_matches(t.trim(), &state.token));
-    if !authorized {
-        return ApiError {
-            status: StatusCode::UNAUTHORIZED,
-            message: "missing or wrong API token (send Authorization: Bearer <DIR/api-token>)"
-                .into(),
+    let body = match body {
+        Ok(body) => body,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return ApiError::too_large().into_response()
         }
-        .into_response();
-    }
+        Err(e) => {
+            return ApiError::new(e.status(), format!("cannot read the request body: {e}"))
+                .into_response()
+        }
+    };
     let params: Value = if body.is_empty() {
         json!({})
     } else {
@@ -391,18 +550,117 @@ fn channel_json(node: &Node, c: &lightning::ln::channel_state::ChannelDetails) -
     })
 }
 
-async fn dispatch(state: &AppState, command: &str, p: Value) -> ApiResult {
+/// Runs `command`: the async ones here, the rest on the blocking pool.
+async fn dispatch(state: &Arc<AppState>, command: &str, p: Value) -> ApiResult {
     let node = &state.node;
     match command {
-        "getinfo" => Ok(json!({
-            "node_id": node.node_id().to_string(),
-            "listen_addr": node.listen_addr().to_string(),
-            "network": node.config().network.to_string(),
-            "block_height": node.best_block_height(),
-            "channels": node.list_channels().len(),
-            "usable_channels": node.list_channels().iter().filter(|c| c.is_usable).count(),
-            "peers": node.peer_manager().list_peers().len(),
-        })),
+        "connect" => {
+            #[derive(Deserialize)]
+            struct P {
+                peer: String,
+            }
+            let P { peer } = params(command, p)?;
+            let (id, addr) = peer.split_once('@').ok_or_else(|| {
+                ApiError::bad_request(format!("invalid peer '{peer}': expected NODEID@HOST:PORT"))
+            })?;
+            let node_id = parse_node_id(id)?;
+            let addr = tokio::net::lookup_host(addr)
+                .await
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| ApiError::bad_request(format!("invalid peer address '{addr}'")))?;
+            node.connect(node_id, addr)
+                .await
+                .map_err(ApiError::refused)?;
+            Ok(json!({ "connected": node_id.to_string(), "addr": addr.to_string() }))
+        }
+        "pay" => {
+            #[derive(Deserialize)]
+            struct P {
+                invoice: String,
+            }
+            let P { invoice } = params(command, p)?;
+            let invoice = lightning::bolt11_invoice::Bolt11Invoice::from_str(invoice.trim())
+                .map_err(|e| ApiError::bad_request(format!("invalid invoice: {e}")))?;
+            let hash = state
+                .blocking(move |s| s.node.pay_invoice(&invoice).map_err(ApiError::refused))
+                .await?;
+            let info = node
+                .wait_for_payment(&hash, Duration::from_secs(60))
+                .await
+                .map_err(ApiError::refused)?;
+            to_json(&info)
+        }
+        "closechannel" => {
+            let c: ChannelParams = params(command, p)?;
+            let channel = c.parse()?;
+            node.close_channel(&channel.channel_id, &channel.counterparty)
+                .await
+                .map_err(ApiError::refused)?;
+            Ok(json!({ "closing": channel.channel_id.0.to_lower_hex_string() }))
+        }
+        "events" => {
+            #[derive(Deserialize, Default)]
+            #[serde(deny_unknown_fields)]
+            struct P {
+                /// Wait up to this long for a first event when none is pending.
+                #[serde(default)]
+                wait_secs: u64,
+            }
+            let P { wait_secs } = params(command, p)?;
+            let wait = Duration::from_secs(wait_secs).min(MAX_EVENT_WAIT);
+            // Taken before listing, so an event queued in between wakes it.
+            let announced = node.coordinator().event_future();
+            let listed = state.blocking(|s| Ok(list_events(s))).await?;
+            if !listed.is_empty() || wait.is_zero() {
+                return Ok(Value::Array(listed));
+            }
+            let _ = tokio::time::timeout(wait, announced).await;
+            Ok(Value::Array(state.blocking(|s| Ok(list_events(s))).await?))
+        }
+        "crashat" => {
+            let Some(crash) = &state.crash else {
+                return Err(ApiError::not_found(format!("unknown command '{command}'")));
+            };
+            #[derive(Deserialize)]
+            struct P {
+                state: String,
+                #[serde(default)]
+                delay_ms: u64,
+            }
+            let P { state, delay_ms } = params(command, p)?;
+            crash.arm(state.clone(), Duration::from_millis(delay_ms));
+            Ok(json!({ "armed": state, "delay_ms": delay_ms }))
+        }
+        "stop" => {
+            let _ = state.stop.send(true);
+            Ok(json!({ "stopping": true }))
+        }
+        _ => {
+            let command = command.to_string();
+            state
+                .blocking(move |s| dispatch_blocking(s, &command, p))
+                .await
+        }
+    }
+}
+
+/// The commands that call the node synchronously; run on the blocking pool.
+fn dispatch_blocking(state: &AppState, command: &str, p: Value) -> ApiResult {
+    let node = &state.node;
+    match command {
+        "getinfo" => {
+            let channels = node.list_channels();
+            Ok(json!({
+                "node_id": node.node_id().to_string(),
+                "listen_addr": node.listen_addr().to_string(),
+                "network": node.config().network.to_string(),
+                "block_height": node.best_block_height(),
+                "channels": channels.len(),
+                "usable_channels": channels.iter().filter(|c| c.is_usable).count(),
+                "peers": node.peer_manager().list_peers().len(),
+            }))
+        }
         "newaddress" => node
             .new_address()
             .map(|a| json!({ "address": a.to_string() }))
@@ -430,26 +688,6 @@ async fn dispatch(state: &AppState, command: &str, p: Value) -> ApiResult {
                     .map(|a| a.to_sat())
                     .sum::<u64>(),
             }))
-        }
-        "connect" => {
-            #[derive(Deserialize)]
-            struct P {
-                peer: String,
-            }
-            let P { peer } = params(command, p)?;
-            let (id, addr) = peer.split_once('@').ok_or_else(|| {
-                ApiError::bad_request(format!("invalid peer '{peer}': expected NODEID@HOST:PORT"))
-            })?;
-            let node_id = parse_node_id(id)?;
-            let addr = tokio::net::lookup_host(addr)
-                .await
-                .ok()
-                .and_then(|mut a| a.next())
-                .ok_or_else(|| ApiError::bad_request(format!("invalid peer address '{addr}'")))?;
-            node.connect(node_id, addr)
-                .await
-                .map_err(ApiError::refused)?;
-            Ok(json!({ "connected": node_id.to_string(), "addr": addr.to_string() }))
         }
         "openchannel" => {
             #[derive(Deserialize)]
@@ -498,21 +736,6 @@ async fn dispatch(state: &AppState, command: &str, p: Value) -> ApiResult {
                 "invoice": invoice.to_string(),
                 "payment_hash": invoice.payment_hash().to_string(),
             }))
-        }
-        "pay" => {
-            #[derive(Deserialize)]
-            struct P {
-                invoice: String,
-            }
-            let P { invoice } = params(command, p)?;
-            let invoice = lightning::bolt11_invoice::Bolt11Invoice::from_str(invoice.trim())
-                .map_err(|e| ApiError::bad_request(format!("invalid invoice: {e}")))?;
-            let hash = node.pay_invoice(&invoice).map_err(ApiError::refused)?;
-            let info = node
-                .wait_for_payment(&hash, Duration::from_secs(60))
-                .await
-                .map_err(ApiError::refused)?;
-            to_json(&info)
         }
         "splicein" | "spliceout" => {
             let sp: SpliceParams = params(command, p)?;
@@ -580,34 +803,95 @@ async fn dispatch(state: &AppState, command: &str, p: Value) -> ApiResult {
             node.cancel_batch(id).map_err(ApiError::refused)?;
             batch_by_id(node, id)
         }
-        "closechannel" => {
-            let c: ChannelParams = params(command, p)?;
-            let channel = c.parse()?;
-            node.close_channel(&channel.channel_id, &channel.counterparty)
-                .await
-                .map_err(ApiError::refused)?;
-            Ok(json!({ "closing": channel.channel_id.0.to_lower_hex_string() }))
-        }
-        "crashat" => {
-            let Some(crash) = &state.crash else {
-                return Err(ApiError::not_found(format!("unknown command '{command}'")));
-            };
+        "ackevents" => {
             #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
             struct P {
-                state: String,
-                #[serde(default)]
-                delay_ms: u64,
+                through: String,
             }
-            let P { state, delay_ms } = params(command, p)?;
-            crash.arm(state.clone(), Duration::from_millis(delay_ms));
-            Ok(json!({ "armed": state, "delay_ms": delay_ms }))
-        }
-        "stop" => {
-            let _ = state.stop.send(true);
-            Ok(json!({ "stopping": true }))
+            let P { through } = params(command, p)?;
+            ack_events(state, &through)
         }
         other => Err(ApiError::not_found(format!("unknown command '{other}'"))),
     }
+}
+
+/// One event as the API shows it: its id, what it is about, the state
+/// reached, and the event as the library serializes it.
+fn event_json(id: String, event: &SpliceEvent) -> Value {
+    let mut value = json!({ "id": id });
+    let state_name = |state: Value| state["state"].as_str().map(str::to_string);
+    match event {
+        SpliceEvent::StateChanged { id, state, .. } => {
+            value["splice_id"] = json!(id.to_string());
+            value["state"] = json!(serde_json::to_value(state).ok().and_then(state_name));
+        }
+        SpliceEvent::BatchStateChanged { batch, state } => {
+            value["batch_id"] = json!(batch.to_string());
+            value["state"] = json!(serde_json::to_value(state).ok().and_then(state_name));
+        }
+        _ => {}
+    }
+    value["event"] = serde_json::to_value(event).unwrap_or(Value::Null);
+    value
+}
+
+/// Every pending event, oldest first, numbered as [`EventLedger`] says.
+fn list_events(state: &AppState) -> Vec<Value> {
+    let ledger = state.events.lock().unwrap_or_else(|e| e.into_inner());
+    state
+        .node
+        .coordinator()
+        .pending_events()
+        .iter()
+        .zip(ledger.acked + 1..)
+        .map(|(event, n)| event_json(format!("{}:{n}", state.run), event))
+        .collect()
+}
+
+/// Acknowledges every pending event up to and including `through`.
+fn ack_events(state: &AppState, through: &str) -> ApiResult {
+    let (run, n) = through
+        .trim()
+        .split_once(':')
+        .and_then(|(run, n)| Some((run, n.parse::<u64>().ok().filter(|n| *n > 0)?)))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "invalid event id '{through}': expected RUN:N as `events` shows it"
+            ))
+        })?;
+    if run != state.run {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "event {through} is from an earlier run of the daemon (events are now \
+                 {}:N); list the events again and acknowledge from that listing",
+                state.run
+            ),
+        ));
+    }
+    let coordinator = state.node.coordinator();
+    let mut ledger = state.events.lock().unwrap_or_else(|e| e.into_inner());
+    let pending = coordinator.pending_events().len() as u64;
+    let newest = ledger.acked + pending;
+    if n > newest {
+        return Err(ApiError::not_found(format!(
+            "no event {through}: the newest is {}:{newest}; list the events first",
+            state.run
+        )));
+    }
+    let count = n.saturating_sub(ledger.acked);
+    for done in 0..count {
+        coordinator.event_handled().map_err(|e| {
+            ApiError::internal(format!("acknowledged {done} of {count} events, then: {e}"))
+        })?;
+        ledger.acked += 1;
+    }
+    Ok(json!({
+        "acknowledged": count,
+        "through": through.trim(),
+        "pending": pending - count,
+    }))
 }
 
 fn splice_by_id(node: &Node, id: SpliceId) -> ApiResult {

@@ -158,6 +158,18 @@ enum Command {
     Cancel { id: String },
     /// Close a channel cooperatively.
     Closechannel { channel_id: String, node_id: String },
+    /// Splice and batch events not acknowledged yet, oldest first, each with
+    /// an id RUN:N. The daemon keeps them (across restarts too) until they
+    /// are acknowledged.
+    Events {
+        /// Acknowledge every event up to and including ID (as a listing showed it).
+        #[arg(long, value_name = "ID", conflicts_with = "follow")]
+        ack: Option<String>,
+        /// Print events as they come, one JSON object per line, and
+        /// acknowledge each once printed. Runs until interrupted.
+        #[arg(long)]
+        follow: bool,
+    },
     /// Stop the daemon.
     Stop,
 }
@@ -355,6 +367,9 @@ fn execute(args: CliArgs) -> Result<Value, CliError> {
             json!({ "channel_id": channel_id, "node_id": node_id }),
             None,
         ),
+        Command::Events { ack: Some(id), .. } => ("ackevents", json!({ "through": id }), None),
+        Command::Events { follow: true, .. } => return follow_events(&client),
+        Command::Events { .. } => ("events", json!({}), None),
         Command::Stop => ("stop", json!({}), None),
     };
     let answer = client.call(method, &params)?;
@@ -428,6 +443,32 @@ fn follow_splice(
         }
         std::thread::sleep(Duration::from_millis(200));
         record = client.call("splicestatus", &json!({ "id": id }))?;
+    }
+}
+
+/// `events --follow`: waits for events, prints each on its own line, then
+/// acknowledges through the last one printed. An event is acknowledged only
+/// once it was written out; one printed just before an interruption may be
+/// printed again by the next `--follow`. Ends with an error when the daemon
+/// stops (a restarted daemon has a new token: run `--follow` again).
+fn follow_events(client: &Client) -> Result<Value, CliError> {
+    let mut stdout = std::io::stdout();
+    loop {
+        let events = client.call("events", &json!({ "wait_secs": 30 }))?;
+        let events = events.as_array().cloned().unwrap_or_default();
+        let Some(last) = events
+            .last()
+            .and_then(|e| e["id"].as_str())
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        for event in &events {
+            writeln!(stdout, "{event}")
+                .and_then(|()| stdout.flush())
+                .map_err(|e| CliError(format!("cannot print events: {e}")))?;
+        }
+        client.call("ackevents", &json!({ "through": last }))?;
     }
 }
 

@@ -3,9 +3,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bitcoin::hex::DisplayHex;
 use ldk_splice::node::{Node, NodeBuilder};
@@ -13,60 +11,70 @@ use lightning::sign::EntropySource;
 
 use crate::api::{self, AppState};
 use crate::crash::CrashPoints;
+use crate::settings::{Settings, AUTH_ENV};
 
 /// File in the data dir holding the API address.
 pub const API_ADDR_FILE: &str = "api-addr";
 /// File in the data dir holding the API token (mode 0600).
 pub const API_TOKEN_FILE: &str = "api-token";
 
-/// Arguments of `sample-node daemon`.
+/// Arguments of `sample-node daemon`. Settings left out come from the
+/// config file, else their defaults (see `settings.rs`).
 #[derive(clap::Args, Debug)]
 pub struct DaemonArgs {
-    /// Data directory: seed, channel state, wallet, logs, API address and token.
+    /// Data directory (made 0700): seed, channel state, wallet, logs, API address and token.
     #[arg(long)]
-    datadir: PathBuf,
-    /// Bitcoin network: bitcoin, testnet, signet or regtest.
-    #[arg(long, default_value = "regtest")]
-    network: String,
-    /// bitcoind's RPC endpoint with credentials: http://USER:PASS@HOST:PORT.
-    #[arg(long, default_value = "http://devchain:devchain@127.0.0.1:18443")]
-    bitcoind_rpc: String,
-    /// Where to accept Lightning peers (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:9735")]
-    listen: SocketAddr,
-    /// Where to serve the control API; must be a loopback address (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    api: SocketAddr,
-    /// How often to poll bitcoind for new blocks, in milliseconds.
-    #[arg(long, default_value_t = 1000)]
-    chain_poll_ms: u64,
-    /// How often to redial channel peers we lost, in milliseconds.
-    #[arg(long, default_value_t = 5000)]
-    reconnect_ms: u64,
-    /// Log level for DIR/logs/sample-node.log: error, warn, info, debug or trace.
-    #[arg(long, default_value = "info")]
-    log_level: log::LevelFilter,
+    pub datadir: PathBuf,
+    /// Config file (TOML) [default: DIR/sample-node.toml when it exists].
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Bitcoin network: signet, testnet, testnet4 or regtest (mainnet is not enabled yet) [default: regtest].
+    #[arg(long)]
+    pub network: Option<String>,
+    /// bitcoind's RPC URL, without credentials: http://HOST:PORT [default: http://127.0.0.1 on the network's RPC port].
+    /// Credentials go in --bitcoind-cookie, LDK_SPLICE_BITCOIND_AUTH or the config file.
+    #[arg(long, value_name = "URL")]
+    pub bitcoind_rpc: Option<String>,
+    /// bitcoind's cookie file (USER:PASSWORD, as bitcoind writes DATADIR/<network>/.cookie), read at start.
+    #[arg(long, value_name = "PATH")]
+    pub bitcoind_cookie: Option<PathBuf>,
+    /// Where to accept Lightning peers (port 0 picks a free port) [default: 127.0.0.1:9735].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Where to serve the control API; must be a loopback address (port 0 picks a free port) [default: 127.0.0.1:0].
+    #[arg(long)]
+    pub api: Option<SocketAddr>,
+    /// How often to poll bitcoind for new blocks, in milliseconds [default: 1000].
+    #[arg(long)]
+    pub chain_poll_ms: Option<u64>,
+    /// How often to redial channel peers we lost, in milliseconds [default: 5000].
+    #[arg(long)]
+    pub reconnect_ms: Option<u64>,
+    /// Log level for DIR/logs/sample-node.log: error, warn, info, debug or trace [default: info].
+    #[arg(long)]
+    pub log_level: Option<log::LevelFilter>,
     /// Crash tests only: serve the `crashat` command (see crash.rs).
     #[arg(long, hide = true)]
-    enable_crash_points: bool,
+    pub enable_crash_points: bool,
 }
 
-/// Splits `http://USER:PASS@HOST:PORT` into the URL without credentials, the
-/// user and the password.
-fn split_rpc_url(url: &str) -> Result<(String, String, String), String> {
-    let (scheme, rest) = url.split_once("://").ok_or_else(|| {
-        format!("--bitcoind-rpc '{url}' must look like http://USER:PASS@HOST:PORT")
-    })?;
-    match rest.rsplit_once('@') {
-        Some((auth, host)) => {
-            let (user, pass) = auth.split_once(':').unwrap_or((auth, ""));
-            Ok((
-                format!("{scheme}://{host}"),
-                user.to_string(),
-                pass.to_string(),
-            ))
+#[cfg(test)]
+impl DaemonArgs {
+    /// Arguments with only `--datadir` given.
+    pub fn for_tests(datadir: PathBuf) -> Self {
+        DaemonArgs {
+            datadir,
+            config: None,
+            network: None,
+            bitcoind_rpc: None,
+            bitcoind_cookie: None,
+            listen: None,
+            api: None,
+            chain_poll_ms: None,
+            reconnect_ms: None,
+            log_level: None,
+            enable_crash_points: false,
         }
-        None => Ok((url.to_string(), String::new(), String::new())),
     }
 }
 
@@ -75,8 +83,31 @@ fn progress(message: &str) {
     eprintln!("sample-node: {message}");
 }
 
+/// Files the daemon, the node and LDK create are readable by us alone:
+/// 0700 directories, 0600 files (the seed, channel monitors, the wallet's
+/// descriptors and the logs live in the data directory).
+fn private_umask() {
+    #[cfg(unix)]
+    // SAFETY: umask(2) only sets the process's file mode creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 /// Runs the daemon; returns the process exit code.
 pub fn run(args: DaemonArgs) -> i32 {
+    private_umask();
+    let env_auth = std::env::var(AUTH_ENV).ok();
+    let settings = match Settings::resolve(&args, env_auth.as_deref()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            progress(&format!("error: {e}"));
+            return 1;
+        }
+    };
+    for warning in &settings.warnings {
+        progress(&format!("warning: {warning}"));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -87,7 +118,7 @@ pub fn run(args: DaemonArgs) -> i32 {
             return 1;
         }
     };
-    match runtime.block_on(serve(args)) {
+    match runtime.block_on(serve(settings)) {
         Ok(()) => 0,
         Err(e) => {
             progress(&format!("error: {e}"));
@@ -97,13 +128,76 @@ pub fn run(args: DaemonArgs) -> i32 {
     }
 }
 
+/// Creates the data directory 0700, and takes group and other permissions
+/// off it and everything in it that an earlier run (or another tool) left
+/// open. Symbolic links are left alone. Returns how many entries it
+/// tightened.
+fn secure_datadir(dir: &Path) -> Result<usize, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fn tighten(path: &Path, count: &mut usize) -> Result<(), String> {
+            let meta = std::fs::symlink_metadata(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            if meta.file_type().is_symlink() {
+                return Ok(());
+            }
+            let mode = meta.permissions().mode() & 0o7777;
+            let wanted = if meta.is_dir() {
+                (mode & 0o700) | 0o700
+            } else {
+                mode & 0o700
+            };
+            if wanted != mode {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(wanted))
+                    .map_err(|e| format!("cannot make {} private: {e}", path.display()))?;
+                *count += 1;
+            }
+            if meta.is_dir() {
+                let entries = std::fs::read_dir(path)
+                    .map_err(|e| format!("cannot list {}: {e}", path.display()))?;
+                for entry in entries {
+                    let entry =
+                        entry.map_err(|e| format!("cannot list {}: {e}", path.display()))?;
+                    tighten(&entry.path(), count)?;
+                }
+            }
+            Ok(())
+        }
+        let mut count = 0;
+        // The directory itself may be a link to where the data lives.
+        let meta =
+            std::fs::metadata(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+        if meta.permissions().mode() & 0o777 != 0o700 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| format!("cannot make {} private: {e}", dir.display()))?;
+            count += 1;
+        }
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+            tighten(&entry.path(), &mut count)?;
+        }
+        Ok(count)
+    }
+    #[cfg(not(unix))]
+    Ok(0)
+}
+
 fn init_logging(datadir: &Path, level: log::LevelFilter) -> Result<PathBuf, String> {
     let dir = datadir.join("logs");
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let path = dir.join("sample-node.log");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options
         .open(&path)
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     env_logger::Builder::new()
@@ -157,38 +251,45 @@ async fn termination_signal() {
     }
 }
 
-async fn serve(args: DaemonArgs) -> Result<(), String> {
-    if !args.api.ip().is_loopback() {
-        return Err(format!("--api {} is not a loopback address", args.api));
-    }
-    let network = bitcoin::Network::from_str(&args.network).map_err(|_| {
-        format!(
-            "unknown network '{}': use bitcoin, testnet, signet or regtest",
-            args.network
-        )
-    })?;
-    let (rpc_url, rpc_user, rpc_pass) = split_rpc_url(&args.bitcoind_rpc)?;
-    std::fs::create_dir_all(&args.datadir)
-        .map_err(|e| format!("cannot create {}: {e}", args.datadir.display()))?;
-    let log_path = init_logging(&args.datadir, args.log_level)?;
+async fn serve(settings: Settings) -> Result<(), String> {
+    let datadir = settings.datadir.clone();
+    let tightened = secure_datadir(&datadir)?;
+    let log_path = init_logging(&datadir, settings.log_level)?;
     progress(&format!("logging to {}", log_path.display()));
+    if tightened > 0 {
+        log::warn!(
+            "made {tightened} entries of {} private (0700 directories, 0600 files)",
+            datadir.display()
+        );
+    }
+    for warning in &settings.warnings {
+        log::warn!("{warning}");
+    }
+    if let Some(path) = &settings.config_path {
+        log::info!("settings from {}", path.display());
+    }
     // A stale address from an earlier run must not send the CLI there.
-    let _ = std::fs::remove_file(args.datadir.join(API_ADDR_FILE));
+    let _ = std::fs::remove_file(datadir.join(API_ADDR_FILE));
 
-    progress(&format!(
-        "starting node in {} on {network}, chain at {rpc_url}",
-        args.datadir.display()
-    ));
-    log::info!(
-        "starting node in {} on {network}, chain at {rpc_url}",
-        args.datadir.display()
+    let network = settings.network;
+    let rpc_url = settings.rpc_url.clone();
+    let started = format!(
+        "starting node in {} on {network}, chain at {rpc_url}, credentials from {}",
+        datadir.display(),
+        settings.credentials.source
     );
-    let node = NodeBuilder::new(&args.datadir)
+    progress(&started);
+    log::info!("{started}");
+    let node = NodeBuilder::new(&datadir)
         .network(network)
-        .bitcoind_rpc(rpc_url, rpc_user, rpc_pass)
-        .listen(args.listen)
-        .chain_poll_interval(Duration::from_millis(args.chain_poll_ms.max(10)))
-        .reconnect_interval(Duration::from_millis(args.reconnect_ms.max(10)))
+        .bitcoind_rpc(
+            rpc_url,
+            settings.credentials.user.clone(),
+            settings.credentials.password.clone(),
+        )
+        .listen(settings.listen)
+        .chain_poll_interval(settings.chain_poll)
+        .reconnect_interval(settings.reconnect)
         .start()
         .await
         .map_err(|e| format!("node did not start: {e}"))?;
@@ -199,22 +300,22 @@ async fn serve(args: DaemonArgs) -> Result<(), String> {
         node.best_block_height()
     ));
 
-    let result = serve_api(&args, node).await;
+    let result = serve_api(&settings, node).await;
     if let Err(e) = &result {
         log::error!("{e}");
     }
-    let _ = std::fs::remove_file(args.datadir.join(API_ADDR_FILE));
+    let _ = std::fs::remove_file(datadir.join(API_ADDR_FILE));
     result
 }
 
-async fn serve_api(args: &DaemonArgs, node: Node) -> Result<(), String> {
+async fn serve_api(settings: &Settings, node: Node) -> Result<(), String> {
     let token = node.keys().get_secure_random_bytes().to_lower_hex_string();
-    let token_path = args.datadir.join(API_TOKEN_FILE);
-    let listener = match tokio::net::TcpListener::bind(args.api).await {
+    let token_path = settings.datadir.join(API_TOKEN_FILE);
+    let listener = match tokio::net::TcpListener::bind(settings.api).await {
         Ok(l) => l,
         Err(e) => {
             let _ = node.stop().await;
-            return Err(format!("cannot serve the API on {}: {e}", args.api));
+            return Err(format!("cannot serve the API on {}: {e}", settings.api));
         }
     };
     let api_addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -223,21 +324,16 @@ async fn serve_api(args: &DaemonArgs, node: Node) -> Result<(), String> {
         return Err(format!("cannot write {}: {e}", token_path.display()));
     }
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let crash = args.enable_crash_points.then(|| {
+    let crash = settings.enable_crash_points.then(|| {
         let crash = Arc::new(CrashPoints::default());
         let observer = crash.clone();
         node.observe_written_events(Box::new(move |event| observer.observe(event)));
         crash
     });
-    let state = Arc::new(AppState {
-        node,
-        token,
-        stop: stop_tx,
-        crash,
-    });
+    let state = Arc::new(AppState::new(node, token, stop_tx, crash));
     let router = api::router(state.clone());
-    let addr_path = args.datadir.join(API_ADDR_FILE);
-    std::fs::write(&addr_path, api_addr.to_string())
+    let addr_path = settings.datadir.join(API_ADDR_FILE);
+    write_private(&addr_path, &api_addr.to_string())
         .map_err(|e| format!("cannot write {}: {e}", addr_path.display()))?;
     log::info!("api listening on {api_addr}");
     println!("sample-node api listening on {api_addr}");
@@ -262,18 +358,4 @@ async fn serve_api(args: &DaemonArgs, node: Node) -> Result<(), String> {
     log::info!("node stopped");
     progress("stopped");
     served.and(stopped)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_rpc_url;
-
-    #[test]
-    fn rpc_url_credentials() {
-        assert_eq!(
-            split_rpc_url("http://u:p@127.0.0.1:1").unwrap(),
-            ("http://127.0.0.1:1".into(), "u".into(), "p".into())
-        );
-        assert!(split_rpc_url("127.0.0.1").is_err());
-    }
 }

@@ -1,27 +1,44 @@
 //! A sample Lightning node with splicing: one binary, two modes.
 //!
 //! ```text
-//! # Run a node (logs to DIR/logs, control API on loopback, token in DIR/api-token):
+//! # Run a node (logs to DIR/logs, control API on loopback, token in DIR/api-token).
+//! # bitcoind's credentials never go on the command line: a cookie file,
+//! # the environment, or the config file DIR/sample-node.toml.
 //! sample-node daemon --datadir DIR --network regtest \
-//!     --bitcoind-rpc http://USER:PASS@127.0.0.1:18443 \
+//!     --bitcoind-rpc http://127.0.0.1:18443 --bitcoind-cookie ~/.bitcoin/regtest/.cookie \
 //!     --listen 127.0.0.1:9735 --api 127.0.0.1:0
+//! LDK_SPLICE_BITCOIND_AUTH=USER:PASS sample-node daemon --datadir DIR
 //!
 //! # Talk to it:
 //! sample-node cli --datadir DIR getinfo
 //! sample-node cli --datadir DIR splicein CHANNEL_ID NODE_ID 100000 --feerate 2 --wait locked
+//! sample-node cli --datadir DIR events
+//! sample-node cli --datadir DIR events --ack RUN:N
 //! ```
 //!
-//! The daemon prints `sample-node api listening on 127.0.0.1:PORT` on stdout
-//! once it serves, writes the API address to `DIR/api-addr` and a random
-//! token to `DIR/api-token` (mode 0600), and stops cleanly on SIGINT,
-//! SIGTERM or `cli stop`.
+//! Settings come from the command line, else the config file (`--config
+//! PATH`, or `DIR/sample-node.toml`), else their defaults; bitcoind's
+//! credentials from `--bitcoind-cookie`, else `LDK_SPLICE_BITCOIND_AUTH`,
+//! else the config file (see `settings.rs`). A `--bitcoind-rpc` URL with
+//! credentials in it is refused, and so is `--network bitcoin` (mainnet is
+//! not enabled yet).
+//!
+//! The daemon sets its umask to 077 and makes the data directory 0700:
+//! every file in it (seed, channel monitors, wallet, logs) is 0600. It
+//! prints `sample-node api listening on 127.0.0.1:PORT` on stdout once it
+//! serves, writes the API address to `DIR/api-addr` and a random token to
+//! `DIR/api-token`, and stops cleanly on SIGINT, SIGTERM or `cli stop`.
 //!
 //! The API is `POST /v1/<command>` on the loopback address, with
 //! `Authorization: Bearer <DIR/api-token>` and a JSON object of parameters
-//! (see `api.rs`); answers are JSON, errors `{"error": "..."}` with status
-//! 400 (bad parameters), 401 (no or wrong token), 404 (unknown command or
-//! id) or 422 (refused by the node, e.g. a `SpliceError`). The daemon logs
-//! to `DIR/logs/sample-node.log` (`--log-level`, or `RUST_LOG`).
+//! of at most 64 KiB (see `api.rs`); answers are JSON, errors `{"error":
+//! "..."}` with status 400 (bad parameters), 401 (no or wrong token,
+//! answered before any of the body is read), 404 (unknown command or id),
+//! 409 (an event id from an earlier run), 413 (body over 64 KiB) or 422
+//! (refused by the node, e.g. a `SpliceError`). Blocking node calls run on
+//! a bounded blocking pool, never on the threads that drive peers and chain
+//! sync. The daemon logs to `DIR/logs/sample-node.log` (`--log-level`, or
+//! `RUST_LOG`).
 //!
 //! The CLI prints JSON on stdout. On any error it prints
 //! `{"error": "..."}` on stdout and exits with status 1 (argument errors are
@@ -32,6 +49,7 @@ mod api;
 mod cli;
 mod crash;
 mod daemon;
+mod settings;
 
 use clap::{Parser, Subcommand};
 

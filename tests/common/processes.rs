@@ -193,27 +193,23 @@ pub fn start_daemon(binary: &Path, chain: &ChainProcess, dir: PathBuf) -> Daemon
     start_daemon_with(binary, chain, dir, &[])
 }
 
-/// Starts a daemon with `extra` arguments after the usual ones.
-pub fn start_daemon_with(
-    binary: &Path,
-    chain: &ChainProcess,
-    dir: PathBuf,
-    extra: &[&str],
-) -> Daemon {
-    let mut child = Command::new(binary)
+/// The environment variable the daemon reads bitcoind's `USER:PASSWORD` from.
+pub const AUTH_ENV: &str = "LDK_SPLICE_BITCOIND_AUTH";
+
+/// `sample-node daemon` on `dir` with the usual test settings (regtest,
+/// `chain`'s URL, free ports, quick polling) and no credentials: add them
+/// with [`with_env_auth`], a cookie file or a config file.
+pub fn daemon_command(binary: &Path, chain: &ChainProcess, dir: &Path) -> Command {
+    let mut command = Command::new(binary);
+    command
         .arg("daemon")
         .arg("--datadir")
-        .arg(&dir)
+        .arg(dir)
         .args([
             "--network",
             "regtest",
             "--bitcoind-rpc",
-            &format!(
-                "http://{}:{}@{}",
-                chain.rpc_user(),
-                chain.rpc_password(),
-                chain.rpc_addr()
-            ),
+            &format!("http://{}", chain.rpc_addr()),
             "--listen",
             "127.0.0.1:0",
             "--api",
@@ -223,7 +219,35 @@ pub fn start_daemon_with(
             "--reconnect-ms",
             "200",
         ])
-        .args(extra)
+        .env_remove(AUTH_ENV);
+    command
+}
+
+/// Gives `command` the devchain's credentials in [`AUTH_ENV`].
+pub fn with_env_auth<'a>(command: &'a mut Command, chain: &ChainProcess) -> &'a mut Command {
+    command.env(
+        AUTH_ENV,
+        format!("{}:{}", chain.rpc_user(), chain.rpc_password()),
+    )
+}
+
+/// Starts a daemon with `extra` arguments after the usual ones, bitcoind's
+/// credentials in the environment.
+pub fn start_daemon_with(
+    binary: &Path,
+    chain: &ChainProcess,
+    dir: PathBuf,
+    extra: &[&str],
+) -> Daemon {
+    let mut command = daemon_command(binary, chain, &dir);
+    with_env_auth(&mut command, chain).args(extra);
+    spawn_daemon(command, dir)
+}
+
+/// Spawns `command` (a `sample-node daemon` on `dir`) and waits until it
+/// serves its API.
+pub fn spawn_daemon(mut command: Command, dir: PathBuf) -> Daemon {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -250,6 +274,80 @@ pub fn start_daemon_with(
         assert_eq!(mode & 0o777, 0o600, "token readable only by its owner");
     }
     daemon
+}
+
+/// Runs `command` to its end (at most [`WAIT`]); its status and what it
+/// printed on stdout and stderr.
+pub fn run_to_exit(mut command: Command) -> (std::process::ExitStatus, String, String) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("process starts");
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().expect("stdout piped")));
+    let stderr = read(Box::new(child.stderr.take().expect("stderr piped")));
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("process status") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        status,
+        stdout.join().unwrap_or_default(),
+        stderr.join().unwrap_or_default(),
+    )
+}
+
+/// Every entry under `dir` (and `dir` itself) whose permissions are not
+/// 0700 (directories) or 0600 (files), with its mode.
+#[cfg(unix)]
+pub fn loose_permissions(dir: &Path) -> Vec<(PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut loose = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(path) = todo.pop() {
+        // A running daemon may remove a file (a store's temporary) meanwhile.
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        let wanted = if meta.is_dir() { 0o700 } else { 0o600 };
+        if mode != wanted {
+            loose.push((path.clone(), mode));
+        }
+        if meta.is_dir() {
+            let entries = std::fs::read_dir(&path).into_iter().flatten();
+            todo.extend(entries.flatten().map(|entry| entry.path()));
+        }
+    }
+    loose
+}
+
+/// Fails unless `dir` and everything in it is 0700 (directories) or 0600
+/// (files); `when` says at which point of the test.
+#[cfg(unix)]
+pub fn assert_private(dir: &Path, when: &str) {
+    let loose = loose_permissions(dir);
+    assert!(
+        loose.is_empty(),
+        "{when}: {} entries under {} are not 0700/0600, e.g. {:?}",
+        loose.len(),
+        dir.display(),
+        &loose[..loose.len().min(8)]
+    );
 }
 
 /// Runs `sample-node cli --datadir DIR args...`; returns its exit success and JSON.

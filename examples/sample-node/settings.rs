@@ -1,0 +1,723 @@
+//! The daemon's settings, resolved before anything is created or started:
+//! the command line, the config file, the environment and bitcoind's
+//! credentials.
+//!
+//! Credentials never come from the command line (every local user sees it
+//! in `ps`). They come from, first match wins:
+//!
+//! 1. `--bitcoind-cookie PATH`: bitcoind's cookie file (`USER:PASSWORD` on
+//!    one line, as bitcoind writes `DATADIR/<network>/.cookie`), read at
+//!    every start;
+//! 2. the environment variable `LDK_SPLICE_BITCOIND_AUTH=USER:PASSWORD`;
+//! 3. the config file: `bitcoind_cookie = "PATH"`, or `bitcoind_user` and
+//!    `bitcoind_password`.
+//!
+//! Every other setting comes from the command line, else the config file,
+//! else its default. The config file is `--config PATH`, or
+//! `DIR/sample-node.toml` when it exists (TOML; see [`ConfigFile`]).
+//!
+//! A config file that holds a password and is readable by group or others
+//! is refused: it is ours, its only purpose is to hold the secret, and
+//! `chmod 600` is the whole fix. A cookie file readable by group or others
+//! gets a warning only: bitcoind writes it, and its `-rpccookieperms`
+//! option makes it group-readable on purpose so that another user (this
+//! daemon's) can read it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use bitcoin::Network;
+use serde::Deserialize;
+
+use crate::daemon::DaemonArgs;
+
+/// The environment variable that may carry bitcoind's `USER:PASSWORD`.
+pub const AUTH_ENV: &str = "LDK_SPLICE_BITCOIND_AUTH";
+/// The config file read from the data directory when `--config` is not given.
+pub const CONFIG_FILE: &str = "sample-node.toml";
+
+/// The networks the daemon runs on: the one place that refuses mainnet.
+///
+/// Mainnet is refused until the node's anchor fee bumping, sweeping of
+/// closed-channel funds and wallet recovery are finished; enabling it is
+/// removing the `Network::Bitcoin` arm below.
+pub fn enabled_network(network: Network) -> Result<Network, SettingsError> {
+    match network {
+        Network::Bitcoin => Err(SettingsError::MainnetNotEnabled),
+        other => Ok(other),
+    }
+}
+
+/// The config file (TOML). Every key is optional; unknown keys are refused.
+///
+/// ```toml
+/// network = "signet"                       # signet, testnet, testnet4 or regtest
+/// bitcoind_rpc = "http://127.0.0.1:38332"  # the URL only, no credentials
+/// bitcoind_cookie = "/home/me/.bitcoin/signet/.cookie"
+/// # or, instead of the cookie (the file must then be mode 0600):
+/// # bitcoind_user = "me"
+/// # bitcoind_password = "secret"
+/// listen = "0.0.0.0:9735"
+/// api = "127.0.0.1:3001"
+/// chain_poll_ms = 1000
+/// reconnect_ms = 5000
+/// log_level = "info"
+/// ```
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Bitcoin network.
+    pub network: Option<String>,
+    /// bitcoind's RPC URL, without credentials.
+    pub bitcoind_rpc: Option<String>,
+    /// bitcoind's cookie file.
+    pub bitcoind_cookie: Option<PathBuf>,
+    /// bitcoind's RPC user (with `bitcoind_password`).
+    pub bitcoind_user: Option<String>,
+    /// bitcoind's RPC password (with `bitcoind_user`).
+    pub bitcoind_password: Option<String>,
+    /// Where to accept Lightning peers.
+    pub listen: Option<SocketAddr>,
+    /// Where to serve the control API (a loopback address).
+    pub api: Option<SocketAddr>,
+    /// How often to poll bitcoind for new blocks, in milliseconds.
+    pub chain_poll_ms: Option<u64>,
+    /// How often to redial channel peers we lost, in milliseconds.
+    pub reconnect_ms: Option<u64>,
+    /// Log level: error, warn, info, debug or trace.
+    pub log_level: Option<String>,
+}
+
+/// Where the bitcoind credentials came from (never the secret itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// `--bitcoind-cookie PATH`.
+    CookieArg(PathBuf),
+    /// The `LDK_SPLICE_BITCOIND_AUTH` environment variable.
+    Env,
+    /// The config file's `bitcoind_cookie`.
+    ConfigCookie(PathBuf),
+    /// The config file's `bitcoind_user` and `bitcoind_password`.
+    ConfigPassword(PathBuf),
+}
+
+impl std::fmt::Display for CredentialSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CredentialSource::CookieArg(p) => {
+                write!(f, "cookie file {} (--bitcoind-cookie)", p.display())
+            }
+            CredentialSource::Env => write!(f, "the {AUTH_ENV} environment variable"),
+            CredentialSource::ConfigCookie(p) => {
+                write!(f, "cookie file {} (config file)", p.display())
+            }
+            CredentialSource::ConfigPassword(p) => {
+                write!(f, "bitcoind_user/bitcoind_password in {}", p.display())
+            }
+        }
+    }
+}
+
+/// bitcoind's RPC user and password. `Debug` does not show the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// RPC user.
+    pub user: String,
+    /// RPC password.
+    pub password: String,
+    /// Where they came from.
+    pub source: CredentialSource,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"<hidden>")
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+/// Everything the daemon runs with.
+#[derive(Debug)]
+pub struct Settings {
+    /// The data directory.
+    pub datadir: PathBuf,
+    /// The network (never mainnet for now: see [`enabled_network`]).
+    pub network: Network,
+    /// bitcoind's RPC URL, without credentials.
+    pub rpc_url: String,
+    /// bitcoind's credentials.
+    pub credentials: Credentials,
+    /// Where to accept Lightning peers.
+    pub listen: SocketAddr,
+    /// Where to serve the control API (loopback).
+    pub api: SocketAddr,
+    /// How often to poll bitcoind.
+    pub chain_poll: Duration,
+    /// How often to redial lost peers.
+    pub reconnect: Duration,
+    /// Log level for DIR/logs/sample-node.log.
+    pub log_level: log::LevelFilter,
+    /// Serve the crash tests' `crashat` command.
+    pub enable_crash_points: bool,
+    /// The config file read, if any.
+    pub config_path: Option<PathBuf>,
+    /// Things the operator should know (shown on stderr and logged).
+    pub warnings: Vec<String>,
+}
+
+/// Why the daemon will not start with these settings.
+#[derive(Debug)]
+pub enum SettingsError {
+    /// A bitcoind URL carries a user or password.
+    CredentialsInUrl {
+        /// `--bitcoind-rpc` or the config file's `bitcoind_rpc`.
+        origin: String,
+    },
+    /// A bitcoind URL that is not `http(s)://HOST:PORT[/PATH]`.
+    BadUrl {
+        /// Where it was given.
+        origin: String,
+        /// The URL.
+        url: String,
+    },
+    /// No credentials anywhere.
+    NoCredentials,
+    /// A cookie file or config file could not be read.
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// A cookie file or the environment variable is not `USER:PASSWORD`.
+    NotUserPassword {
+        /// The cookie file or the environment variable.
+        origin: String,
+    },
+    /// The config file is not valid.
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A config file holding a password is readable by group or others.
+    ConfigReadable {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A network name we do not know.
+    UnknownNetwork(String),
+    /// `--network bitcoin`.
+    MainnetNotEnabled,
+    /// `--api` (or the config's `api`) is not a loopback address.
+    ApiNotLoopback(SocketAddr),
+}
+
+impl std::fmt::Display for SettingsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SettingsError::CredentialsInUrl { origin } => write!(
+                f,
+                "{origin} must not carry credentials (http://USER:PASS@...): a command line is \
+                 visible to every local user (ps). Give the URL alone (http://HOST:PORT) and the \
+                 credentials with --bitcoind-cookie PATH (bitcoind's .cookie file), the \
+                 {AUTH_ENV}=USER:PASSWORD environment variable, or bitcoind_cookie, or \
+                 bitcoind_user and bitcoind_password, in the config file (DIR/{CONFIG_FILE} \
+                 or --config PATH, mode 0600)"
+            ),
+            SettingsError::BadUrl { origin, url } => write!(
+                f,
+                "{origin} '{url}' is not a URL: expected http://HOST:PORT"
+            ),
+            SettingsError::NoCredentials => write!(
+                f,
+                "no bitcoind credentials: give --bitcoind-cookie PATH (bitcoind's .cookie file), \
+                 set {AUTH_ENV}=USER:PASSWORD, or put bitcoind_cookie, or bitcoind_user and \
+                 bitcoind_password, in the config file (DIR/{CONFIG_FILE} or --config PATH)"
+            ),
+            SettingsError::Read { path, error } => {
+                write!(f, "cannot read {}: {error}", path.display())
+            }
+            SettingsError::NotUserPassword { origin } => {
+                write!(f, "{origin} is not in bitcoind's USER:PASSWORD form")
+            }
+            SettingsError::Config { path, message } => {
+                write!(f, "config file {}: {message}", path.display())
+            }
+            SettingsError::ConfigReadable { path, mode } => write!(
+                f,
+                "config file {} holds bitcoind_password and is readable by other users \
+                 (mode {mode:04o}); make it private with: chmod 600 {}",
+                path.display(),
+                path.display()
+            ),
+            SettingsError::UnknownNetwork(name) => write!(
+                f,
+                "unknown network '{name}': use signet, testnet, testnet4 or regtest"
+            ),
+            SettingsError::MainnetNotEnabled => write!(
+                f,
+                "--network bitcoin (mainnet) is not enabled yet: the node's anchor fee bumping, \
+                 sweeping of closed-channel funds and wallet recovery are still being finished. \
+                 Use signet, testnet, testnet4 or regtest"
+            ),
+            SettingsError::ApiNotLoopback(addr) => {
+                write!(f, "--api {addr} is not a loopback address")
+            }
+        }
+    }
+}
+
+impl std::error::Error for SettingsError {}
+
+/// Permission bits of `path` beyond the owner's (0 off unix).
+fn others_bits(meta: &std::fs::Metadata) -> u32 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        meta.permissions().mode() & 0o777
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        0
+    }
+}
+
+/// Splits `USER:PASSWORD` (surrounding whitespace and a final newline
+/// ignored); `None` unless both are there.
+fn user_password(text: &str) -> Option<(String, String)> {
+    let (user, password) = text.trim().split_once(':')?;
+    (!user.is_empty() && !password.is_empty()).then(|| (user.to_string(), password.to_string()))
+}
+
+/// Reads bitcoind's cookie file. Warns when others may read it.
+fn read_cookie(
+    path: &Path,
+    source: CredentialSource,
+    warnings: &mut Vec<String>,
+) -> Result<Credentials, SettingsError> {
+    let read_error = |error| SettingsError::Read {
+        path: path.to_path_buf(),
+        error,
+    };
+    let meta = std::fs::metadata(path).map_err(read_error)?;
+    let text = std::fs::read_to_string(path).map_err(read_error)?;
+    let (user, password) = user_password(&text).ok_or_else(|| SettingsError::NotUserPassword {
+        origin: format!("cookie file {}", path.display()),
+    })?;
+    let mode = others_bits(&meta);
+    if mode & 0o077 != 0 {
+        warnings.push(format!(
+            "cookie file {} is readable by other users (mode {mode:04o}); bitcoind writes it \
+             0600 unless -rpccookieperms says otherwise",
+            path.display()
+        ));
+    }
+    Ok(Credentials {
+        user,
+        password,
+        source,
+    })
+}
+
+/// Checks a bitcoind RPC URL: `http(s)://HOST:PORT[/PATH]`, no credentials.
+/// The error never repeats a URL that carries a password.
+pub fn check_rpc_url(url: &str, origin: &str) -> Result<String, SettingsError> {
+    let url = url.trim();
+    let bad = || SettingsError::BadUrl {
+        origin: origin.to_string(),
+        url: url.to_string(),
+    };
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+        if url.contains('@') {
+            SettingsError::CredentialsInUrl {
+                origin: origin.to_string(),
+            }
+        } else {
+            bad()
+        }
+    })?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err(SettingsError::CredentialsInUrl {
+            origin: origin.to_string(),
+        });
+    }
+    if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
+        || authority.is_empty()
+    {
+        return Err(bad());
+    }
+    Ok(url.to_string())
+}
+
+/// bitcoind's default RPC port on `network`.
+fn default_rpc_port(network: Network) -> u16 {
+    match network {
+        Network::Testnet => 18332,
+        Network::Testnet4 => 48332,
+        Network::Signet => 38332,
+        _ => 18443,
+    }
+}
+
+fn parse_network(name: &str) -> Result<Network, SettingsError> {
+    let name = name.trim();
+    if name.eq_ignore_ascii_case("mainnet") {
+        return enabled_network(Network::Bitcoin);
+    }
+    let network = Network::from_str(&name.to_ascii_lowercase())
+        .map_err(|_| SettingsError::UnknownNetwork(name.to_string()))?;
+    enabled_network(network)
+}
+
+/// Reads the config file: `explicit`, or DIR/sample-node.toml if it exists.
+fn load_config(
+    explicit: Option<&Path>,
+    datadir: &Path,
+) -> Result<Option<(PathBuf, ConfigFile)>, SettingsError> {
+    let path = match explicit {
+        Some(path) => path.to_path_buf(),
+        None => {
+            let path = datadir.join(CONFIG_FILE);
+            if !path.exists() {
+                return Ok(None);
+            }
+            path
+        }
+    };
+    let read_error = |error| SettingsError::Read {
+        path: path.clone(),
+        error,
+    };
+    let meta = std::fs::metadata(&path).map_err(read_error)?;
+    let text = std::fs::read_to_string(&path).map_err(read_error)?;
+    let config: ConfigFile = toml::from_str(&text).map_err(|e| SettingsError::Config {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let mode = others_bits(&meta);
+    if config.bitcoind_password.is_some() && mode & 0o077 != 0 {
+        return Err(SettingsError::ConfigReadable { path, mode });
+    }
+    Ok(Some((path, config)))
+}
+
+/// Picks bitcoind's credentials by the precedence in the module docs.
+fn credentials(
+    cookie_arg: Option<&Path>,
+    env: Option<&str>,
+    config: Option<(&Path, &ConfigFile)>,
+    warnings: &mut Vec<String>,
+) -> Result<Credentials, SettingsError> {
+    if let Some(path) = cookie_arg {
+        return read_cookie(
+            path,
+            CredentialSource::CookieArg(path.to_path_buf()),
+            warnings,
+        );
+    }
+    if let Some(value) = env {
+        let (user, password) =
+            user_password(value).ok_or_else(|| SettingsError::NotUserPassword {
+                origin: format!("the {AUTH_ENV} environment variable"),
+            })?;
+        return Ok(Credentials {
+            user,
+            password,
+            source: CredentialSource::Env,
+        });
+    }
+    let Some((path, config)) = config else {
+        return Err(SettingsError::NoCredentials);
+    };
+    let config_error = |message: &str| SettingsError::Config {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    };
+    match (
+        &config.bitcoind_cookie,
+        &config.bitcoind_user,
+        &config.bitcoind_password,
+    ) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(config_error(
+            "give bitcoind_cookie, or bitcoind_user and bitcoind_password, not both",
+        )),
+        (Some(cookie), None, None) => {
+            // A relative cookie path is relative to the config file.
+            let cookie = match path.parent() {
+                Some(dir) if cookie.is_relative() => dir.join(cookie),
+                _ => cookie.clone(),
+            };
+            read_cookie(
+                &cookie,
+                CredentialSource::ConfigCookie(cookie.clone()),
+                warnings,
+            )
+        }
+        (None, Some(user), Some(password)) if !user.is_empty() && !password.is_empty() => {
+            Ok(Credentials {
+                user: user.clone(),
+                password: password.clone(),
+                source: CredentialSource::ConfigPassword(path.to_path_buf()),
+            })
+        }
+        (None, None, None) => Err(SettingsError::NoCredentials),
+        _ => Err(config_error(
+            "bitcoind_user and bitcoind_password go together, and neither may be empty",
+        )),
+    }
+}
+
+impl Settings {
+    /// Resolves the daemon's settings from its arguments, the value of
+    /// [`AUTH_ENV`] and the config file. Reads files, creates nothing.
+    pub fn resolve(args: &DaemonArgs, env_auth: Option<&str>) -> Result<Settings, SettingsError> {
+        let mut warnings = Vec::new();
+        let loaded = load_config(args.config.as_deref(), &args.datadir)?;
+        let (config_path, config) = match loaded {
+            Some((path, config)) => (Some(path), config),
+            None => (None, ConfigFile::default()),
+        };
+        let config_error = |message: String| SettingsError::Config {
+            path: config_path.clone().unwrap_or_default(),
+            message,
+        };
+
+        let network = parse_network(
+            args.network
+                .as_deref()
+                .or(config.network.as_deref())
+                .unwrap_or("regtest"),
+        )?;
+        let rpc_url = match (&args.bitcoind_rpc, &config.bitcoind_rpc) {
+            (Some(url), _) => check_rpc_url(url, "--bitcoind-rpc")?,
+            (None, Some(url)) => check_rpc_url(url, "the config file's bitcoind_rpc")?,
+            (None, None) => format!("http://127.0.0.1:{}", default_rpc_port(network)),
+        };
+        let credentials = credentials(
+            args.bitcoind_cookie.as_deref(),
+            env_auth,
+            config_path.as_deref().map(|p| (p, &config)),
+            &mut warnings,
+        )?;
+        let log_level = match (args.log_level, &config.log_level) {
+            (Some(level), _) => level,
+            (None, Some(name)) => log::LevelFilter::from_str(name).map_err(|_| {
+                config_error(format!(
+                    "log_level '{name}': expected off, error, warn, info, debug or trace"
+                ))
+            })?,
+            (None, None) => log::LevelFilter::Info,
+        };
+        let api = args
+            .api
+            .or(config.api)
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+        if !api.ip().is_loopback() {
+            return Err(SettingsError::ApiNotLoopback(api));
+        }
+        Ok(Settings {
+            datadir: args.datadir.clone(),
+            network,
+            rpc_url,
+            credentials,
+            listen: args
+                .listen
+                .or(config.listen)
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9735))),
+            api,
+            chain_poll: Duration::from_millis(
+                args.chain_poll_ms
+                    .or(config.chain_poll_ms)
+                    .unwrap_or(1000)
+                    .max(10),
+            ),
+            reconnect: Duration::from_millis(
+                args.reconnect_ms
+                    .or(config.reconnect_ms)
+                    .unwrap_or(5000)
+                    .max(10),
+            ),
+            log_level,
+            enable_crash_points: args.enable_crash_points,
+            config_path,
+            warnings,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(datadir: &Path) -> DaemonArgs {
+        DaemonArgs::for_tests(datadir.to_path_buf())
+    }
+
+    fn write(path: &Path, text: &str, mode: u32) {
+        std::fs::write(path, text).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        #[cfg(not(unix))]
+        let _ = mode;
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused_without_repeating_them() {
+        for url in [
+            "http://u:secret@127.0.0.1:18443",
+            "http://u@127.0.0.1:18443",
+            "u:secret@127.0.0.1:18443",
+            "https://u:secret@host/wallet/x",
+        ] {
+            let err = check_rpc_url(url, "--bitcoind-rpc").unwrap_err();
+            let message = err.to_string();
+            assert!(
+                matches!(err, SettingsError::CredentialsInUrl { .. }),
+                "{url}"
+            );
+            assert!(!message.contains("secret"), "{message}");
+            assert!(message.contains("--bitcoind-cookie"), "{message}");
+            assert!(message.contains(AUTH_ENV), "{message}");
+        }
+        assert_eq!(
+            check_rpc_url("http://127.0.0.1:18443", "x").unwrap(),
+            "http://127.0.0.1:18443"
+        );
+        // An '@' past the host is a path, not credentials.
+        assert!(check_rpc_url("http://127.0.0.1:18443/wallet/a@b", "x").is_ok());
+        assert!(matches!(
+            check_rpc_url("127.0.0.1:18443", "x"),
+            Err(SettingsError::BadUrl { .. })
+        ));
+        assert!(check_rpc_url("ftp://127.0.0.1", "x").is_err());
+    }
+
+    #[test]
+    fn mainnet_is_refused_and_test_networks_are_not() {
+        for name in ["bitcoin", "mainnet", "Bitcoin"] {
+            let err = parse_network(name).unwrap_err();
+            assert!(matches!(err, SettingsError::MainnetNotEnabled), "{name}");
+            assert!(err.to_string().contains("not enabled yet"));
+        }
+        for name in ["signet", "testnet", "testnet4", "regtest"] {
+            assert!(parse_network(name).is_ok(), "{name}");
+        }
+        assert!(matches!(
+            parse_network("lolnet"),
+            Err(SettingsError::UnknownNetwork(_))
+        ));
+    }
+
+    #[test]
+    fn credentials_precedence_cookie_then_env_then_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let cookie = dir.path().join(".cookie");
+        write(&cookie, "__cookie__:fromcookie\n", 0o600);
+        let config_path = dir.path().join(CONFIG_FILE);
+        write(
+            &config_path,
+            "bitcoind_user = \"cfg\"\nbitcoind_password = \"fromconfig\"\n",
+            0o600,
+        );
+        let mut a = args(dir.path());
+        a.bitcoind_cookie = Some(cookie.clone());
+        let got = |a: &DaemonArgs, env: Option<&str>| Settings::resolve(a, env).unwrap();
+
+        let s = got(&a, Some("env:fromenv"));
+        assert_eq!(s.credentials.password, "fromcookie");
+        assert_eq!(s.credentials.source, CredentialSource::CookieArg(cookie));
+        a.bitcoind_cookie = None;
+        let s = got(&a, Some("env:fromenv"));
+        assert_eq!(
+            (s.credentials.user.as_str(), s.credentials.password.as_str()),
+            ("env", "fromenv")
+        );
+        let s = got(&a, None);
+        assert_eq!(s.credentials.password, "fromconfig");
+        assert!(
+            !format!("{s:?}").contains("fromconfig"),
+            "Debug hides the password"
+        );
+
+        std::fs::remove_file(&config_path).unwrap();
+        assert!(matches!(
+            Settings::resolve(&a, None),
+            Err(SettingsError::NoCredentials)
+        ));
+        assert!(matches!(
+            Settings::resolve(&a, Some("no-colon")),
+            Err(SettingsError::NotUserPassword { .. })
+        ));
+    }
+
+    #[test]
+    fn config_file_settings_and_its_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("node.toml");
+        write(
+            &config_path,
+            "network = \"signet\"\nbitcoind_cookie = \"cookie\"\nlisten = \"127.0.0.1:9999\"\n\
+             chain_poll_ms = 250\nlog_level = \"debug\"\n",
+            0o644,
+        );
+        write(&dir.path().join("cookie"), "u:p", 0o640);
+        let mut a = args(&dir.path().join("data"));
+        a.config = Some(config_path.clone());
+        let s = Settings::resolve(&a, None).unwrap();
+        assert_eq!(s.network, Network::Signet);
+        assert_eq!(s.rpc_url, "http://127.0.0.1:38332");
+        assert_eq!(s.listen, "127.0.0.1:9999".parse().unwrap());
+        assert_eq!(s.chain_poll, Duration::from_millis(250));
+        assert_eq!(s.log_level, log::LevelFilter::Debug);
+        assert_eq!(s.credentials.user, "u");
+        #[cfg(unix)]
+        assert!(
+            s.warnings.iter().any(|w| w.contains("readable")),
+            "{:?}",
+            s.warnings
+        );
+        // The command line wins over the file.
+        a.network = Some("regtest".into());
+        assert_eq!(
+            Settings::resolve(&a, None).unwrap().network,
+            Network::Regtest
+        );
+
+        write(
+            &config_path,
+            "bitcoind_rpc = \"http://u:p@127.0.0.1:1\"\n",
+            0o600,
+        );
+        assert!(matches!(
+            Settings::resolve(&a, Some("u:p")),
+            Err(SettingsError::CredentialsInUrl { .. })
+        ));
+        write(&config_path, "bitcoind_pasword = \"typo\"\n", 0o600);
+        let err = Settings::resolve(&a, Some("u:p")).unwrap_err();
+        assert!(err.to_string().contains("bitcoind_pasword"), "{err}");
+        write(
+            &config_path,
+            "bitcoind_user = \"u\"\nbitcoind_password = \"p\"\n",
+            0o644,
+        );
+        #[cfg(unix)]
+        assert!(matches!(
+            Settings::resolve(&a, None),
+            Err(SettingsError::ConfigReadable { .. })
+        ));
+    }
+}
