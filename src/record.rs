@@ -39,6 +39,10 @@ pub enum SpliceState {
     },
     /// Both sides exchanged `splice_locked`: the channel runs on the new funding output.
     Locked,
+    /// The transaction confirmed, but the channel closed before the splice
+    /// locked: the channel's close settled what the splice moved (a
+    /// splice-in's funds come back with what the channel owes us).
+    Closed,
     /// The splice did not happen.
     Failed {
         /// Why.
@@ -49,11 +53,14 @@ pub enum SpliceState {
 }
 
 impl SpliceState {
-    /// Whether the splice has ended (locked, failed or cancelled).
+    /// Whether the splice has ended (locked, closed, failed or cancelled).
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            SpliceState::Locked | SpliceState::Failed { .. } | SpliceState::Cancelled
+            SpliceState::Locked
+                | SpliceState::Closed
+                | SpliceState::Failed { .. }
+                | SpliceState::Cancelled
         )
     }
 
@@ -66,6 +73,7 @@ impl SpliceState {
                 | SpliceState::Broadcast
                 | SpliceState::Confirmed { .. }
                 | SpliceState::Locked
+                | SpliceState::Closed
         )
     }
 
@@ -73,7 +81,10 @@ impl SpliceState {
     pub fn is_broadcast(&self) -> bool {
         matches!(
             self,
-            SpliceState::Broadcast | SpliceState::Confirmed { .. } | SpliceState::Locked
+            SpliceState::Broadcast
+                | SpliceState::Confirmed { .. }
+                | SpliceState::Locked
+                | SpliceState::Closed
         )
     }
 }
@@ -88,6 +99,7 @@ impl std::fmt::Display for SpliceState {
             SpliceState::Broadcast => write!(f, "broadcast"),
             SpliceState::Confirmed { depth } => write!(f, "confirmed ({depth} deep)"),
             SpliceState::Locked => write!(f, "locked"),
+            SpliceState::Closed => write!(f, "confirmed, then the channel closed"),
             SpliceState::Failed { reason } => write!(f, "failed: {reason}"),
             SpliceState::Cancelled => write!(f, "cancelled"),
         }

@@ -49,7 +49,7 @@ fn allowed(from: &SpliceState, to: &SpliceState) -> bool {
         // A batch leg's Signed is written with its batch; a fee bump of a
         // broadcast splice keeps the splice where it is.
         Signed => matches!(from, Requested | Negotiating | AwaitingSignatures | Signed),
-        Broadcast | Confirmed { .. } | Locked => from.is_signed(),
+        Broadcast | Confirmed { .. } | Locked | Closed => from.is_signed(),
     }
 }
 

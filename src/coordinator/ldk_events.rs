@@ -230,6 +230,56 @@ where
         Ok(())
     }
 
+    /// `txid` confirmed `confirmations` deep on `channel_id`, which has
+    /// closed: a signed splice of ours with that candidate ends `Closed`
+    /// once no reorganisation LDK guards against can undo it; its coins
+    /// are spent by `txid`, and the other candidates can never confirm.
+    pub(crate) fn on_closed_channel_confirmed(
+        &self,
+        state: &mut State,
+        channel_id: &ChannelId,
+        txid: Txid,
+        confirmations: u32,
+    ) -> Result<(), SpliceError> {
+        if confirmations < lightning::chain::channelmonitor::ANTI_REORG_DELAY {
+            return Ok(());
+        }
+        let still_open = self
+            .channel_manager
+            .get_cm()
+            .list_channels()
+            .iter()
+            .any(|c| c.channel_id == *channel_id);
+        if still_open {
+            return Ok(());
+        }
+        let record = state
+            .records
+            .values()
+            .find(|r| {
+                r.channel_id == *channel_id
+                    && r.state.is_signed()
+                    && !r.state.is_final()
+                    && r.has_candidate(&txid)
+            })
+            .cloned();
+        let Some(record) = record else {
+            return Ok(());
+        };
+        log::info!(
+            "{}: {txid} confirmed {confirmations} deep after the channel closed",
+            record.id
+        );
+        if self.step(state, record.id, SpliceState::Closed, |r| r.settle_on(txid))? {
+            state.depths.remove(&record.id);
+            for candidate in record.candidates.iter().filter(|c| c.txid != txid) {
+                self.wallet.transaction_abandoned(candidate.txid);
+            }
+            self.release_coins(state, record.id);
+        }
+        Ok(())
+    }
+
     /// The channel closed. A splice not signed yet ends now; a signed one
     /// keeps its coins until LDK discards its funding (its transaction may
     /// still confirm until the closing one does).

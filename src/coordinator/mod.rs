@@ -29,6 +29,7 @@ use std::time::Duration;
 use bitcoin::{Network, OutPoint, Transaction, Txid};
 use lightning::chain::chaininterface::FeeEstimator;
 use lightning::ln::channelmanager::AChannelManager;
+use lightning::ln::types::ChannelId;
 
 pub use request::{Destination, Payout, ResizeRequest};
 
@@ -337,6 +338,29 @@ where
             self.refresh(&mut state);
         }
         self.deliver();
+    }
+
+    /// Tells the coordinator that `txid` is confirmed `confirmations` deep
+    /// on `channel_id`, a channel that has closed: LDK's channel is gone,
+    /// so only its `ChannelMonitor` still sees its splice transactions
+    /// confirm (`ChannelMonitor::get_relevant_txids`). A signed splice of
+    /// ours whose candidate `txid` is ends
+    /// [`SpliceState::Closed`] at six
+    /// confirmations, and its coins are freed (they are spent by `txid`).
+    /// Without this call such a splice stays `Broadcast`. The bundled node
+    /// makes it by itself.
+    pub fn closed_channel_splice_confirmed(
+        &self,
+        channel_id: &ChannelId,
+        txid: Txid,
+        confirmations: u32,
+    ) -> Result<(), SpliceError> {
+        let result = {
+            let mut state = self.lock();
+            self.on_closed_channel_confirmed(&mut state, channel_id, txid, confirmations)
+        };
+        self.deliver();
+        result
     }
 
     // ---- the batch layer's side -------------------------------------------

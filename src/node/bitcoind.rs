@@ -126,6 +126,19 @@ impl Bitcoind {
         Ok((height, hash))
     }
 
+    /// The hash of the block at `height` on bitcoind's best chain.
+    pub async fn block_hash(&self, height: u32) -> Result<bitcoin::BlockHash, NodeError> {
+        let JsonResponse(value) = self
+            .rpc
+            .call_method("getblockhash", &[json!(height)])
+            .await
+            .map_err(|e| NodeError::Chain(format!("getblockhash {height}: {e}")))?;
+        value
+            .as_str()
+            .and_then(|h| h.parse().ok())
+            .ok_or_else(|| NodeError::Chain(format!("getblockhash {height}: no hash")))
+    }
+
     /// Fetches a whole block.
     pub async fn block(&self, hash: &bitcoin::BlockHash) -> Result<bitcoin::Block, NodeError> {
         let hex: JsonResponse = self
@@ -139,6 +152,25 @@ impl Bitcoind {
             .ok_or_else(|| NodeError::Chain("getblock returned no hex".into()))?;
         bitcoin::consensus::encode::deserialize_hex(hex)
             .map_err(|e| NodeError::Chain(format!("bad block from bitcoind: {e}")))
+    }
+
+    /// The txids in bitcoind's mempool.
+    pub async fn mempool_txids(&self) -> Result<std::collections::HashSet<Txid>, NodeError> {
+        let JsonResponse(value) = self
+            .rpc
+            .call_method("getrawmempool", &[json!(false)])
+            .await
+            .map_err(|e| NodeError::Chain(format!("getrawmempool: {e}")))?;
+        value
+            .as_array()
+            .ok_or_else(|| NodeError::Chain("getrawmempool returned no list".into()))?
+            .iter()
+            .map(|txid| {
+                txid.as_str()
+                    .and_then(|t| t.parse().ok())
+                    .ok_or_else(|| NodeError::Chain(format!("getrawmempool: bad txid {txid}")))
+            })
+            .collect()
     }
 
     /// Sends one transaction now and returns bitcoind's verdict.

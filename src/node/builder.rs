@@ -3,7 +3,8 @@
 use super::*;
 
 /// Everything needed to start a [`Node`]. Build it with [`NodeBuilder`].
-#[derive(Debug, Clone)]
+/// Its `Debug` leaves the RPC password out.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct NodeConfig {
     /// Where the seed, channel state, wallet and logs live.
@@ -30,6 +31,29 @@ pub struct NodeConfig {
     pub reconnect_interval: Duration,
     /// Where the node learns about blocks.
     pub chain_feed: ChainFeed,
+    /// The height from which a new wallet looks for its coins; `None`
+    /// starts it at the chain tip (a new seed has no history).
+    pub wallet_birthday_height: Option<u32>,
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("data_dir", &self.data_dir)
+            .field("network", &self.network)
+            .field("bitcoind_rpc_url", &self.bitcoind_rpc_url)
+            .field("bitcoind_rpc_user", &self.bitcoind_rpc_user)
+            .field("bitcoind_rpc_password", &"<hidden>")
+            .field("listen_addr", &self.listen_addr)
+            .field("accept_inbound_splices", &self.accept_inbound_splices)
+            .field("accept_inbound_channels", &self.accept_inbound_channels)
+            .field("chain_poll_interval", &self.chain_poll_interval)
+            .field("fee_update_interval", &self.fee_update_interval)
+            .field("reconnect_interval", &self.reconnect_interval)
+            .field("chain_feed", &self.chain_feed)
+            .field("wallet_birthday_height", &self.wallet_birthday_height)
+            .finish()
+    }
 }
 
 /// Where a [`Node`] learns about blocks.
@@ -58,6 +82,7 @@ pub struct NodeBuilder {
     config: NodeConfig,
     wrap_store: Option<StoreWrapper>,
     funding_wallet: Option<Arc<dyn FundingWallet>>,
+    seed: Option<[u8; 32]>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -66,6 +91,7 @@ impl std::fmt::Debug for NodeBuilder {
             .field("config", &self.config)
             .field("wraps_store", &self.wrap_store.is_some())
             .field("own_funding_wallet", &self.funding_wallet.is_some())
+            .field("seed_given", &self.seed.is_some())
             .finish()
     }
 }
@@ -88,9 +114,11 @@ impl NodeBuilder {
                 fee_update_interval: Duration::from_secs(60),
                 reconnect_interval: Duration::from_secs(5),
                 chain_feed: ChainFeed::BitcoindBlocks,
+                wallet_birthday_height: None,
             },
             wrap_store: None,
             funding_wallet: None,
+            seed: None,
         }
     }
 
@@ -168,6 +196,27 @@ impl NodeBuilder {
         self
     }
 
+    /// Restores a node from `seed` (the 32 bytes of `DIR/seed` of the node
+    /// it backs up): written to a data directory that has no seed yet;
+    /// refused if the directory holds another seed. Channels are not
+    /// restored (they live in the channel monitors of the old data
+    /// directory); the wallet is, from
+    /// [`NodeBuilder::wallet_birthday_height`].
+    pub fn seed(mut self, seed: [u8; 32]) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Where a wallet created now (a new data directory) starts looking for
+    /// its coins: the height of the first block that can pay it, e.g. the
+    /// tip when its seed was made. Every block from there is read once, at
+    /// the first start. Without it a new wallet starts at the tip. A wallet
+    /// that already exists keeps its state.
+    pub fn wallet_birthday_height(mut self, height: u32) -> Self {
+        self.config.wallet_birthday_height = Some(height);
+        self
+    }
+
     /// The configuration built so far.
     pub fn config(&self) -> &NodeConfig {
         &self.config
@@ -175,6 +224,6 @@ impl NodeBuilder {
 
     /// Starts the node. Must be called inside a multi-threaded tokio runtime.
     pub async fn start(self) -> Result<Node, NodeError> {
-        Node::build_and_start(self.config, self.wrap_store, self.funding_wallet).await
+        Node::build_and_start(self.config, self.wrap_store, self.funding_wallet, self.seed).await
     }
 }

@@ -112,6 +112,21 @@ impl Node {
         }
     }
 
+    /// Force-closes a channel: broadcasts our latest commitment transaction
+    /// (with a child paying for it, on anchor channels). What the channel
+    /// owes us comes back to the wallet once its timelocks pass: LDK claims
+    /// it and the node's sweeper spends it into the wallet.
+    pub fn force_close_channel(
+        &self,
+        channel_id: &ChannelId,
+        counterparty: &PublicKey,
+        reason: &str,
+    ) -> Result<(), NodeError> {
+        self.channel_manager
+            .force_close_broadcasting_latest_txn(channel_id, counterparty, reason.to_string())
+            .map_err(|e| NodeError::Lightning(format!("{e:?}")))
+    }
+
     /// Whether a refused close is worth retrying: the channel still exists
     /// and no shutdown has started on either side.
     fn close_may_succeed_soon(&self, channel_id: &ChannelId) -> bool {

@@ -2,30 +2,30 @@
 
 use std::sync::Arc;
 
-use bitcoin::hashes::Hash;
 use lightning::events::{Event, ReplayEvent};
-use lightning::util::ser::Writeable;
+use lightning::sign::SpendableOutputDescriptor;
 
+use super::anchors::BumpHandler;
 use super::bitcoind::Bitcoind;
 use super::payments::{PaymentDirection, PaymentStatus, PaymentStore};
-use super::types::{ChannelManager, NodeCoordinator, PeerManager};
-use crate::store::{SharedStore, PERSISTENCE_NAMESPACE};
+use super::sweep::Sweeper;
+use super::types::{ChannelManager, NodeCoordinator};
 use crate::wallet::BdkWallet;
 
-const SPENDABLE_OUTPUTS_NAMESPACE: &str = "spendable_outputs";
-
 /// Handles the events LDK hands the node: funding, inbound channels,
-/// payments, and outputs to keep.
+/// payments, fee bumps of our force-closes, and outputs to sweep.
 pub(crate) struct NodeEventHandler {
     pub(crate) channel_manager: Arc<ChannelManager>,
     pub(crate) wallet: Arc<BdkWallet>,
     pub(crate) bitcoind: Arc<Bitcoind>,
     pub(crate) payments: Arc<PaymentStore>,
-    pub(crate) store: SharedStore,
+    pub(crate) sweeper: Arc<Sweeper>,
+    pub(crate) bump: BumpHandler,
     pub(crate) notify: Arc<tokio::sync::Notify>,
     pub(crate) accept_inbound_channels: bool,
     pub(crate) coordinator: Arc<NodeCoordinator>,
-    pub(crate) peer_manager: Arc<PeerManager>,
+    /// Wakes the task that sends queued peer messages.
+    pub(crate) send_messages: Arc<tokio::sync::Notify>,
 }
 
 impl NodeEventHandler {
@@ -35,8 +35,11 @@ impl NodeEventHandler {
             .handle_event(&event)
             .and_then(|()| self.dispatch(event));
         // Messages our handling queued (signatures, funding) go out now,
-        // not on the background processor's next round.
-        self.peer_manager.process_events();
+        // not on the background processor's next round; from another
+        // task, because LDK hands some events over under its monitor lock,
+        // which sending messages takes again (a block arriving in between
+        // would deadlock the two).
+        self.send_messages.notify_one();
         // Anyone waiting on node state gets to look again.
         self.notify.notify_waiters();
         result
@@ -132,7 +135,15 @@ impl NodeEventHandler {
                     });
                 match purpose.preimage() {
                     Some(preimage) => self.channel_manager.claim_funds(preimage),
-                    None => log::warn!("claimable payment {payment_hash} without a preimage"),
+                    None => {
+                        log::info!(
+                            "payment {payment_hash} to a hold invoice arrived; it waits for claim_payment or fail_payment"
+                        );
+                        self.payments
+                            .upsert(payment_hash, PaymentDirection::Inbound, |p| {
+                                p.status = PaymentStatus::Held;
+                            });
+                    }
                 }
             }
             Event::PaymentClaimed {
@@ -197,35 +208,39 @@ impl NodeEventHandler {
             } => {
                 log::info!("channel {channel_id} closed: {reason}");
             }
-            Event::SpendableOutputs { outputs, .. } => {
-                // Outputs paying the wallet are the wallet's already; the rest
-                // are kept so they can be swept (the node does not sweep yet).
-                for output in outputs {
-                    if let lightning::sign::SpendableOutputDescriptor::StaticOutput {
-                        output: txout,
-                        ..
-                    } = &output
-                    {
-                        if self.wallet.is_mine(&txout.script_pubkey) {
-                            continue;
+            Event::SpendableOutputs {
+                outputs,
+                channel_id,
+                counterparty_node_id,
+            } => {
+                // Outputs paying the wallet are the wallet's already; the
+                // sweeper spends every other one into the wallet.
+                let to_sweep: Vec<_> = outputs
+                    .into_iter()
+                    .filter(|output| match output {
+                        SpendableOutputDescriptor::StaticOutput { output, .. } => {
+                            !self.wallet.is_mine(&output.script_pubkey)
                         }
-                    }
-                    let bytes = output.encode();
-                    let key = bitcoin::hashes::sha256::Hash::hash(&bytes).to_string();
-                    if self
-                        .store
-                        .write(
-                            PERSISTENCE_NAMESPACE,
-                            SPENDABLE_OUTPUTS_NAMESPACE,
-                            &key,
-                            bytes,
+                        _ => true,
+                    })
+                    .collect();
+                if !to_sweep.is_empty() {
+                    log::info!(
+                        "sweeping {} output(s) of channel {channel_id:?} into the wallet",
+                        to_sweep.len()
+                    );
+                    self.sweeper
+                        .track_spendable_outputs(
+                            to_sweep,
+                            channel_id,
+                            counterparty_node_id,
+                            false,
+                            None,
                         )
-                        .is_err()
-                    {
-                        return Err(ReplayEvent());
-                    }
+                        .map_err(|()| ReplayEvent())?;
                 }
             }
+            Event::BumpTransaction(event) => self.bump.handle_event(&event),
             Event::ConnectionNeeded { node_id, .. } => {
                 log::debug!("LDK asks to connect to {node_id}; the reconnect task handles it");
             }

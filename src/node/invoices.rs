@@ -29,6 +29,77 @@ impl Node {
         Ok(invoice)
     }
 
+    /// Creates a BOLT11 hold invoice for `payment_hash`, whose preimage the
+    /// node does not know: a payment to it is held (its status becomes
+    /// [`PaymentStatus::Held`]) until [`Node::claim_payment`] with the
+    /// preimage or [`Node::fail_payment`]. Held too long, LDK fails it back
+    /// before its HTLCs expire.
+    pub fn create_hold_invoice(
+        &self,
+        amount_msat: Option<u64>,
+        payment_hash: PaymentHash,
+        description: &str,
+        expiry: Duration,
+    ) -> Result<Bolt11Invoice, NodeError> {
+        let description = Description::new(description.to_string())
+            .map_err(|e| NodeError::InvalidInput(format!("description: {e}")))?;
+        let params = Bolt11InvoiceParameters {
+            amount_msats: amount_msat,
+            description: Bolt11InvoiceDescription::Direct(description),
+            invoice_expiry_delta_secs: Some(u32::try_from(expiry.as_secs()).unwrap_or(u32::MAX)),
+            payment_hash: Some(payment_hash),
+            ..Default::default()
+        };
+        let invoice = self
+            .channel_manager
+            .create_bolt11_invoice(params)
+            .map_err(|e| NodeError::Lightning(format!("{e:?}")))?;
+        self.payments
+            .upsert(payment_hash, PaymentDirection::Inbound, |p| {
+                p.amount_msat = amount_msat
+            });
+        Ok(invoice)
+    }
+
+    /// Claims a held payment with its preimage (on-chain too, if its
+    /// channel has closed meanwhile).
+    pub fn claim_payment(
+        &self,
+        preimage: lightning::types::payment::PaymentPreimage,
+    ) -> Result<(), NodeError> {
+        use bitcoin::hashes::{sha256, Hash};
+        let hash = PaymentHash(sha256::Hash::hash(&preimage.0).to_byte_array());
+        match self.payments.get(&hash) {
+            Some(p) if p.status == PaymentStatus::Held => {
+                self.channel_manager.claim_funds(preimage);
+                Ok(())
+            }
+            Some(p) => Err(NodeError::InvalidInput(format!(
+                "payment {hash} is {:?}, not held",
+                p.status
+            ))),
+            None => Err(NodeError::InvalidInput(format!("no payment {hash}"))),
+        }
+    }
+
+    /// Fails a held payment back to its payer.
+    pub fn fail_payment(&self, hash: &PaymentHash) -> Result<(), NodeError> {
+        match self.payments.get(hash) {
+            Some(p) if p.status == PaymentStatus::Held => {
+                self.channel_manager.fail_htlc_backwards(hash);
+                self.payments.upsert(*hash, PaymentDirection::Inbound, |p| {
+                    p.status = PaymentStatus::Failed;
+                });
+                Ok(())
+            }
+            Some(p) => Err(NodeError::InvalidInput(format!(
+                "payment {hash} is {:?}, not held",
+                p.status
+            ))),
+            None => Err(NodeError::InvalidInput(format!("no payment {hash}"))),
+        }
+    }
+
     /// Pays a BOLT11 invoice; returns its payment hash. Follow it with
     /// [`Node::payment`] or [`Node::wait_for_payment`].
     pub fn pay_invoice(&self, invoice: &Bolt11Invoice) -> Result<PaymentHash, NodeError> {

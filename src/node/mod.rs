@@ -6,6 +6,8 @@
 //! It talks to bitcoind, or to the [`devchain`](crate::devchain), through the
 //! same JSON-RPC calls.
 
+mod anchors;
+mod balances;
 mod bitcoind;
 mod builder;
 mod channels;
@@ -21,9 +23,11 @@ mod peers;
 mod splice_watch;
 mod splicing;
 mod start;
+mod sweep;
 mod sync;
 mod tasks;
 mod types;
+mod wallet_sync;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -58,12 +62,15 @@ use lightning::util::persist::{
 use lightning::util::ser::{ReadableArgs, Writeable};
 use lightning_background_processor::{BackgroundProcessor, GossipSync as BpGossipSync};
 
+pub use self::anchors::{BumpHandler, ClaimCoinSelection, ClaimWallet};
+pub use self::balances::{NodeBalances, SweepInfo, SweepStatus};
 pub use self::bitcoind::{Bitcoind, BroadcastRecord};
 pub use self::builder::{ChainFeed, NodeBuilder, NodeConfig, StoreWrapper};
 pub use self::error::NodeError;
 pub use self::fee_estimates::{FeeEstimate, FeeTarget, TargetPolicy, FEE_TARGETS};
 pub use self::keys::WalletSignerProvider;
 pub use self::payments::{PaymentDirection, PaymentInfo, PaymentStatus};
+pub use self::sweep::Sweeper;
 pub use self::sync::ChainListeners;
 pub use self::types::{
     ChainMonitor, ChannelManager, NodeBatches, NodeCoordinator, PeerManager, Store,
@@ -96,6 +103,7 @@ pub struct Node {
     channel_manager: Arc<ChannelManager>,
     peer_manager: Arc<PeerManager>,
     chain_listeners: Arc<ChainListeners>,
+    sweeper: Arc<Sweeper>,
     coordinator: Arc<NodeCoordinator>,
     batches: Arc<NodeBatches>,
     payments: Arc<PaymentStore>,
@@ -142,6 +150,12 @@ impl Node {
         &self.peer_manager
     }
 
+    /// The output sweeper: it spends what closed channels leave us into
+    /// the wallet.
+    pub fn sweeper(&self) -> &Arc<Sweeper> {
+        &self.sweeper
+    }
+
     /// The on-chain wallet.
     pub fn wallet(&self) -> &Arc<BdkWallet> {
         &self.wallet
@@ -184,9 +198,15 @@ impl Node {
 
     /// The node's parts that follow the chain, for a sync through LDK's
     /// `Confirm` (see [`ChainFeed::Confirm`]): the `ChannelManager`, the
-    /// `ChainMonitor` and the on-chain wallet, in the order to feed them.
-    pub fn confirmables(&self) -> [&(dyn lightning::chain::Confirm + Send + Sync); 3] {
-        [&*self.channel_manager, &*self.chain_monitor, &*self.wallet]
+    /// `ChainMonitor`, the on-chain wallet and the output sweeper, in the
+    /// order to feed them.
+    pub fn confirmables(&self) -> [&(dyn lightning::chain::Confirm + Send + Sync); 4] {
+        [
+            &*self.channel_manager,
+            &*self.chain_monitor,
+            &*self.wallet,
+            &*self.sweeper,
+        ]
     }
 
     /// Waits until `condition` holds, re-checking after every LDK event and

@@ -24,6 +24,10 @@ pub enum PaymentDirection {
 pub enum PaymentStatus {
     /// Sent or invoiced, not settled yet.
     Pending,
+    /// Inbound to a hold invoice: the payment arrived and waits for
+    /// [`Node::claim_payment`](super::Node::claim_payment) or
+    /// [`Node::fail_payment`](super::Node::fail_payment).
+    Held,
     /// Settled: the preimage is known to both sides.
     Succeeded,
     /// Given up.

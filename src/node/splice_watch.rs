@@ -10,8 +10,10 @@ use lightning::ln::channel_state::SpliceCandidateStatus;
 use super::*;
 
 /// Every `interval` until `stop`: shows LDK the confirmation of a splice it
-/// missed, and reconnects a peer whose splice is overdue to lock.
+/// missed, reconnects a peer whose splice is overdue to lock, and tells the
+/// coordinator of splices that confirmed on channels that closed.
 pub(super) async fn watch_splices(
+    coordinator: Arc<NodeCoordinator>,
     channel_manager: Arc<ChannelManager>,
     chain_monitor: Arc<ChainMonitor>,
     bitcoind: Arc<Bitcoind>,
@@ -32,6 +34,7 @@ pub(super) async fn watch_splices(
         )
         .await;
         stuck_locks.bounce(&channels, &peer_manager);
+        report_confirmations_after_close(&channels, &coordinator, &channel_manager, &chain_monitor);
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = stop.changed() => return,
@@ -116,6 +119,38 @@ async fn replay_missed_confirmations(
                 channel.channel_id
             );
             channel_manager.transactions_confirmed(&block.header, &[(index, tx)], height);
+        }
+    }
+}
+
+/// A signed splice whose channel closed before it locked ends when LDK
+/// discards its funding, or, if its transaction confirmed, when the
+/// coordinator hears so: only the channel's monitor still sees it.
+fn report_confirmations_after_close(
+    channels: &[ChannelDetails],
+    coordinator: &NodeCoordinator,
+    channel_manager: &ChannelManager,
+    chain_monitor: &ChainMonitor,
+) {
+    let waiting: HashSet<ChannelId> = coordinator
+        .list_splices()
+        .into_iter()
+        .filter(|r| r.state.is_broadcast() && !r.state.is_final())
+        .map(|r| r.channel_id)
+        .filter(|id| !channels.iter().any(|c| c.channel_id == *id))
+        .collect();
+    let best = channel_manager.current_best_block().height;
+    for channel_id in waiting {
+        let Ok(monitor) = chain_monitor.get_monitor(channel_id) else {
+            continue;
+        };
+        for (txid, height, _) in monitor.get_relevant_txids() {
+            let confirmations = best.saturating_sub(height).saturating_add(1);
+            if let Err(e) =
+                coordinator.closed_channel_splice_confirmed(&channel_id, txid, confirmations)
+            {
+                log::warn!("channel {channel_id}: could not record {txid} confirmed: {e}");
+            }
         }
     }
 }

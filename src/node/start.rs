@@ -8,11 +8,10 @@ impl Node {
         config: NodeConfig,
         wrap_store: Option<StoreWrapper>,
         funding_wallet: Option<Arc<dyn FundingWallet>>,
+        given_seed: Option<[u8; 32]>,
     ) -> Result<Node, NodeError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            NodeError::Storage(format!("cannot create {}: {e}", config.data_dir.display()))
-        })?;
-        let seed = read_or_create_seed(&config.data_dir.join(SEED_FILE))?;
+        create_private_dir(&config.data_dir)?;
+        let seed = read_or_create_seed(&config.data_dir.join(SEED_FILE), given_seed)?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -40,17 +39,29 @@ impl Node {
         let (tip_height, tip_hash) = bitcoind.tip().await?;
 
         let wallet_is_new = !BdkWallet::exists(&shared_store)?;
-        let birthday = if wallet_is_new {
-            Some(bitcoind.block(&tip_hash).await?)
-        } else {
-            None
+        let (birthday, birthday_height) = match (wallet_is_new, config.wallet_birthday_height) {
+            (false, _) => (None, tip_height),
+            (true, None) => (Some(bitcoind.block(&tip_hash).await?), tip_height),
+            (true, Some(height)) if height > tip_height => {
+                return Err(NodeError::InvalidInput(format!(
+                    "wallet birthday {height} is above the chain tip {tip_height}"
+                )))
+            }
+            (true, Some(height)) => {
+                log::info!(
+                    "new wallet: looking for its coins from height {height} ({} blocks)",
+                    tip_height - height + 1
+                );
+                let hash = bitcoind.block_hash(height).await?;
+                (Some(bitcoind.block(&hash).await?), height)
+            }
         };
         let wallet = Arc::new(BdkWallet::load_or_create(
             &seed,
             config.network,
             shared_store.clone(),
             birthday.as_ref(),
-            tip_height,
+            birthday_height,
         )?);
         let signer_provider = Arc::new(WalletSignerProvider::new(keys.clone(), wallet.clone()));
 
@@ -149,6 +160,19 @@ impl Node {
         };
         let channel_manager = Arc::new(channel_manager);
 
+        // The background processor's writes of the ChannelManager tell the
+        // coordinator when it may give LDK our splice signatures; the
+        // sweeper writes through the same store.
+        let manager_store = Arc::new(super::manager_store::ManagerStore::new(store.clone()));
+        let sweeper = Arc::new(super::sweep::load_sweeper(
+            manager_store.clone(),
+            manager_best_block,
+            bitcoind.clone(),
+            keys.clone(),
+            wallet.clone(),
+            logger.clone(),
+        )?);
+
         // Bring every listener to the tip, each from where it stopped (or,
         // fed through `Confirm`, hand the monitors over as they are: the
         // application's sync brings them to the tip).
@@ -173,6 +197,10 @@ impl Node {
                     &*channel_manager as &(dyn Listen + Send + Sync),
                 ));
                 listeners.push((wallet.best_block(), &*wallet as &(dyn Listen + Send + Sync)));
+                listeners.push((
+                    sweeper.current_best_block(),
+                    &*sweeper as &(dyn Listen + Send + Sync),
+                ));
                 let synced = lightning_block_sync::init::synchronize_listeners(
                     rpc.clone(),
                     config.network,
@@ -220,6 +248,8 @@ impl Node {
         chain_listeners.add(channel_manager.clone());
         chain_listeners.add(chain_monitor.clone());
         chain_listeners.add(wallet.clone());
+        chain_listeners.add(sweeper.clone());
+        chain_listeners.add(Arc::new(super::sync::SweepOnBlock(sweeper.clone())));
         chain_listeners.add(Arc::new(super::sync::TickOnBlock(coordinator.clone())));
 
         let gossip_sync = Arc::new(P2PGossipSync::new(
@@ -256,20 +286,24 @@ impl Node {
             }));
         }
 
+        let send_messages = Arc::new(tokio::sync::Notify::new());
         let handler = Arc::new(NodeEventHandler {
             channel_manager: channel_manager.clone(),
             wallet: wallet.clone(),
             bitcoind: bitcoind.clone(),
             payments: payments.clone(),
-            store: node_store.clone(),
+            sweeper: sweeper.clone(),
+            bump: super::anchors::bump_handler(
+                wallet.clone(),
+                bitcoind.clone(),
+                keys.clone(),
+                logger.clone(),
+            ),
             notify: notify.clone(),
             accept_inbound_channels: config.accept_inbound_channels,
             coordinator: coordinator.clone(),
-            peer_manager: peer_manager.clone(),
+            send_messages: send_messages.clone(),
         });
-        // The background processor's writes of the ChannelManager tell the
-        // coordinator when it may give LDK our splice signatures.
-        let manager_store = Arc::new(super::manager_store::ManagerStore::new(store.clone()));
         {
             let coordinator = coordinator.clone();
             manager_store
@@ -291,6 +325,7 @@ impl Node {
             channel_manager,
             peer_manager,
             chain_listeners,
+            sweeper,
             coordinator,
             batches,
             payments,
@@ -300,6 +335,7 @@ impl Node {
             listen_addr,
             wiring: super::tasks::Wiring {
                 handler,
+                send_messages,
                 manager_store,
                 gossip_sync,
                 scorer,
@@ -313,17 +349,32 @@ impl Node {
     }
 }
 
-pub(super) fn read_or_create_seed(path: &Path) -> Result<[u8; 32], NodeError> {
+/// The seed in `path`; a new file holds `given`, or a fresh random seed.
+/// A file holding another seed than `given` is an error.
+pub(super) fn read_or_create_seed(
+    path: &Path,
+    given: Option<[u8; 32]>,
+) -> Result<[u8; 32], NodeError> {
     match std::fs::read(path) {
-        Ok(bytes) => bytes
-            .try_into()
-            .map_err(|_| NodeError::Storage(format!("{} is not a 32-byte seed", path.display()))),
+        Ok(bytes) => {
+            let seed: [u8; 32] = bytes.try_into().map_err(|_| {
+                NodeError::Storage(format!("{} is not a 32-byte seed", path.display()))
+            })?;
+            if given.is_some_and(|given| given != seed) {
+                return Err(NodeError::InvalidInput(format!(
+                    "{} holds another seed than the one given: restore into an empty data directory",
+                    path.display()
+                )));
+            }
+            Ok(seed)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut seed = [0u8; 32];
-            {
+            let seed = given.unwrap_or_else(|| {
+                let mut seed = [0u8; 32];
                 use bitcoin::secp256k1::rand::RngCore;
                 bitcoin::secp256k1::rand::rngs::OsRng.fill_bytes(&mut seed);
-            }
+                seed
+            });
             write_private_file(path, &seed)?;
             Ok(seed)
         }
@@ -332,6 +383,36 @@ pub(super) fn read_or_create_seed(path: &Path) -> Result<[u8; 32], NodeError> {
             path.display()
         ))),
     }
+}
+
+/// Creates `dir` (and its parents) readable by the owner only, and takes
+/// group and other permissions off it if it exists: it holds the seed, the
+/// channel monitors and the wallet.
+fn create_private_dir(dir: &Path) -> Result<(), NodeError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        builder.mode(0o700);
+        builder
+            .create(dir)
+            .map_err(|e| NodeError::Storage(format!("cannot create {}: {e}", dir.display())))?;
+        let mode = std::fs::metadata(dir)
+            .map_err(|e| NodeError::Storage(format!("cannot read {}: {e}", dir.display())))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700)).map_err(
+                |e| NodeError::Storage(format!("cannot restrict {}: {e}", dir.display())),
+            )?;
+        }
+    }
+    #[cfg(not(unix))]
+    builder
+        .create(dir)
+        .map_err(|e| NodeError::Storage(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(())
 }
 
 /// Writes `bytes` to `path` readable by the owner only.

@@ -69,6 +69,25 @@ impl Listen for TickOnBlock {
     }
 }
 
+/// Has the output sweeper spend what became spendable as soon as a block
+/// arrives, rather than on the background processor's next sweep round
+/// (every 30 s).
+pub(crate) struct SweepOnBlock(pub(crate) Arc<super::sweep::Sweeper>);
+
+impl Listen for SweepOnBlock {
+    fn filtered_block_connected(&self, _: &Header, _: &TransactionData, _: u32) {
+        if self
+            .0
+            .regenerate_and_broadcast_spend_if_necessary()
+            .is_err()
+        {
+            log::warn!("the sweeper could not sweep (it tries again at the next block)");
+        }
+    }
+
+    fn blocks_disconnected(&self, _: BlockLocator) {}
+}
+
 /// The SPV client that follows bitcoind's best chain for the node.
 pub(crate) type ChainClient =
     SpvClient<ChainPoller<Arc<RpcClient>, RpcClient>, Arc<ChainListeners>>;

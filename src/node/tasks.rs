@@ -21,6 +21,8 @@ pub(super) struct Running {
 /// What launching the tasks needs besides the node's public parts.
 pub(super) struct Wiring {
     pub(super) handler: Arc<NodeEventHandler>,
+    /// Notified when LDK event handling queued peer messages.
+    pub(super) send_messages: Arc<tokio::sync::Notify>,
     pub(super) manager_store: Arc<ManagerStore>,
     pub(super) gossip_sync: Arc<GossipSync>,
     pub(super) scorer: Arc<RwLock<Scorer>>,
@@ -95,7 +97,7 @@ impl Node {
             BpGossipSync::p2p(self.wiring.gossip_sync.clone()),
             self.peer_manager.clone(),
             lightning_background_processor::NO_LIQUIDITY_MANAGER_SYNC,
-            None::<Arc<types::NoSweeper>>,
+            Some(self.sweeper.clone()),
             self.wiring.logger.clone(),
             Some(self.wiring.scorer.clone()),
         );
@@ -120,6 +122,18 @@ impl Node {
                 move || notify.notify_waiters(),
             )));
         }
+        tasks.push(tokio::spawn(super::wallet_sync::watch_wallet(
+            self.bitcoind.clone(),
+            self.wallet.clone(),
+            self.config.network,
+            self.config.chain_poll_interval,
+            stop_receiver.clone(),
+        )));
+        tasks.push(tokio::spawn(send_queued_messages(
+            self.peer_manager.clone(),
+            self.wiring.send_messages.clone(),
+            stop_receiver.clone(),
+        )));
         tasks.push(tokio::spawn(tick_coordinator(
             self.batches.clone(),
             stop_receiver.clone(),
@@ -130,6 +144,7 @@ impl Node {
             stop_receiver.clone(),
         )));
         tasks.push(tokio::spawn(super::splice_watch::watch_splices(
+            self.coordinator.clone(),
             self.channel_manager.clone(),
             self.chain_monitor.clone(),
             self.bitcoind.clone(),
@@ -190,6 +205,20 @@ impl Node {
             .map_err(|e| NodeError::Storage(e.to_string()))?;
         log::info!("node {} stopped", self.node_id());
         Ok(())
+    }
+}
+
+/// Sends the peer messages LDK queued each time the event handler asks.
+async fn send_queued_messages(
+    peer_manager: Arc<PeerManager>,
+    wake: Arc<tokio::sync::Notify>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = wake.notified() => peer_manager.process_events(),
+            _ = stop.changed() => return,
+        }
     }
 }
 

@@ -84,18 +84,6 @@ pub type PeerManager = lightning::ln::peer_handler::PeerManager<
     Arc<ChainMonitor>,
 >;
 
-/// The output sweeper type the background processor is generic over (the
-/// node does not run one yet).
-pub type NoSweeper = lightning::util::sweep::OutputSweeperSync<
-    Arc<Bitcoind>,
-    Arc<crate::wallet::BdkWallet>,
-    Arc<Bitcoind>,
-    NoFilter,
-    Arc<super::manager_store::ManagerStore>,
-    Arc<LogBridge>,
-    Arc<KeysManager>,
->;
-
 /// The splice coordinator as the node runs it.
 pub type NodeCoordinator =
     crate::coordinator::SpliceCoordinator<Arc<ChannelManager>, Arc<Bitcoind>>;

@@ -12,6 +12,7 @@
 //! which coin.
 
 mod changeset_log;
+mod claims;
 mod confirm;
 mod signing;
 
@@ -51,6 +52,17 @@ impl WalletBalance {
     }
 }
 
+/// How many addresses past the last one used the wallet watches. A wallet
+/// restored from its seed finds coins only on addresses within this many of
+/// the last one it found used; the node reveals two per channel (its close
+/// scripts) and one per splice-out to the wallet, so it is well above
+/// BDK's default of 25.
+const LOOKAHEAD: u32 = 200;
+
+/// Blocks between two progress lines while the wallet reads many blocks
+/// (a restore from a birthday height).
+const PROGRESS_EVERY: u32 = 1000;
+
 struct State {
     wallet: Wallet,
     /// Where staged changes are written.
@@ -62,6 +74,10 @@ struct State {
     /// `payment_sent`/`payment_abandoned` unlock. In memory only: after a
     /// restart the coordinator frees every lock no splice holds.
     payment_locks: std::collections::BTreeSet<OutPoint>,
+    /// A block arrived that does not connect to the blocks the wallet has:
+    /// some are missing, and the blocks from its tip on must be passed
+    /// again ([`BdkWallet::needs_resync`]).
+    resync_needed: bool,
 }
 
 /// A BDK wallet (BIP84 P2WPKH, keys derived from the node seed) persisted in
@@ -92,6 +108,7 @@ impl BdkWallet {
         let (stored, log) = ChangeLog::load(store)?;
         let wallet = match stored {
             Some(changeset) => Wallet::load()
+                .lookahead(LOOKAHEAD)
                 .descriptor(KeychainKind::External, Some(external))
                 .descriptor(KeychainKind::Internal, Some(internal))
                 .check_network(network)
@@ -101,11 +118,16 @@ impl BdkWallet {
             None => {
                 let mut wallet = Wallet::create(external, internal)
                     .network(network)
+                    .lookahead(LOOKAHEAD)
                     .create_wallet_no_persist()
                     .map_err(|e| WalletError::Build(e.to_string()))?;
-                if let Some(block) = birthday {
+                if let Some(block) = birthday.filter(|_| birthday_height > 0) {
+                    // The wallet knows only the genesis block: the birthday
+                    // joins it directly (BDK keeps sparse checkpoints), and
+                    // blocks from there on connect to it one by one.
+                    let genesis = wallet.latest_checkpoint().block_id();
                     wallet
-                        .apply_block(block, birthday_height)
+                        .apply_block_connected_to(block, birthday_height, genesis)
                         .map_err(|e| WalletError::Build(e.to_string()))?;
                 }
                 wallet
@@ -117,6 +139,7 @@ impl BdkWallet {
                 log,
                 unsaved: None,
                 payment_locks: Default::default(),
+                resync_needed: false,
             }),
             master_key: xprv,
             network,
@@ -289,9 +312,7 @@ impl BdkWallet {
         if !is_relevant(&state.wallet, tx) {
             return;
         }
-        state
-            .wallet
-            .apply_unconfirmed_txs([(tx.clone(), crate::ids::unix_now())]);
+        record_unconfirmed(&mut state.wallet, tx);
         self.persist_or_log(&mut state);
     }
 
@@ -353,28 +374,78 @@ impl BdkWallet {
     fn apply_block(&self, block: &Block, height: u32) {
         let mut state = self.lock();
         let tip = state.wallet.latest_checkpoint();
-        // After a reorg, or when blocks arrive faster than we were told of the
-        // disconnect, connect to the block's parent explicitly.
+        // A block connects when the wallet has its parent (its tip, or a
+        // block below it after a reorganisation). Any other block means
+        // blocks are missing: taking it would skip their transactions.
+        let parent = height.checked_sub(1).and_then(|h| tip.get(h));
+        if height > 0 && parent.map(|p| p.hash()) != Some(block.header.prev_blockhash) {
+            if !state.resync_needed {
+                log::warn!(
+                    "wallet: block {} at {height} does not connect to the wallet's tip {} at {}; the blocks from there are passed again",
+                    block.block_hash(),
+                    tip.hash(),
+                    tip.height()
+                );
+            }
+            state.resync_needed = true;
+            return;
+        }
         let connected_to = BlockId {
             height: height.saturating_sub(1),
             hash: block.header.prev_blockhash,
         };
-        if height > 0 && tip.height() + 1 != height && tip.hash() != block.header.prev_blockhash {
-            log::debug!(
-                "wallet tip {} at {}, connecting block {} at {}",
-                tip.hash(),
-                tip.height(),
-                block.block_hash(),
-                height
-            );
-        }
         if let Err(e) = state
             .wallet
             .apply_block_connected_to(block, height, connected_to)
         {
             log::error!("wallet could not connect block at height {height}: {e}");
+            state.resync_needed = true;
             return;
         }
+        if state.wallet.latest_checkpoint().hash() == block.block_hash() {
+            state.resync_needed = false;
+        }
+        if height % PROGRESS_EVERY == 0 {
+            log::info!("wallet: read block {height}");
+        }
+        self.persist_or_log(&mut state);
+    }
+
+    /// Whether the wallet was given a block that does not connect to the
+    /// ones it has (so some were never passed to it): the blocks from
+    /// [`BdkWallet::best_block`] on must be passed again, e.g. with
+    /// lightning-block-sync's `synchronize_listeners`. The bundled node
+    /// does it by itself.
+    pub fn needs_resync(&self) -> bool {
+        self.lock().resync_needed
+    }
+
+    /// The blocks from the wallet's tip on were passed to it again (see
+    /// [`BdkWallet::needs_resync`]).
+    pub fn resync_done(&self) {
+        self.lock().resync_needed = false;
+    }
+
+    /// Transactions of the wallet that are not confirmed (and not known to
+    /// be replaced or evicted).
+    pub fn unconfirmed_txids(&self) -> Vec<Txid> {
+        self.lock()
+            .wallet
+            .transactions()
+            .filter(|tx| !tx.chain_position.is_confirmed())
+            .map(|tx| tx.tx_node.txid)
+            .collect()
+    }
+
+    /// Unconfirmed transactions that left the mempool (replaced, expired,
+    /// or never accepted) and are not confirmed: their inputs are unspent
+    /// again and their outputs gone, until they are broadcast again.
+    pub fn transactions_evicted(&self, txids: &[Txid]) {
+        let mut state = self.lock();
+        let now = crate::ids::unix_now();
+        state
+            .wallet
+            .apply_evicted_txs(txids.iter().map(|txid| (*txid, now)));
         self.persist_or_log(&mut state);
     }
 }
@@ -433,6 +504,20 @@ impl BdkWallet {
         self.persist(&mut state)?;
         Ok(script)
     }
+}
+
+/// Records `tx` as seen unconfirmed now, and later than any eviction of it
+/// (timestamps are whole seconds; BDK counts a transaction evicted until it
+/// is seen after its eviction).
+fn record_unconfirmed(wallet: &mut Wallet, tx: &Transaction) {
+    let txid = tx.compute_txid();
+    let seen = crate::ids::unix_now().max(
+        wallet
+            .tx_graph()
+            .get_last_evicted(txid)
+            .map_or(0, |evicted| evicted.saturating_add(1)),
+    );
+    wallet.apply_unconfirmed_txs([(tx.clone(), seen)]);
 }
 
 /// Whether `tx` spends or pays `wallet`.

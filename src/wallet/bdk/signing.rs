@@ -17,10 +17,20 @@ impl BdkWallet {
     /// appear in `tx`. Nothing is changed in the wallet.
     pub fn sign_inputs(
         &self,
-        mut tx: Transaction,
+        tx: Transaction,
         ours: &[OutPoint],
     ) -> Result<Transaction, WalletError> {
         let state = self.lock();
+        self.sign_inputs_with(&state, tx, ours)
+    }
+
+    /// [`BdkWallet::sign_inputs`] with the wallet's state already locked.
+    pub(super) fn sign_inputs_with(
+        &self,
+        state: &super::State,
+        mut tx: Transaction,
+        ours: &[OutPoint],
+    ) -> Result<Transaction, WalletError> {
         let secp = state.wallet.secp_ctx();
         let mut to_sign = Vec::with_capacity(ours.len());
         for outpoint in ours {
