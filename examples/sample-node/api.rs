@@ -592,12 +592,34 @@ async fn dispatch(state: &Arc<AppState>, command: &str, p: Value) -> ApiResult {
             to_json(&info)
         }
         "closechannel" => {
-            let c: ChannelParams = params(command, p)?;
-            let channel = c.parse()?;
-            node.close_channel(&channel.channel_id, &channel.counterparty)
-                .await
-                .map_err(ApiError::refused)?;
-            Ok(json!({ "closing": channel.channel_id.0.to_lower_hex_string() }))
+            #[derive(Deserialize)]
+            struct P {
+                #[serde(flatten)]
+                channel: ChannelParams,
+                /// Broadcast our commitment instead of closing together.
+                #[serde(default)]
+                force: bool,
+            }
+            let P { channel, force } = params(command, p)?;
+            let channel = channel.parse()?;
+            if force {
+                state
+                    .blocking(move |s| {
+                        s.node
+                            .force_close_channel(
+                                &channel.channel_id,
+                                &channel.counterparty,
+                                "closed by the operator",
+                            )
+                            .map_err(ApiError::refused)
+                    })
+                    .await?;
+            } else {
+                node.close_channel(&channel.channel_id, &channel.counterparty)
+                    .await
+                    .map_err(ApiError::refused)?;
+            }
+            Ok(json!({ "closing": channel.channel_id.0.to_lower_hex_string(), "force": force }))
         }
         "events" => {
             #[derive(Deserialize, Default)]
@@ -645,6 +667,26 @@ async fn dispatch(state: &Arc<AppState>, command: &str, p: Value) -> ApiResult {
     }
 }
 
+/// One output the sweeper follows, for `balance`.
+fn sweep_json(sweep: &ldk_splice::node::SweepInfo) -> Value {
+    use ldk_splice::node::SweepStatus;
+    let (status, txid, height) = match &sweep.status {
+        SweepStatus::AwaitingBroadcast => ("awaiting_broadcast", None, None),
+        SweepStatus::Broadcast { txid } => ("broadcast", Some(txid.to_string()), None),
+        SweepStatus::Confirmed { txid, height } => {
+            ("confirmed", Some(txid.to_string()), Some(*height))
+        }
+        _ => ("unknown", None, None),
+    };
+    json!({
+        "channel_id": sweep.channel_id.map(|c| c.0.to_lower_hex_string()),
+        "amount_sat": sweep.amount.to_sat(),
+        "status": status,
+        "txid": txid,
+        "height": height,
+    })
+}
+
 /// The commands that call the node synchronously; run on the blocking pool.
 fn dispatch_blocking(state: &AppState, command: &str, p: Value) -> ApiResult {
     let node = &state.node;
@@ -666,7 +708,8 @@ fn dispatch_blocking(state: &AppState, command: &str, p: Value) -> ApiResult {
             .map(|a| json!({ "address": a.to_string() }))
             .map_err(ApiError::refused),
         "balance" => {
-            let b = node.onchain_balance();
+            let all = node.balances();
+            let b = all.onchain;
             let shown = |o: &bitcoin::OutPoint| o.to_string();
             Ok(json!({
                 "available_sat": node.wallet().available_balance().to_sat(),
@@ -687,6 +730,10 @@ fn dispatch_blocking(state: &AppState, command: &str, p: Value) -> ApiResult {
                     .filter_map(|c| node.channel_balance(&c.channel_id))
                     .map(|a| a.to_sat())
                     .sum::<u64>(),
+                "claimable_on_chain_sat": all.claimable_on_chain.to_sat(),
+                "pending_sweep_sat": all.pending_sweep.to_sat(),
+                "swept_awaiting_confirmations_sat": all.swept_awaiting_confirmations.to_sat(),
+                "sweeps": all.sweeps.iter().map(sweep_json).collect::<Vec<_>>(),
             }))
         }
         "openchannel" => {

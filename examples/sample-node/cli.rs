@@ -156,8 +156,15 @@ enum Command {
     Listsplices,
     /// Cancel a splice not yet signed.
     Cancel { id: String },
-    /// Close a channel cooperatively.
-    Closechannel { channel_id: String, node_id: String },
+    /// Close a channel cooperatively (or, with --force, unilaterally).
+    Closechannel {
+        channel_id: String,
+        node_id: String,
+        /// Broadcast our latest commitment (the peer is gone or unresponsive);
+        /// the funds come back to the wallet after the timelocks.
+        #[arg(long)]
+        force: bool,
+    },
     /// Splice and batch events not acknowledged yet, oldest first, each with
     /// an id RUN:N. The daemon keeps them (across restarts too) until they
     /// are acknowledged.
@@ -362,9 +369,10 @@ fn execute(args: CliArgs) -> Result<Value, CliError> {
         Command::Closechannel {
             channel_id,
             node_id,
+            force,
         } => (
             "closechannel",
-            json!({ "channel_id": channel_id, "node_id": node_id }),
+            json!({ "channel_id": channel_id, "node_id": node_id, "force": force }),
             None,
         ),
         Command::Events { ack: Some(id), .. } => ("ackevents", json!({ "through": id }), None),

@@ -53,6 +53,12 @@ pub struct DaemonArgs {
     /// Log level for DIR/logs/sample-node.log: error, warn, info, debug or trace [default: info].
     #[arg(long)]
     pub log_level: Option<log::LevelFilter>,
+    /// For a new data directory (a restore: copy the old node's `seed`
+    /// file into it first): the height from which the wallet looks for its
+    /// coins, e.g. the chain height when the seed was made. Read once, at
+    /// the first start; without it a new wallet starts at the tip.
+    #[arg(long, value_name = "HEIGHT")]
+    pub wallet_birthday: Option<u32>,
     /// Crash tests only: serve the `crashat` command (see crash.rs).
     #[arg(long, hide = true)]
     pub enable_crash_points: bool,
@@ -73,6 +79,7 @@ impl DaemonArgs {
             chain_poll_ms: None,
             reconnect_ms: None,
             log_level: None,
+            wallet_birthday: None,
             enable_crash_points: false,
         }
     }
@@ -289,7 +296,17 @@ async fn serve(settings: Settings) -> Result<(), String> {
         )
         .listen(settings.listen)
         .chain_poll_interval(settings.chain_poll)
-        .reconnect_interval(settings.reconnect)
+        .reconnect_interval(settings.reconnect);
+    let node = match settings.wallet_birthday {
+        Some(height) => {
+            progress(&format!(
+                "a new wallet reads every block from height {height}: this can take a while"
+            ));
+            node.wallet_birthday_height(height)
+        }
+        None => node,
+    };
+    let node = node
         .start()
         .await
         .map_err(|e| format!("node did not start: {e}"))?;

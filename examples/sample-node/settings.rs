@@ -164,6 +164,8 @@ pub struct Settings {
     pub log_level: log::LevelFilter,
     /// Serve the crash tests' `crashat` command.
     pub enable_crash_points: bool,
+    /// Where a new wallet starts looking for its coins.
+    pub wallet_birthday: Option<u32>,
     /// The config file read, if any.
     pub config_path: Option<PathBuf>,
     /// Things the operator should know (shown on stderr and logged).
@@ -550,6 +552,7 @@ impl Settings {
             ),
             log_level,
             enable_crash_points: args.enable_crash_points,
+            wallet_birthday: args.wallet_birthday,
             config_path,
             warnings,
         })
