@@ -74,13 +74,6 @@ fn unsafe_daemon_settings_are_refused_before_anything_starts() {
     }
     assert!(!stderr.contains("hunter2"), "{stderr}");
 
-    // Mainnet is not enabled yet.
-    let stderr = refused(&binary, &dir, &["--network", "bitcoin"], &auth);
-    assert!(
-        stderr.contains("mainnet") && stderr.contains("not enabled yet"),
-        "{stderr}"
-    );
-
     // No credentials anywhere.
     let stderr = refused(&binary, &dir, &[], &[]);
     assert!(stderr.contains("no bitcoind credentials"), "{stderr}");
@@ -202,12 +195,37 @@ fn bitcoind_credentials_from_cookie_env_or_config_in_that_order() {
         !log.contains(chain.rpc_password()),
         "the password is never logged"
     );
+    // The environment-configured node gets a coin at height 2.
+    let address = cli_ok(&binary, &by_env.dir, &["newaddress"]);
+    let address: bitcoin::Address<bitcoin::address::NetworkUnchecked> =
+        address["address"].as_str().unwrap().parse().unwrap();
+    chain.mine_blocks(1, &address.assume_checked());
+    let funded = poll("the coin to show", || {
+        let balance = cli_ok(&binary, &by_env.dir, &["balance"]);
+        (sat(&balance, "total_sat") > 0).then_some(sat(&balance, "total_sat"))
+    });
+    // A block past it: a wallet starting at the tip would not see the coin.
+    chain.mine_blocks_to_burn(1);
+    let seed = std::fs::read(by_env.dir.join("seed")).expect("seed");
     for daemon in [by_cookie, by_env, by_config] {
         let dir = daemon.dir.clone();
         stop(&binary, daemon);
         #[cfg(unix)]
         assert_private(&dir, "after a daemon ran");
     }
+
+    // Its seed in a new data directory with --wallet-birthday 2, the
+    // coin's block: the same coin.
+    let dir = tmp.path().join("restored");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("seed"), &seed).unwrap();
+    let restored = start_daemon_with(&binary, &chain, dir, &["--wallet-birthday", "2"]);
+    let restored_total = poll("the restored wallet to find the coin", || {
+        let balance = cli_ok(&binary, &restored.dir, &["balance"]);
+        (sat(&balance, "total_sat") > 0).then_some(sat(&balance, "total_sat"))
+    });
+    assert_eq!(restored_total, funded);
+    stop(&binary, restored);
 
     // A wrong cookie is used even when the environment has the right
     // credentials: the cookie comes first, and bitcoind refuses it.
@@ -221,6 +239,23 @@ fn bitcoind_credentials_from_cookie_env_or_config_in_that_order() {
     assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("node did not start"), "{stderr}");
     assert!(stderr.contains("bad.cookie"), "names the source: {stderr}");
+
+    // Mainnet is a network like the others: the daemon warns, then the node
+    // checks bitcoind's chain (the devchain is regtest) and refuses it.
+    let dir = tmp.path().join("mainnet");
+    let mut command = Command::new(&binary);
+    command
+        .arg("daemon")
+        .arg("--datadir")
+        .arg(&dir)
+        .args(["--network", "bitcoin", "--bitcoind-rpc"])
+        .arg(format!("http://{}", chain.rpc_addr()))
+        .args(["--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"])
+        .env(AUTH_ENV, &right);
+    let (status, _, stderr) = run_to_exit(command);
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("running on mainnet"), "{stderr}");
+    assert!(stderr.contains("expected 'main'"), "{stderr}");
 }
 
 /// What one raw HTTP exchange brought back: the answer's status line and

@@ -28,7 +28,7 @@ pub struct DaemonArgs {
     /// Config file (TOML) [default: DIR/sample-node.toml when it exists].
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Bitcoin network: signet, testnet, testnet4 or regtest (mainnet is not enabled yet) [default: regtest].
+    /// Bitcoin network: bitcoin (mainnet), signet, testnet, testnet4 or regtest [default: regtest].
     #[arg(long)]
     pub network: Option<String>,
     /// bitcoind's RPC URL, without credentials: http://HOST:PORT [default: http://127.0.0.1 on the network's RPC port].

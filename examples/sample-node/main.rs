@@ -20,8 +20,8 @@
 //! PATH`, or `DIR/sample-node.toml`), else their defaults; bitcoind's
 //! credentials from `--bitcoind-cookie`, else `LDK_SPLICE_BITCOIND_AUTH`,
 //! else the config file (see `settings.rs`). A `--bitcoind-rpc` URL with
-//! credentials in it is refused, and so is `--network bitcoin` (mainnet is
-//! not enabled yet).
+//! credentials in it is refused. `--network bitcoin` runs on mainnet (with
+//! a warning: read the README's "Running on signet or mainnet" first).
 //!
 //! The daemon sets its umask to 077 and makes the data directory 0700:
 //! every file in it (seed, channel monitors, wallet, logs) is 0600. It

@@ -38,18 +38,6 @@ pub const AUTH_ENV: &str = "LDK_SPLICE_BITCOIND_AUTH";
 /// The config file read from the data directory when `--config` is not given.
 pub const CONFIG_FILE: &str = "sample-node.toml";
 
-/// The networks the daemon runs on: the one place that refuses mainnet.
-///
-/// Mainnet is refused until the node's anchor fee bumping, sweeping of
-/// closed-channel funds and wallet recovery are finished; enabling it is
-/// removing the `Network::Bitcoin` arm below.
-pub fn enabled_network(network: Network) -> Result<Network, SettingsError> {
-    match network {
-        Network::Bitcoin => Err(SettingsError::MainnetNotEnabled),
-        other => Ok(other),
-    }
-}
-
 /// The config file (TOML). Every key is optional; unknown keys are refused.
 ///
 /// ```toml
@@ -146,7 +134,7 @@ impl std::fmt::Debug for Credentials {
 pub struct Settings {
     /// The data directory.
     pub datadir: PathBuf,
-    /// The network (never mainnet for now: see [`enabled_network`]).
+    /// The network.
     pub network: Network,
     /// bitcoind's RPC URL, without credentials.
     pub rpc_url: String,
@@ -217,8 +205,6 @@ pub enum SettingsError {
     },
     /// A network name we do not know.
     UnknownNetwork(String),
-    /// `--network bitcoin`.
-    MainnetNotEnabled,
     /// `--api` (or the config's `api`) is not a loopback address.
     ApiNotLoopback(SocketAddr),
 }
@@ -263,13 +249,7 @@ impl std::fmt::Display for SettingsError {
             ),
             SettingsError::UnknownNetwork(name) => write!(
                 f,
-                "unknown network '{name}': use signet, testnet, testnet4 or regtest"
-            ),
-            SettingsError::MainnetNotEnabled => write!(
-                f,
-                "--network bitcoin (mainnet) is not enabled yet: the node's anchor fee bumping, \
-                 sweeping of closed-channel funds and wallet recovery are still being finished. \
-                 Use signet, testnet, testnet4 or regtest"
+                "unknown network '{name}': use bitcoin, signet, testnet, testnet4 or regtest"
             ),
             SettingsError::ApiNotLoopback(addr) => {
                 write!(f, "--api {addr} is not a loopback address")
@@ -365,6 +345,7 @@ pub fn check_rpc_url(url: &str, origin: &str) -> Result<String, SettingsError> {
 /// bitcoind's default RPC port on `network`.
 fn default_rpc_port(network: Network) -> u16 {
     match network {
+        Network::Bitcoin => 8332,
         Network::Testnet => 18332,
         Network::Testnet4 => 48332,
         Network::Signet => 38332,
@@ -375,11 +356,10 @@ fn default_rpc_port(network: Network) -> u16 {
 fn parse_network(name: &str) -> Result<Network, SettingsError> {
     let name = name.trim();
     if name.eq_ignore_ascii_case("mainnet") {
-        return enabled_network(Network::Bitcoin);
+        return Ok(Network::Bitcoin);
     }
-    let network = Network::from_str(&name.to_ascii_lowercase())
-        .map_err(|_| SettingsError::UnknownNetwork(name.to_string()))?;
-    enabled_network(network)
+    Network::from_str(&name.to_ascii_lowercase())
+        .map_err(|_| SettingsError::UnknownNetwork(name.to_string()))
 }
 
 /// Reads the config file: `explicit`, or DIR/sample-node.toml if it exists.
@@ -501,6 +481,14 @@ impl Settings {
                 .or(config.network.as_deref())
                 .unwrap_or("regtest"),
         )?;
+        if network == Network::Bitcoin {
+            warnings.push(
+                "running on mainnet with LDK 0.3.0-rc3, a release candidate: keep confirmed coins \
+                 in the wallet for fee bumps, back up DIR/seed once and DIR/ldk continuously \
+                 (README: Running on signet or mainnet)"
+                    .to_string(),
+            );
+        }
         let rpc_url = match (&args.bitcoind_rpc, &config.bitcoind_rpc) {
             (Some(url), _) => check_rpc_url(url, "--bitcoind-rpc")?,
             (None, Some(url)) => check_rpc_url(url, "the config file's bitcoind_rpc")?,
@@ -610,11 +598,9 @@ mod tests {
     }
 
     #[test]
-    fn mainnet_is_refused_and_test_networks_are_not() {
+    fn every_network_is_known_and_mainnet_warns() {
         for name in ["bitcoin", "mainnet", "Bitcoin"] {
-            let err = parse_network(name).unwrap_err();
-            assert!(matches!(err, SettingsError::MainnetNotEnabled), "{name}");
-            assert!(err.to_string().contains("not enabled yet"));
+            assert_eq!(parse_network(name).unwrap(), Network::Bitcoin, "{name}");
         }
         for name in ["signet", "testnet", "testnet4", "regtest"] {
             assert!(parse_network(name).is_ok(), "{name}");
@@ -623,6 +609,18 @@ mod tests {
             parse_network("lolnet"),
             Err(SettingsError::UnknownNetwork(_))
         ));
+        assert_eq!(default_rpc_port(Network::Bitcoin), 8332);
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = DaemonArgs::for_tests(dir.path().join("node"));
+        args.network = Some("bitcoin".into());
+        let settings = Settings::resolve(&args, Some("u:p")).unwrap();
+        assert_eq!(settings.network, Network::Bitcoin);
+        assert_eq!(settings.rpc_url, "http://127.0.0.1:8332");
+        assert!(
+            settings.warnings.iter().any(|w| w.contains("mainnet")),
+            "{:?}",
+            settings.warnings
+        );
     }
 
     #[test]

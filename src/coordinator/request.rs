@@ -198,7 +198,7 @@ where
         )
     }
 
-    /// [`SpliceCoordinator::quote`] for a splice-in.
+    /// [`SpliceCoordinator::quote_splice`] for a splice-in.
     pub fn quote_splice_in(
         &self,
         channel_id: &ChannelId,
@@ -214,7 +214,7 @@ where
         )
     }
 
-    /// [`SpliceCoordinator::quote`] for a splice-out.
+    /// [`SpliceCoordinator::quote_splice`] for a splice-out.
     pub fn quote_splice_out(
         &self,
         channel_id: &ChannelId,
