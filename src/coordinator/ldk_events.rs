@@ -166,13 +166,7 @@ where
             FundingInfo::Contribution { inputs, .. } => (inputs.clone(), None),
             FundingInfo::OutPoint { outpoint } => (Vec::new(), Some(outpoint.txid)),
         };
-        let channel_open = self
-            .channel_manager
-            .get_cm()
-            .list_channels()
-            .iter()
-            .any(|c| c.channel_id == *channel_id);
-        if !channel_open {
+        if !self.channel_is_open(channel_id) {
             let dead = state.records.values().find(|r| {
                 r.channel_id == *channel_id
                     && r.state.is_signed()
@@ -230,6 +224,15 @@ where
         Ok(())
     }
 
+    /// Whether LDK still has `channel_id` open.
+    fn channel_is_open(&self, channel_id: &ChannelId) -> bool {
+        self.channel_manager
+            .get_cm()
+            .list_channels()
+            .iter()
+            .any(|c| c.channel_id == *channel_id)
+    }
+
     /// `txid` confirmed `confirmations` deep on `channel_id`, which has
     /// closed: a signed splice of ours with that candidate ends `Closed`
     /// once no reorganisation LDK guards against can undo it; its coins
@@ -244,13 +247,7 @@ where
         if confirmations < lightning::chain::channelmonitor::ANTI_REORG_DELAY {
             return Ok(());
         }
-        let still_open = self
-            .channel_manager
-            .get_cm()
-            .list_channels()
-            .iter()
-            .any(|c| c.channel_id == *channel_id);
-        if still_open {
+        if self.channel_is_open(channel_id) {
             return Ok(());
         }
         let record = state

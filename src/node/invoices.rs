@@ -10,12 +10,25 @@ impl Node {
         description: &str,
         expiry: Duration,
     ) -> Result<Bolt11Invoice, NodeError> {
+        self.invoice(amount_msat, description, expiry, None)
+    }
+
+    /// An invoice LDK makes the preimage of, or, with `payment_hash`, one
+    /// whose preimage we do not know (a hold invoice).
+    fn invoice(
+        &self,
+        amount_msat: Option<u64>,
+        description: &str,
+        expiry: Duration,
+        payment_hash: Option<PaymentHash>,
+    ) -> Result<Bolt11Invoice, NodeError> {
         let description = Description::new(description.to_string())
             .map_err(|e| NodeError::InvalidInput(format!("description: {e}")))?;
         let params = Bolt11InvoiceParameters {
             amount_msats: amount_msat,
             description: Bolt11InvoiceDescription::Direct(description),
             invoice_expiry_delta_secs: Some(u32::try_from(expiry.as_secs()).unwrap_or(u32::MAX)),
+            payment_hash,
             ..Default::default()
         };
         let invoice = self
@@ -41,24 +54,7 @@ impl Node {
         description: &str,
         expiry: Duration,
     ) -> Result<Bolt11Invoice, NodeError> {
-        let description = Description::new(description.to_string())
-            .map_err(|e| NodeError::InvalidInput(format!("description: {e}")))?;
-        let params = Bolt11InvoiceParameters {
-            amount_msats: amount_msat,
-            description: Bolt11InvoiceDescription::Direct(description),
-            invoice_expiry_delta_secs: Some(u32::try_from(expiry.as_secs()).unwrap_or(u32::MAX)),
-            payment_hash: Some(payment_hash),
-            ..Default::default()
-        };
-        let invoice = self
-            .channel_manager
-            .create_bolt11_invoice(params)
-            .map_err(|e| NodeError::Lightning(format!("{e:?}")))?;
-        self.payments
-            .upsert(payment_hash, PaymentDirection::Inbound, |p| {
-                p.amount_msat = amount_msat
-            });
-        Ok(invoice)
+        self.invoice(amount_msat, description, expiry, Some(payment_hash))
     }
 
     /// Claims a held payment with its preimage (on-chain too, if its
