@@ -639,6 +639,24 @@ async fn a_lost_splice_locked_is_sent_again_after_a_reconnect() {
     let add = Amount::from_sat(150_000);
     let id = a.splice_in(&channel_id, &b.node_id(), add, fee()).unwrap();
     broadcast_txid(&chain, a, id).await;
+    // Bob counts the confirmation only once he has Alice's signatures too
+    // (LDK 0.3.0-rc3 ignores a confirming block shown to a channel still
+    // waiting for them, and Bob, fed by hand here, has no watchdog to show
+    // it again): mine only once his side is negotiated.
+    b.wait_until(WAIT, "Bob's side of the splice negotiated", |n| {
+        n.channel(&channel_id)
+            .and_then(|c| c.splice_details)
+            .is_some_and(|d| {
+                d.candidates.iter().any(|c| {
+                    matches!(
+                        c.status,
+                        lightning::ln::channel_state::SpliceCandidateStatus::Negotiated { .. }
+                    )
+                })
+            })
+    })
+    .await
+    .expect("Bob has both signatures");
 
     // One reconnection normally settles it; under load Bob's first
     // `splice_locked` can be the one he resends after a reconnection, so
