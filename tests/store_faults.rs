@@ -451,7 +451,6 @@ async fn a_failed_write_anywhere_in_a_batch_leaves_everything_consistent() {
         world.drive_to_the_end(&what).await;
         world.restart_healthy().await;
         world.drive_to_the_end(&what).await;
-        let batch = started.ok().and_then(|id| world.a().batch_status(id));
         let legs: Vec<_> = world
             .a()
             .list_splices()
@@ -459,6 +458,18 @@ async fn a_failed_write_anywhere_in_a_batch_leaves_everything_consistent() {
             .filter(|r| !seen.contains(&r.id))
             .collect();
         let all_locked = !legs.is_empty() && legs.iter().all(|r| r.state == SpliceState::Locked);
+        // A batch that started ends on the node's next tick after its legs.
+        let id = started.as_ref().ok().copied();
+        if let Some(id) = id {
+            world
+                .a()
+                .wait_until(WAIT, "the batch to end", |n| {
+                    n.batch_status(id).is_some_and(|b| b.state.is_final())
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+        }
+        let batch = id.and_then(|id| world.a().batch_status(id));
         if all_locked {
             assert_eq!(batch.map(|b| b.state), Some(BatchState::Locked), "{what}");
             let splice_in = legs.iter().find(|r| r.add > Amount::ZERO).unwrap();
