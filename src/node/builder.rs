@@ -210,8 +210,10 @@ impl NodeBuilder {
     /// Where a wallet created now (a new data directory) starts looking for
     /// its coins: the height of the first block that can pay it, e.g. the
     /// tip when its seed was made. Every block from there is read once, at
-    /// the first start. Without it a new wallet starts at the tip. A wallet
-    /// that already exists keeps its state.
+    /// the first start (the node follows bitcoind, [`ChainFeed::BitcoindBlocks`];
+    /// fed through `Confirm`, your sync decides what the wallet sees).
+    /// Without it a new wallet starts at the tip. A wallet that already
+    /// exists keeps its state.
     pub fn wallet_birthday_height(mut self, height: u32) -> Self {
         self.config.wallet_birthday_height = Some(height);
         self
