@@ -10,6 +10,7 @@ mod events;
 mod fees;
 mod ids;
 mod journal;
+pub mod liquidity;
 mod logger;
 #[cfg(feature = "node")]
 pub mod node;
