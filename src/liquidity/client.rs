@@ -22,6 +22,12 @@ use crate::store::{read_json, write_json, SharedStore, PERSISTENCE_NAMESPACE};
 /// Where the client keeps its orders.
 const ORDERS_NAMESPACE: &str = "liquidity_client_orders";
 
+/// Every request id of this client starts so: an answer carrying such an
+/// id is this client's (and never handed to another LSPS implementation,
+/// which would take an answer it did not ask for as a reason to ignore the
+/// peer).
+pub const REQUEST_ID_PREFIX: &str = "ldks-";
+
 /// Identifies one request the client sent.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(pub String);
@@ -52,6 +58,13 @@ pub enum ClientError {
     BadAnswer(String),
     /// The connection to the service dropped before it answered.
     Disconnected,
+    /// The order costs more than the client allowed (nothing was paid).
+    FeeAboveLimit {
+        /// The order's fee.
+        fee: Amount,
+        /// The most the client would pay.
+        max_fee: Amount,
+    },
 }
 
 impl std::fmt::Display for ClientError {
@@ -60,6 +73,12 @@ impl std::fmt::Display for ClientError {
             ClientError::Refused(e) => write!(f, "the service refused: {e}"),
             ClientError::BadAnswer(e) => write!(f, "the service's answer is not valid: {e}"),
             ClientError::Disconnected => write!(f, "the service disconnected before answering"),
+            ClientError::FeeAboveLimit { fee, max_fee } => write!(
+                f,
+                "the order's fee of {} sat is above the limit of {} sat; nothing was paid",
+                fee.to_sat(),
+                max_fee.to_sat()
+            ),
         }
     }
 }
@@ -149,7 +168,10 @@ impl LiquidityClient {
         params: Value,
         order_request: Option<CreateOrder>,
     ) -> RequestId {
-        let id = self.entropy.get_secure_random_bytes()[..8].to_lower_hex_string();
+        let id = format!(
+            "{REQUEST_ID_PREFIX}{}",
+            self.entropy.get_secure_random_bytes()[..8].to_lower_hex_string()
+        );
         let mut state = self.lock();
         state
             .outbox

@@ -18,7 +18,7 @@ use lightning::types::features::{InitFeatures, NodeFeatures};
 use lightning::util::ser::LengthLimitedRead;
 use serde_json::{json, Map, Value};
 
-use super::client::LiquidityClient;
+use super::client::{LiquidityClient, REQUEST_ID_PREFIX};
 use super::msgs::{LIST_PROTOCOLS, METHOD_PREFIX, PROTOCOL_NUMBER};
 use super::service::LiquidityService;
 use super::wire::{self, Incoming, RawMessage, RpcError, LSPS_MESSAGE_TYPE, METHOD_NOT_FOUND};
@@ -61,6 +61,12 @@ pub trait OtherLsps: Send + Sync {
     fn protocols(&self) -> Vec<u16>;
     /// Whether it handles requests for `method` (e.g. `lsps1.` methods).
     fn handles(&self, method: &str) -> bool;
+    /// Checks a request's parameters before it is passed on; an `Err` is
+    /// answered instead (lightning-liquidity ignores a peer whose message it
+    /// cannot read, so it is given only what it reads).
+    fn check_params(&self, _method: &str, _params: &Map<String, Value>) -> Result<(), RpcError> {
+        Ok(())
+    }
     /// A message for it: a request for one of its methods, or an answer
     /// that is not one of ours.
     fn handle_message(&self, payload: String, from: PublicKey) -> Result<(), LightningError>;
@@ -122,12 +128,14 @@ impl LiquidityMessageHandler {
                 self.handle_request(from, id, method, params, payload)
             }
             Incoming::Response { id, outcome } => {
-                match &self.client {
-                    Some(client) if client.is_waiting_for(&id) => {
-                        client.handle_response(from, &id, outcome);
-                        return;
+                if id.starts_with(REQUEST_ID_PREFIX) {
+                    match &self.client {
+                        Some(client) if client.is_waiting_for(&id) => {
+                            client.handle_response(from, &id, outcome)
+                        }
+                        _ => log::debug!("liquidity: answer {id} from {from} to nothing we ask"),
                     }
-                    _ => {}
+                    return;
                 }
                 match &self.other {
                     Some(other) => self.forward(other, payload, from),
@@ -164,7 +172,10 @@ impl LiquidityMessageHandler {
             return self.answer(from, Some(&id), Ok(json!({ "protocols": protocols })));
         }
         match &self.other {
-            Some(other) if other.handles(&method) => self.forward(other, payload, from),
+            Some(other) if other.handles(&method) => match other.check_params(&method, &params) {
+                Ok(()) => self.forward(other, payload, from),
+                Err(error) => self.answer(from, Some(&id), Err(error)),
+            },
             _ if method == LIST_PROTOCOLS => {
                 self.answer(from, Some(&id), Ok(json!({ "protocols": [] })))
             }

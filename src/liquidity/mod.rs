@@ -10,12 +10,14 @@ mod policy;
 mod service;
 mod wire;
 
-pub use client::{check_order, Answer, ClientError, ClientOrder, LiquidityClient, RequestId};
+pub use client::{
+    check_order, Answer, ClientError, ClientOrder, LiquidityClient, RequestId, REQUEST_ID_PREFIX,
+};
 pub use handler::{LiquidityEndpoint, LiquidityMessageHandler, OtherLsps};
 pub use msgs::{
-    CreateOrder, FeeBreakdown, GetOrder, LiquidityEvent, Order, OrderError, OrderState, Terms,
-    CREATE_ORDER, GET_INFO, GET_ORDER, LIST_PROTOCOLS, METHOD_PREFIX, PROTOCOL_NUMBER,
-    PROTOCOL_VERSION,
+    valid_client_order_id, CreateOrder, FeeBreakdown, GetOrder, LiquidityEvent, Order, OrderError,
+    OrderState, Terms, CREATE_ORDER, GET_INFO, GET_ORDER, LIST_PROTOCOLS, METHOD_PREFIX,
+    PROTOCOL_NUMBER, PROTOCOL_VERSION,
 };
 pub use policy::{LiquidityPolicy, StaticTerms};
 pub use service::{

@@ -20,9 +20,9 @@ pub trait LiquidityPolicy: Send + Sync {
     fn max_committed(&self) -> Amount;
 }
 
-/// Static terms from configuration: the default [`LiquidityPolicy`].
+/// Static terms from configuration: the default [`LiquidityPolicy`]. Set
+/// what you change and take the rest from `StaticTerms::default()`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct StaticTerms {
     /// The least an order may add.
     pub min_amount: Amount,

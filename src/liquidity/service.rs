@@ -46,6 +46,11 @@ pub const INVOICE_MIN_FINAL_CLTV_EXPIRY_DELTA: u16 = 144;
 /// fail its HTLC back by itself (the payment's claim deadline).
 pub const GIVE_UP_BLOCKS_BEFORE_CLAIM_DEADLINE: u32 = 48;
 
+/// How many splices the service starts for one paid order when LDK drops
+/// them before signing (a restart, a disconnection mid-negotiation); then
+/// it fails the fee back.
+pub const MAX_SPLICE_ATTEMPTS: u32 = 3;
+
 /// An order as the service keeps it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct ServiceOrder {
@@ -56,6 +61,14 @@ struct ServiceOrder {
     splice: Option<SpliceId>,
     /// The height at which LDK fails the fee HTLC back, once it arrived.
     claim_deadline: Option<u32>,
+    /// When the service asked the coordinator for the splice (Unix
+    /// seconds), written before it asks: a crash between the two is found
+    /// at the next start and the splice adopted, never started twice.
+    #[serde(default)]
+    splice_requested_at: Option<u64>,
+    /// Splices started for this order that LDK dropped before signing.
+    #[serde(default)]
+    splice_attempts: u32,
 }
 
 impl ServiceOrder {
@@ -108,7 +121,7 @@ where
     F::Target: FeeEstimator,
 {
     coordinator: Arc<SpliceCoordinator<CM, F>>,
-    policy: Box<dyn LiquidityPolicy>,
+    policy: Arc<dyn LiquidityPolicy>,
     entropy: Arc<dyn EntropySource + Send + Sync>,
     store: SharedStore,
     state: Mutex<State>,
@@ -123,7 +136,7 @@ where
     /// keeping its orders in `store` (loaded now).
     pub fn new(
         coordinator: Arc<SpliceCoordinator<CM, F>>,
-        policy: Box<dyn LiquidityPolicy>,
+        policy: Arc<dyn LiquidityPolicy>,
         entropy: Arc<dyn EntropySource + Send + Sync>,
         store: SharedStore,
     ) -> Result<Self, crate::SpliceError> {
@@ -334,6 +347,8 @@ where
             preimage: preimage.0.to_lower_hex_string(),
             splice: None,
             claim_deadline: None,
+            splice_requested_at: None,
+            splice_attempts: 0,
         };
         self.write(&mut state, stored)
             .map_err(|e| unavailable(format!("could not record the order: {e}")))?;
@@ -475,7 +490,9 @@ where
                 Ok(vec![Action::Splice(id)])
             }
             // LDK hands a held payment over again after a restart.
-            OrderState::Paid if order.splice.is_none() => Ok(vec![Action::Splice(id)]),
+            OrderState::Paid if order.splice.is_none() && order.splice_requested_at.is_none() => {
+                Ok(vec![Action::Splice(id)])
+            }
             OrderState::Paid => Ok(Vec::new()),
             OrderState::Splicing { .. } | OrderState::Completed { .. } => match order.preimage() {
                 Some(preimage) => Ok(vec![Action::Claim(preimage)]),
@@ -534,7 +551,18 @@ where
                 log::info!("liquidity order {id}: expired unpaid");
                 Ok(Vec::new())
             }
+            OrderState::Paid if order.splice.is_none() && order.splice_requested_at.is_none() => {
+                // Paid before a restart that came before its splice.
+                Ok(vec![Action::Splice(id)])
+            }
             OrderState::Paid => {
+                if order.splice.is_none() {
+                    if let Some(splice) = self.find_requested_splice(&order) {
+                        order.splice = Some(splice);
+                        self.write(state, order.clone())?;
+                        log::info!("liquidity order {id}: adopted splice {splice}");
+                    }
+                }
                 let record = order
                     .splice
                     .and_then(|splice| self.coordinator.splice_status(splice));
@@ -554,6 +582,17 @@ where
                             "liquidity order {id}: splice {txid} broadcast; claiming the fee"
                         );
                         Ok(preimage.map(Action::Claim).into_iter().collect())
+                    }
+                    Some((SpliceState::Failed { .. }, _))
+                        if order.splice_attempts + 1 < MAX_SPLICE_ATTEMPTS && !out_of_time =>
+                    {
+                        // Never signed, so it can never confirm: try again.
+                        log::info!("liquidity order {id}: its splice failed; starting another");
+                        order.splice_attempts += 1;
+                        order.splice = None;
+                        order.splice_requested_at = None;
+                        self.write(state, order)?;
+                        Ok(vec![Action::Splice(id)])
                     }
                     Some((SpliceState::Failed { reason }, _)) => self
                         .fail(state, order, format!("the splice failed: {reason}"))
@@ -636,15 +675,54 @@ where
         }
     }
 
+    /// The splice the coordinator started for `order` when a crash came
+    /// between asking for it and writing its id: on the order's channel,
+    /// adding its amount, started by us no earlier than the request.
+    fn find_requested_splice(&self, order: &ServiceOrder) -> Option<SpliceId> {
+        let requested_at = order.splice_requested_at?;
+        let since = std::time::UNIX_EPOCH + std::time::Duration::from_secs(requested_at);
+        self.coordinator
+            .list_splices()
+            .into_iter()
+            .filter(|r| {
+                r.channel_id == order.order.channel_id
+                    && r.counterparty == order.client
+                    && !r.is_theirs()
+                    && r.add == order.order.amount
+                    && r.batch.is_none()
+                    && !matches!(r.state, SpliceState::Failed { .. } | SpliceState::Cancelled)
+                    && r.created_at >= since
+            })
+            .min_by_key(|r| r.created_at)
+            .map(|r| r.id)
+    }
+
     /// Starts the splice of a paid order and writes its id; a splice that
-    /// cannot start fails the order and its HTLC back.
+    /// cannot start fails the order and its HTLC back. That the splice is
+    /// asked for is written first, so a crash in between never leads to a
+    /// second splice (the next tick adopts the first).
     fn start_splice(&self, order_id: &str) {
+        {
+            let mut state = self.lock();
+            let Some(mut order) = state.orders.get(order_id).cloned() else {
+                return;
+            };
+            if order.order.state != OrderState::Paid
+                || order.splice.is_some()
+                || order.splice_requested_at.is_some()
+            {
+                return;
+            }
+            // Whole seconds, rounded down: the splice record is never older.
+            order.splice_requested_at = Some(unix_now());
+            if let Err(e) = self.write(&mut state, order) {
+                log::error!("liquidity order {order_id}: could not record the splice request: {e}");
+                return;
+            }
+        }
         let Some(order) = self.lock().orders.get(order_id).cloned() else {
             return;
         };
-        if order.order.state != OrderState::Paid || order.splice.is_some() {
-            return;
-        }
         let fee = FeePolicy::fixed(order.order.fee.feerate);
         let started = self.coordinator.resize(
             &order.order.channel_id,
@@ -674,8 +752,7 @@ where
         drop(state);
         match result {
             Ok(actions) => self.act(actions),
-            // The splice goes on; the next start finds the order paid with
-            // no splice recorded and fails it back at its deadline.
+            // The splice goes on; the next tick adopts it from the journal.
             Err(e) => log::error!("liquidity order {order_id}: could not record its splice: {e}"),
         }
     }

@@ -83,6 +83,15 @@ pub struct NodeBuilder {
     wrap_store: Option<StoreWrapper>,
     funding_wallet: Option<Arc<dyn FundingWallet>>,
     seed: Option<[u8; 32]>,
+    pub(super) liquidity: LiquiditySettings,
+}
+
+/// Which liquidity parts the node runs besides its liquidity client.
+#[derive(Clone, Default)]
+pub(super) struct LiquiditySettings {
+    pub(super) service: Option<Arc<dyn crate::liquidity::LiquidityPolicy>>,
+    pub(super) lsps_service: Option<lightning_liquidity::LiquidityServiceConfig>,
+    pub(super) lsps_client: Option<lightning_liquidity::LiquidityClientConfig>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -92,6 +101,9 @@ impl std::fmt::Debug for NodeBuilder {
             .field("wraps_store", &self.wrap_store.is_some())
             .field("own_funding_wallet", &self.funding_wallet.is_some())
             .field("seed_given", &self.seed.is_some())
+            .field("liquidity_service", &self.liquidity.service.is_some())
+            .field("lsps_service", &self.liquidity.lsps_service.is_some())
+            .field("lsps_client", &self.liquidity.lsps_client.is_some())
             .finish()
     }
 }
@@ -119,6 +131,7 @@ impl NodeBuilder {
             wrap_store: None,
             funding_wallet: None,
             seed: None,
+            liquidity: LiquiditySettings::default(),
         }
     }
 
@@ -219,6 +232,30 @@ impl NodeBuilder {
         self
     }
 
+    /// Runs a liquidity service: peers with a channel to this node may order
+    /// inbound liquidity, which the node splices in from its wallet for a
+    /// fee priced by `policy` ([`StaticTerms`](crate::liquidity::StaticTerms)
+    /// for fixed terms). Off by default. See `docs/liquidity-protocol.md`.
+    pub fn liquidity_service(mut self, policy: Arc<dyn crate::liquidity::LiquidityPolicy>) -> Self {
+        self.liquidity.service = Some(policy);
+        self
+    }
+
+    /// Runs lightning-liquidity's LSPS services (LSPS1, LSPS2, LSPS5 as
+    /// `config` enables) beside this crate's liquidity protocol, on the same
+    /// message type; handle their events through [`Node::lsps_manager`].
+    pub fn lsps_service(mut self, config: lightning_liquidity::LiquidityServiceConfig) -> Self {
+        self.liquidity.lsps_service = Some(config);
+        self
+    }
+
+    /// Runs lightning-liquidity's LSPS clients as `config` enables, beside
+    /// this crate's liquidity client; use them through [`Node::lsps_manager`].
+    pub fn lsps_client(mut self, config: lightning_liquidity::LiquidityClientConfig) -> Self {
+        self.liquidity.lsps_client = Some(config);
+        self
+    }
+
     /// The configuration built so far.
     pub fn config(&self) -> &NodeConfig {
         &self.config
@@ -226,6 +263,13 @@ impl NodeBuilder {
 
     /// Starts the node. Must be called inside a multi-threaded tokio runtime.
     pub async fn start(self) -> Result<Node, NodeError> {
-        Node::build_and_start(self.config, self.wrap_store, self.funding_wallet, self.seed).await
+        Node::build_and_start(
+            self.config,
+            self.wrap_store,
+            self.funding_wallet,
+            self.seed,
+            self.liquidity,
+        )
+        .await
     }
 }

@@ -20,6 +20,8 @@ pub enum NodeError {
     InvalidInput(String),
     /// The thing asked for did not happen in time.
     Timeout(String),
+    /// A liquidity service refused an order or answered something unusable.
+    Liquidity(crate::liquidity::ClientError),
 }
 
 impl std::fmt::Display for NodeError {
@@ -32,6 +34,7 @@ impl std::fmt::Display for NodeError {
             NodeError::Lightning(e) => write!(f, "lightning error: {e}"),
             NodeError::InvalidInput(e) => write!(f, "invalid input: {e}"),
             NodeError::Timeout(e) => write!(f, "timed out: {e}"),
+            NodeError::Liquidity(e) => write!(f, "liquidity order: {e}"),
         }
     }
 }

@@ -9,7 +9,7 @@ use super::anchors::BumpHandler;
 use super::bitcoind::Bitcoind;
 use super::payments::{PaymentDirection, PaymentStatus, PaymentStore};
 use super::sweep::Sweeper;
-use super::types::{ChannelManager, NodeCoordinator};
+use super::types::{ChannelManager, NodeCoordinator, NodeLiquidityService};
 use crate::wallet::BdkWallet;
 
 /// Handles the events LDK hands the node: funding, inbound channels,
@@ -24,6 +24,8 @@ pub(crate) struct NodeEventHandler {
     pub(crate) notify: Arc<tokio::sync::Notify>,
     pub(crate) accept_inbound_channels: bool,
     pub(crate) coordinator: Arc<NodeCoordinator>,
+    /// Takes the fee payments of liquidity orders, when the node sells.
+    pub(crate) liquidity_service: Option<Arc<NodeLiquidityService>>,
     /// Wakes the task that sends queued peer messages.
     pub(crate) send_messages: Arc<tokio::sync::Notify>,
 }
@@ -33,6 +35,10 @@ impl NodeEventHandler {
         let result = self
             .coordinator
             .handle_event(&event)
+            .and_then(|()| match &self.liquidity_service {
+                Some(service) => service.handle_event(&event),
+                None => Ok(()),
+            })
             .and_then(|()| self.dispatch(event));
         // Messages our handling queued (signatures, funding) go out now,
         // not on the background processor's next round; from another

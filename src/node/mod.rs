@@ -17,6 +17,7 @@ mod events;
 mod fee_estimates;
 mod invoices;
 mod keys;
+mod liquidity;
 mod manager_store;
 mod payments;
 mod peers;
@@ -69,11 +70,13 @@ pub use self::builder::{ChainFeed, NodeBuilder, NodeConfig, StoreWrapper};
 pub use self::error::NodeError;
 pub use self::fee_estimates::{FeeEstimate, FeeTarget, TargetPolicy, FEE_TARGETS};
 pub use self::keys::WalletSignerProvider;
+pub use self::liquidity::LIQUIDITY_ANSWER_TIMEOUT;
 pub use self::payments::{PaymentDirection, PaymentInfo, PaymentStatus};
 pub use self::sweep::Sweeper;
 pub use self::sync::ChainListeners;
 pub use self::types::{
-    ChainMonitor, ChannelManager, NodeBatches, NodeCoordinator, PeerManager, Store,
+    ChainMonitor, ChannelManager, LspsManager, NodeBatches, NodeCoordinator, NodeLiquidityService,
+    PeerManager, Store,
 };
 
 use self::events::NodeEventHandler;
@@ -111,6 +114,7 @@ pub struct Node {
     notify: Arc<tokio::sync::Notify>,
     event_listeners: Arc<Mutex<Vec<EventNotifier>>>,
     listen_addr: SocketAddr,
+    liquidity: liquidity::LiquidityParts,
     /// What (re)starting the tasks needs.
     wiring: tasks::Wiring,
     /// The tasks and the background processor, while started.

@@ -9,6 +9,7 @@ impl Node {
         wrap_store: Option<StoreWrapper>,
         funding_wallet: Option<Arc<dyn FundingWallet>>,
         given_seed: Option<[u8; 32]>,
+        liquidity_settings: super::builder::LiquiditySettings,
     ) -> Result<Node, NodeError> {
         create_private_dir(&config.data_dir)?;
         let seed = read_or_create_seed(&config.data_dir.join(SEED_FILE), given_seed)?;
@@ -252,6 +253,16 @@ impl Node {
         chain_listeners.add(Arc::new(super::sync::SweepOnBlock(sweeper.clone())));
         chain_listeners.add(Arc::new(super::sync::TickOnBlock(coordinator.clone())));
 
+        let liquidity = super::liquidity::build_liquidity(
+            liquidity_settings,
+            &coordinator,
+            &keys,
+            &channel_manager,
+            &store,
+            &bitcoind,
+            &shared_store,
+        )?;
+
         let gossip_sync = Arc::new(P2PGossipSync::new(
             graph.clone(),
             None::<types::NoUtxoLookup>,
@@ -262,7 +273,7 @@ impl Node {
                 chan_handler: channel_manager.clone(),
                 route_handler: gossip_sync.clone(),
                 onion_message_handler: IgnoringMessageHandler {},
-                custom_message_handler: IgnoringMessageHandler {},
+                custom_message_handler: liquidity.handler.clone(),
                 send_only_message_handler: chain_monitor.clone(),
             },
             now.as_secs() as u32,
@@ -302,8 +313,16 @@ impl Node {
             notify: notify.clone(),
             accept_inbound_channels: config.accept_inbound_channels,
             coordinator: coordinator.clone(),
+            liquidity_service: liquidity.parts.service.clone(),
             send_messages: send_messages.clone(),
         });
+        {
+            let notify = notify.clone();
+            liquidity
+                .parts
+                .client
+                .on_answer(Box::new(move || notify.notify_waiters()));
+        }
         {
             let coordinator = coordinator.clone();
             manager_store
@@ -333,6 +352,7 @@ impl Node {
             notify,
             event_listeners,
             listen_addr,
+            liquidity: liquidity.parts,
             wiring: super::tasks::Wiring {
                 handler,
                 send_messages,

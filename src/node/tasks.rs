@@ -96,7 +96,7 @@ impl Node {
             lightning_background_processor::NO_ONION_MESSENGER,
             BpGossipSync::p2p(self.wiring.gossip_sync.clone()),
             self.peer_manager.clone(),
-            lightning_background_processor::NO_LIQUIDITY_MANAGER_SYNC,
+            self.liquidity.lsps.clone(),
             Some(self.sweeper.clone()),
             self.wiring.logger.clone(),
             Some(self.wiring.scorer.clone()),
@@ -136,6 +136,8 @@ impl Node {
         )));
         tasks.push(tokio::spawn(tick_coordinator(
             self.batches.clone(),
+            self.liquidity.service.clone(),
+            self.wiring.send_messages.clone(),
             stop_receiver.clone(),
         )));
         tasks.push(tokio::spawn(update_fees(
@@ -222,13 +224,24 @@ async fn send_queued_messages(
     }
 }
 
+/// Ticks the batch coordinator (which ticks the splice coordinator) and
+/// the liquidity service twice a second.
 pub(super) async fn tick_coordinator(
     batches: Arc<NodeBatches>,
+    liquidity_service: Option<Arc<NodeLiquidityService>>,
+    send_messages: Arc<tokio::sync::Notify>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => batches.timer_tick(),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                batches.timer_tick();
+                if let Some(service) = &liquidity_service {
+                    service.timer_tick();
+                    // A claim or a failed-back HTLC goes out now.
+                    send_messages.notify_one();
+                }
+            }
             _ = stop.changed() => return,
         }
     }

@@ -79,7 +79,7 @@ pub type PeerManager = lightning::ln::peer_handler::PeerManager<
     Arc<GossipSync>,
     IgnoringMessageHandler,
     Arc<LogBridge>,
-    IgnoringMessageHandler,
+    Arc<crate::liquidity::LiquidityMessageHandler>,
     Arc<KeysManager>,
     Arc<ChainMonitor>,
 >;
@@ -90,3 +90,17 @@ pub type NodeCoordinator =
 
 /// The batch coordinator as the node runs it.
 pub type NodeBatches = crate::batch::BatchCoordinator<Arc<ChannelManager>, Arc<Bitcoind>>;
+
+/// The liquidity service as the node runs it.
+pub type NodeLiquidityService =
+    crate::liquidity::LiquidityService<Arc<ChannelManager>, Arc<Bitcoind>>;
+
+/// lightning-liquidity's manager (LSPS1, LSPS2, LSPS5) as the node runs it.
+pub type LspsManager = lightning_liquidity::LiquidityManagerSync<
+    Arc<KeysManager>,
+    Arc<KeysManager>,
+    Arc<ChannelManager>,
+    Arc<Store>,
+    lightning_liquidity::utils::time::DefaultTimeProvider,
+    Arc<Bitcoind>,
+>;
