@@ -34,3 +34,8 @@ echo "== unit tests without features: cargo test --no-default-features --lib"
 
 echo "== tests (README: cargo test)"
 cargo test
+
+# A short seeded run (debug build, already made by the tests); the README
+# names the long one.
+echo "== fuzz the liquidity protocol: 100 000 inputs, seed 1"
+cargo run --example fuzz-liquidity -- --iterations 100000 --seed 1

@@ -635,22 +635,27 @@ async fn a_service_restarted_after_the_payment_still_splices_once() {
     let _keep = service_dir;
 }
 
-/// lightning-liquidity's LSPS1 service and this protocol on one node: the
-/// client uses both, in any order, and neither side ignores the other.
+/// lightning-liquidity's LSPS1 and LSPS2 services and this protocol on one
+/// node: the client uses all three, in turn, twice, and no side ignores
+/// the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn lsps1_and_our_protocol_share_the_message_type() {
+async fn lsps1_lsps2_and_our_protocol_share_the_message_type() {
     use lightning_liquidity::events::LiquidityEvent as LspsEvent;
     use lightning_liquidity::lsps0::event::LSPS0ClientEvent;
+    use lightning_liquidity::lsps0::ser::LSPSDateTime;
     use lightning_liquidity::lsps1::client::LSPS1ClientConfig;
     use lightning_liquidity::lsps1::event::LSPS1ClientEvent;
+    use lightning_liquidity::lsps2::event::{LSPS2ClientEvent, LSPS2ServiceEvent};
+    use lightning_liquidity::lsps2::msgs::LSPS2RawOpeningFeeParams;
     use lightning_liquidity::LiquidityClientConfig;
+    use std::str::FromStr;
 
     let chain = start_chain().await;
     let options = lsps1_options();
     let service_dir = tempfile::tempdir().unwrap();
     let s = builder(&chain, service_dir.path())
         .liquidity_service(Arc::new(terms()))
-        .lsps_service(lsps1_service())
+        .lsps_service(lsps_services())
         .start()
         .await
         .unwrap();
@@ -660,7 +665,7 @@ async fn lsps1_and_our_protocol_share_the_message_type() {
             lsps1_client_config: Some(LSPS1ClientConfig {
                 max_channel_fees_msat: None,
             }),
-            lsps2_client_config: None,
+            lsps2_client_config: Some(lightning_liquidity::lsps2::client::LSPS2ClientConfig {}),
             lsps5_client_config: None,
         })
         .start()
@@ -687,7 +692,7 @@ async fn lsps1_and_our_protocol_share_the_message_type() {
     c.peer_manager().process_events();
     match next_lsps_event("list_protocols answer").await {
         LspsEvent::LSPS0Client(LSPS0ClientEvent::ListProtocolsResponse { protocols, .. }) => {
-            assert_eq!(protocols, vec![1, PROTOCOL_NUMBER]);
+            assert_eq!(protocols, vec![1, 2, PROTOCOL_NUMBER]);
         }
         other => panic!("{other:?}"),
     }
@@ -704,6 +709,51 @@ async fn lsps1_and_our_protocol_share_the_message_type() {
                 supported_options,
                 ..
             }) => assert_eq!(supported_options, options, "round {round}"),
+            other => panic!("{other:?}"),
+        }
+        // LSPS2 asks the service's application for its fee menu.
+        lsps.lsps2_client_handler()
+            .unwrap()
+            .request_opening_params(s.node_id(), None);
+        c.peer_manager().process_events();
+        let service_lsps = s.lsps_manager().expect("LSPS service").clone();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let (request_id, client_id) = loop {
+            if let Some(LspsEvent::LSPS2Service(LSPS2ServiceEvent::GetInfo {
+                request_id,
+                counterparty_node_id,
+                ..
+            })) = service_lsps.next_event()
+            {
+                break (request_id, counterparty_node_id);
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no LSPS2 get_info");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(client_id, c.node_id());
+        let fee_params = LSPS2RawOpeningFeeParams {
+            min_fee_msat: 10_000_000,
+            proportional: 1_000,
+            valid_until: LSPSDateTime::from_str("2035-05-20T08:30:45Z").unwrap(),
+            min_lifetime: 144,
+            max_client_to_self_delay: 2016,
+            min_payment_size_msat: 1_000_000,
+            max_payment_size_msat: 1_000_000_000,
+        };
+        service_lsps
+            .lsps2_service_handler()
+            .unwrap()
+            .opening_fee_params_generated(&client_id, request_id, vec![fee_params])
+            .expect("menu sent");
+        s.peer_manager().process_events();
+        match next_lsps_event("LSPS2 fee menu").await {
+            LspsEvent::LSPS2Client(LSPS2ClientEvent::OpeningParametersReady {
+                opening_fee_params_menu,
+                ..
+            }) => {
+                assert_eq!(opening_fee_params_menu.len(), 1, "round {round}");
+                assert_eq!(opening_fee_params_menu[0].min_fee_msat, 10_000_000);
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -774,7 +824,7 @@ async fn hostile_messages_get_error_answers_and_no_disconnect() {
     let service_dir = tempfile::tempdir().unwrap();
     let s = &builder(&chain, service_dir.path())
         .liquidity_service(Arc::new(terms()))
-        .lsps_service(lsps1_service())
+        .lsps_service(lsps_services())
         .start()
         .await
         .unwrap();
@@ -952,12 +1002,14 @@ fn lsps1_options() -> lightning_liquidity::lsps1::msgs::LSPS1Options {
     }
 }
 
-fn lsps1_service() -> lightning_liquidity::LiquidityServiceConfig {
+fn lsps_services() -> lightning_liquidity::LiquidityServiceConfig {
     lightning_liquidity::LiquidityServiceConfig {
         lsps1_service_config: Some(lightning_liquidity::lsps1::service::LSPS1ServiceConfig {
             supported_options: lsps1_options(),
         }),
-        lsps2_service_config: None,
+        lsps2_service_config: Some(lightning_liquidity::lsps2::service::LSPS2ServiceConfig {
+            promise_secret: [7; 32],
+        }),
         lsps5_service_config: None,
         advertise_service: true,
     }

@@ -515,6 +515,10 @@ where
         let now = unix_now();
         let actions = {
             let mut state = self.lock();
+            // Forget clients with no request in the last minute.
+            state
+                .recent
+                .retain(|_, times| times.back().is_some_and(|t| t + 60 > now));
             let open: Vec<ServiceOrder> = state
                 .orders
                 .values()
