@@ -438,6 +438,11 @@ async fn assert_fee_only_with_liquidity(
                         && p.status == PaymentStatus::Succeeded),
                 "the service kept no fee"
             );
+            assert_eq!(
+                s.payment(&invoice.payment_hash()).map(|p| p.status),
+                Some(PaymentStatus::Failed),
+                "the service records the fee as failed back"
+            );
             let spliced = s
                 .coordinator()
                 .list_splices()

@@ -125,6 +125,7 @@ where
     entropy: Arc<dyn EntropySource + Send + Sync>,
     store: SharedStore,
     state: Mutex<State>,
+    failed_back: Mutex<Option<Box<dyn Fn(PaymentHash) + Send + Sync>>>,
 }
 
 impl<CM: Deref, F: Deref> LiquidityService<CM, F>
@@ -160,7 +161,15 @@ where
                 recent: HashMap::new(),
                 events: Vec::new(),
             }),
+            failed_back: Mutex::new(None),
         })
+    }
+
+    /// Calls `f` with the payment hash of each fee HTLC the service fails
+    /// back (with no lock held), e.g. to mark the payment failed in the
+    /// application's own records.
+    pub fn on_failed_back(&self, f: Box<dyn Fn(PaymentHash) + Send + Sync>) {
+        *self.failed_back.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -669,11 +678,20 @@ where
                     .channel_manager
                     .get_cm()
                     .claim_funds(preimage),
-                Action::FailBack(hash) => self
-                    .coordinator
-                    .channel_manager
-                    .get_cm()
-                    .fail_htlc_backwards(&hash),
+                Action::FailBack(hash) => {
+                    self.coordinator
+                        .channel_manager
+                        .get_cm()
+                        .fail_htlc_backwards(&hash);
+                    if let Some(f) = self
+                        .failed_back
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .as_ref()
+                    {
+                        f(hash);
+                    }
+                }
                 Action::Splice(order_id) => self.start_splice(&order_id),
             }
         }

@@ -32,14 +32,17 @@ pub(crate) struct NodeEventHandler {
 
 impl NodeEventHandler {
     pub(crate) fn handle(&self, event: Event) -> Result<(), ReplayEvent> {
+        // The liquidity service comes last: a fee it fails back at once is
+        // recorded failed, after the payment was recorded held.
+        let liquidity_event = self.liquidity_service.is_some().then(|| event.clone());
         let result = self
             .coordinator
             .handle_event(&event)
-            .and_then(|()| match &self.liquidity_service {
-                Some(service) => service.handle_event(&event),
-                None => Ok(()),
-            })
-            .and_then(|()| self.dispatch(event));
+            .and_then(|()| self.dispatch(event))
+            .and_then(|()| match (&self.liquidity_service, liquidity_event) {
+                (Some(service), Some(event)) => service.handle_event(&event),
+                _ => Ok(()),
+            });
         // Messages our handling queued (signatures, funding) go out now,
         // not on the background processor's next round; from another
         // task, because LDK hands some events over under its monitor lock,

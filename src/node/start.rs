@@ -316,6 +316,15 @@ impl Node {
             liquidity_service: liquidity.parts.service.clone(),
             send_messages: send_messages.clone(),
         });
+        if let Some(service) = &liquidity.parts.service {
+            // A fee the service fails back is a failed payment of ours.
+            let payments = payments.clone();
+            service.on_failed_back(Box::new(move |hash| {
+                payments.upsert(hash, payments::PaymentDirection::Inbound, |p| {
+                    p.status = PaymentStatus::Failed;
+                });
+            }));
+        }
         {
             let notify = notify.clone();
             liquidity
