@@ -101,6 +101,13 @@ impl Node {
         let channel = self
             .channel(channel_id)
             .ok_or_else(|| NodeError::InvalidInput(format!("no channel {channel_id}")))?;
+        if !self.config.accept_inbound_splices {
+            return Err(NodeError::InvalidInput(
+                "this node refuses inbound splices, so the service could not add liquidity: \
+                 build it with accept_inbound_splices(true)"
+                    .into(),
+            ));
+        }
         let service = channel.counterparty.node_id;
         self.connected_service(&service)?;
         let client_order_id = client_order_id.unwrap_or_else(|| {
