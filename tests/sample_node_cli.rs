@@ -817,6 +817,43 @@ async fn sample_node_buys_inbound_liquidity() {
         &["no liquidity order"],
     );
 
+    // Buying again with the same --order-id gets the same order, not paid
+    // again.
+    let again = cli_ok(
+        &binary,
+        c,
+        &[
+            "liquidity",
+            "buy",
+            &channel_id,
+            &LIQUIDITY_SAT.to_string(),
+            "--order-id",
+            "cli-test-1",
+        ],
+    );
+    assert_eq!(again["order_id"], order_id.as_str(), "{again}");
+    assert_eq!(again["state"], "completed", "{again}");
+    assert_eq!(balance_of(c), client_before - fee_total, "paid once");
+
+    // --wait paid returns once the service holds the fee: with no block
+    // mined, its splice stays unconfirmed.
+    let mut buy = Command::new(&binary);
+    buy.arg("cli").arg("--datadir").arg(c).args([
+        "liquidity",
+        "buy",
+        &channel_id,
+        "200000",
+        "--wait",
+        "paid",
+    ]);
+    let (status, stdout, progress) = run_to_exit(buy);
+    assert!(status.success(), "{stdout} {progress}");
+    let second: Value = serde_json::from_str(&stdout).expect("order JSON");
+    assert!(
+        second["state"] == "paid" || second["state"] == "splicing",
+        "{second}"
+    );
+
     for mut daemon in [service, client] {
         cli_ok(&binary, &daemon.dir, &["stop"]);
         let status = poll("the daemon to exit", || {
