@@ -818,7 +818,8 @@ async fn sample_node_buys_inbound_liquidity() {
     );
 
     // Buying again with the same --order-id gets the same order, not paid
-    // again.
+    // again (and a --wait-timeout too large for the clock is no crash).
+    let forever = u64::MAX.to_string();
     let again = cli_ok(
         &binary,
         c,
@@ -829,6 +830,10 @@ async fn sample_node_buys_inbound_liquidity() {
             &LIQUIDITY_SAT.to_string(),
             "--order-id",
             "cli-test-1",
+            "--wait",
+            "locked",
+            "--wait-timeout",
+            &forever,
         ],
     );
     assert_eq!(again["order_id"], order_id.as_str(), "{again}");

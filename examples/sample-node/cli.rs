@@ -452,6 +452,15 @@ fn execute(args: CliArgs) -> Result<Value, CliError> {
     }
 }
 
+/// When a wait of `timeout` ends: a `--wait-timeout` too large for the
+/// clock waits for ten years instead.
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(Duration::from_secs(10 * 365 * 24 * 3600)))
+        .unwrap_or(now)
+}
+
 /// Polls `splicestatus` until the splice reaches `until` (or fails), showing
 /// each new stage on stderr; returns the last record.
 fn follow_splice(
@@ -464,7 +473,7 @@ fn follow_splice(
         .as_str()
         .ok_or_else(|| CliError("the daemon's answer has no splice_id".into()))?
         .to_string();
-    let deadline = Instant::now() + timeout;
+    let deadline = deadline_after(timeout);
     let mut last_shown = String::new();
     let mut txid_shown = false;
     let mut record = record.clone();
@@ -572,7 +581,7 @@ fn follow_order(
         .as_str()
         .ok_or_else(|| CliError("the daemon's answer has no order_id".into()))?
         .to_string();
-    let deadline = Instant::now() + timeout;
+    let deadline = deadline_after(timeout);
     let mut last_shown = String::new();
     loop {
         let state = order["state"].as_str().unwrap_or("unknown").to_string();
@@ -607,7 +616,7 @@ fn follow_order(
                 timeout.as_secs()
             )));
         }
-        std::thread::sleep(ORDER_POLL_INTERVAL.min(deadline - now));
+        std::thread::sleep(ORDER_POLL_INTERVAL.min(deadline.saturating_duration_since(now)));
         let (status, answer) = client.request("liquidityorder", &json!({ "order_id": id }))?;
         match status {
             200..=299 => order = answer,
