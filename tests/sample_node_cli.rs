@@ -721,6 +721,36 @@ async fn sample_node_buys_inbound_liquidity() {
         ],
         &["client_order_id"],
     );
+    // Over the API: numbers out of range and unknown fields are 400s.
+    for (params, words) in [
+        (
+            serde_json::json!({ "channel_id": channel_id, "amount_sat": u64::MAX }),
+            &["amount_sat", "21 million"][..],
+        ),
+        (
+            serde_json::json!({ "channel_id": channel_id, "amount_sat": 500_000, "max_fee_sat": u64::MAX }),
+            &["max_fee_sat", "21 million"][..],
+        ),
+        (
+            serde_json::json!({ "channel_id": channel_id, "amount_sat": -1 }),
+            &["bad parameters for liquiditybuy"][..],
+        ),
+        (
+            serde_json::json!({ "channel_id": channel_id, "amount": 500_000 }),
+            &["unknown field", "amount"][..],
+        ),
+    ] {
+        let (status, answer) = api(c, "liquiditybuy", params.clone());
+        assert_eq!(status, 400, "{params}: {answer}");
+        let message = answer["error"].as_str().unwrap_or_default();
+        for word in words {
+            assert!(
+                message.contains(word),
+                "{params}: {message:?} lacks {word:?}"
+            );
+        }
+    }
+
     // A peer that sells nothing says so.
     refused(
         s,
