@@ -757,15 +757,19 @@ async fn sample_node_buys_inbound_liquidity() {
         &["liquidity", "info", &client_id],
         &["runs no liquidity service"],
     );
-    assert_eq!(
-        cli_ok(&binary, c, &["liquidity", "orders"]),
-        serde_json::json!({ "bought": [] })
-    );
-    // An order dearer than --max-fee is not paid.
+    // An order dearer than --max-fee is not even made.
     refused(
         c,
         &["liquidity", "buy", &channel_id, "500000", "--max-fee", "10"],
-        &["above the limit of 10 sat", "nothing was paid"],
+        &[
+            "above the limit of 10 sat",
+            "2000 base + 2500 proportional",
+            "nothing was ordered",
+        ],
+    );
+    assert_eq!(
+        cli_ok(&binary, c, &["liquidity", "orders"]),
+        serde_json::json!({ "bought": [] })
     );
     assert_eq!(balance_of(c), client_before, "nothing paid");
 

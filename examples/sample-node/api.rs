@@ -863,10 +863,38 @@ async fn dispatch(state: &Arc<AppState>, command: &str, p: Value) -> ApiResult {
                      0-9, '.', '_', '-'"
                 )));
             }
-            if node.channel(&channel_id).is_none() {
-                return Err(ApiError::not_found(format!(
-                    "no channel {}",
-                    channel_id.0.to_lower_hex_string()
+            let service = node
+                .channel(&channel_id)
+                .ok_or_else(|| {
+                    ApiError::not_found(format!(
+                        "no channel {}",
+                        channel_id.0.to_lower_hex_string()
+                    ))
+                })?
+                .counterparty
+                .node_id;
+            // Price it from the service's terms first: an order refused
+            // for its fee after it was made would stay open, unpaid, at
+            // the service until it expires, holding one of our open-order
+            // slots there. (The node checks the order's own fee again.)
+            let terms = node
+                .liquidity_terms(service)
+                .await
+                .map_err(liquidity_error)?;
+            if let Some(quote) = terms
+                .fee_for(amount, terms.feerate)
+                .filter(|quote| quote.total > max_fee)
+            {
+                return Err(ApiError::refused(format!(
+                    "the order would cost {} sat ({} base + {} proportional + {} mining at {} \
+                     sat/kwu), above the limit of {} sat; nothing was ordered or paid (raise \
+                     max_fee_sat, --max-fee on the CLI)",
+                    quote.total.to_sat(),
+                    quote.base.to_sat(),
+                    quote.proportional.to_sat(),
+                    quote.mining.to_sat(),
+                    quote.feerate.to_sat_per_kwu(),
+                    max_fee.to_sat()
                 )));
             }
             let bought = node

@@ -84,8 +84,8 @@ enum LiquidityCommand {
     Buy {
         channel_id: String,
         amount_sat: String,
-        /// Most we pay for the order, in sat (default 50000): a dearer
-        /// order is not paid.
+        /// Most we pay for the order, in sat (default 50000): an order
+        /// the service's terms price higher is not made.
         #[arg(long)]
         max_fee: Option<String>,
         /// Our key for the order (1 to 64 of A-Z a-z 0-9 . _ -): buying
