@@ -2,7 +2,8 @@
 //! two daemons, a channel opened and spliced through the CLI, balances
 //! checked from the CLI's JSON, the splices' events listed, acknowledged
 //! and followed, both daemons stopped with `cli stop`, and everything they
-//! wrote readable by the owner alone.
+//! wrote readable by the owner alone. And inbound liquidity bought through
+//! the CLI from a daemon running the liquidity service.
 
 mod common;
 
@@ -19,17 +20,17 @@ use serde_json::Value;
 const CAPACITY_SAT: u64 = 1_000_000;
 const SPLICE_SAT: u64 = 250_000;
 
-/// Runs a splice command with `--wait locked` on `dir`'s daemon, mining a
-/// block every 200 ms until the CLI exits (bounded by [`WAIT`]). Returns the
-/// final record and the progress the CLI showed on stderr.
-fn splice_to_lock(
+/// Runs `cli --datadir DIR args...` as a child process, mining a block every
+/// 200 ms until it exits (bounded by [`WAIT`]). Returns its exit status,
+/// the JSON it printed and the progress it showed on stderr.
+fn run_while_mining(
     binary: &Path,
     chain: &ChainProcess,
     dir: &Path,
     progress_file: &Path,
     args: &[&str],
-) -> (Value, String) {
-    let mut splice = Command::new(binary)
+) -> (std::process::ExitStatus, Value, String) {
+    let mut child = Command::new(binary)
         .arg("cli")
         .arg("--datadir")
         .arg(dir)
@@ -39,9 +40,9 @@ fn splice_to_lock(
         .spawn()
         .expect("cli runs");
     let deadline = Instant::now() + WAIT;
-    while splice.try_wait().expect("cli status").is_none() {
+    while child.try_wait().expect("cli status").is_none() {
         if Instant::now() > deadline {
-            let _ = splice.kill();
+            let _ = child.kill();
             let progress = std::fs::read_to_string(progress_file).unwrap_or_default();
             let log = std::fs::read_to_string(dir.join("logs/sample-node.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(60).collect();
@@ -53,13 +54,29 @@ fn splice_to_lock(
         chain.mine_blocks_to_burn(1);
         std::thread::sleep(Duration::from_millis(200));
     }
-    let output = splice.wait_with_output().expect("cli output");
+    let output = child.wait_with_output().expect("cli output");
     let progress = std::fs::read_to_string(progress_file).unwrap_or_default();
-    let record: Value = serde_json::from_slice(&output.stdout).expect("splice record JSON");
-    assert!(
-        output.status.success(),
-        "{args:?} failed: {record} {progress}"
-    );
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?} printed no JSON ({e}): {} {progress}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+    (output.status, answer, progress)
+}
+
+/// Runs a splice command with `--wait locked` on `dir`'s daemon, mining a
+/// block every 200 ms until the CLI exits (bounded by [`WAIT`]). Returns the
+/// final record and the progress the CLI showed on stderr.
+fn splice_to_lock(
+    binary: &Path,
+    chain: &ChainProcess,
+    dir: &Path,
+    progress_file: &Path,
+    args: &[&str],
+) -> (Value, String) {
+    let (status, record, progress) = run_while_mining(binary, chain, dir, progress_file, args);
+    assert!(status.success(), "{args:?} failed: {record} {progress}");
     assert_eq!(record["state"], "locked", "{record}");
     (record, progress)
 }
@@ -550,4 +567,339 @@ async fn sample_node_daemon_and_cli_splice_in() {
     }
     chain.shutdown();
     eprintln!("sample-node CLI test took {:?}", started.elapsed());
+}
+
+/// The liquidity the client buys in `sample_node_buys_inbound_liquidity`.
+const LIQUIDITY_SAT: u64 = 500_000;
+/// What the client pays the service before ordering, so both sides hold a
+/// balance (and the fee moves exactly the fee).
+const PREPAID_MSAT: u64 = 10_000_000;
+
+/// The channel `channel_id` as `dir`'s `listchannels` shows it.
+fn channel_of(binary: &Path, dir: &Path, channel_id: &str) -> Option<Value> {
+    let channels = cli_ok(binary, dir, &["listchannels"]);
+    channels
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["channel_id"] == channel_id)
+        .cloned()
+}
+
+/// The order `order_id` in `list`.
+fn order_in<'a>(list: &'a Value, order_id: &str) -> &'a Value {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not a list: {list}"))
+        .iter()
+        .find(|o| o["order_id"] == order_id)
+        .unwrap_or_else(|| panic!("no order {order_id} in {list}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_node_buys_inbound_liquidity() {
+    let started = Instant::now();
+    let binary = sample_node_binary();
+    let mut chain = ChainProcess::start();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    // The service's terms from its config file: defaults but the fee, and
+    // channels old enough after 3 blocks.
+    let service_dir = tmp.path().join("service");
+    std::fs::create_dir_all(&service_dir).unwrap();
+    std::fs::write(
+        service_dir.join("sample-node.toml"),
+        "[liquidity_service]\nfee_base_sat = 2000\nfee_basis = 50\nmin_channel_age_blocks = 3\n",
+    )
+    .unwrap();
+    let service = start_daemon(&binary, &chain, service_dir);
+    let client = start_daemon(&binary, &chain, tmp.path().join("client"));
+    let (s, c) = (service.dir.as_path(), client.dir.as_path());
+
+    let info_s = cli_ok(&binary, s, &["getinfo"]);
+    let info_c = cli_ok(&binary, c, &["getinfo"]);
+    assert_eq!(info_s["liquidity_service"], true, "{info_s}");
+    assert_eq!(info_c["liquidity_service"], false, "{info_c}");
+    let service_id = info_s["node_id"].as_str().unwrap().to_string();
+    let client_id = info_c["node_id"].as_str().unwrap().to_string();
+    let service_addr = info_s["listen_addr"].as_str().unwrap();
+
+    // A coinbase each, matured: the client opens the channel, the service
+    // splices liquidity in from its wallet.
+    for dir in [s, c] {
+        let address = cli_ok(&binary, dir, &["newaddress"]);
+        let address: Address<NetworkUnchecked> =
+            address["address"].as_str().unwrap().parse().unwrap();
+        chain.mine_blocks(1, &address.assume_checked());
+    }
+    chain.mine_blocks_to_burn(100);
+    for dir in [s, c] {
+        poll("the coinbases to mature", || {
+            let balance = cli_ok(&binary, dir, &["balance"]);
+            (sat(&balance, "confirmed_sat") == SUBSIDY_SAT).then_some(())
+        });
+    }
+
+    cli_ok(
+        &binary,
+        c,
+        &["connect", &format!("{service_id}@{service_addr}")],
+    );
+    cli_ok(
+        &binary,
+        c,
+        &["openchannel", &service_id, &CAPACITY_SAT.to_string()],
+    );
+    let channel = poll("the channel to be usable and 3 blocks old", || {
+        chain.mine_blocks_to_burn(1);
+        std::thread::sleep(Duration::from_millis(100));
+        let channels = cli_ok(&binary, c, &["listchannels"]);
+        let channel = channels.as_array().unwrap().first().cloned()?;
+        let id = channel["channel_id"].as_str()?;
+        let ready = |c: &Value| c["is_usable"] == true && c["confirmations"].as_u64() >= Some(3);
+        (ready(&channel) && channel_of(&binary, s, id).is_some_and(|c| ready(&c)))
+            .then_some(channel)
+    });
+    let channel_id = channel["channel_id"].as_str().unwrap().to_string();
+
+    // The client pays the service first, so both hold a balance.
+    let invoice = cli_ok(&binary, s, &["invoice", &PREPAID_MSAT.to_string()]);
+    let paid = cli_ok(&binary, c, &["pay", invoice["invoice"].as_str().unwrap()]);
+    assert_eq!(paid["status"], "Succeeded", "{paid}");
+    let balance_of = |dir: &Path| {
+        sat(
+            &channel_of(&binary, dir, &channel_id).unwrap(),
+            "balance_sat",
+        )
+    };
+    let client_before = poll("the prepayment to settle on both sides", || {
+        let (client, service) = (balance_of(c), balance_of(s));
+        (service == PREPAID_MSAT / 1000).then_some(client)
+    });
+    let service_before = balance_of(s);
+
+    // The service's terms, as its config file set them.
+    let terms = cli_ok(&binary, c, &["liquidity", "info", &service_id]);
+    assert_eq!(terms["node_id"], service_id.as_str(), "{terms}");
+    assert_eq!(sat(&terms, "min_amount_sat"), 100_000, "{terms}");
+    assert_eq!(sat(&terms, "max_amount_sat"), 10_000_000, "{terms}");
+    assert_eq!(sat(&terms, "fee_base_sat"), 2_000, "{terms}");
+    assert_eq!(sat(&terms, "fee_basis"), 50, "{terms}");
+    assert_eq!(sat(&terms, "min_channel_age_blocks"), 3, "{terms}");
+
+    // Bad input: clear errors, exit 1, nothing ordered or paid.
+    let refused = |dir: &Path, args: &[&str], words: &[&str]| {
+        let (ok, error) = cli(&binary, dir, args);
+        assert!(!ok, "{args:?}: {error}");
+        let message = error["error"].as_str().unwrap_or_default();
+        for word in words {
+            assert!(
+                message.contains(word),
+                "{args:?}: {message:?} lacks {word:?}"
+            );
+        }
+    };
+    refused(
+        c,
+        &["liquidity", "buy", &channel_id, "1000"],
+        &["out of range", "between 100000 and 10000000 sat"],
+    );
+    refused(c, &["liquidity", "info", "nope"], &["invalid node id"]);
+    refused(c, &["liquidity", "buy", &channel_id, "lots"], &["invalid"]);
+    refused(
+        c,
+        &["liquidity", "buy", &"00".repeat(32), "500000"],
+        &["no channel"],
+    );
+    refused(
+        c,
+        &[
+            "liquidity",
+            "buy",
+            &channel_id,
+            "500000",
+            "--order-id",
+            "no spaces",
+        ],
+        &["client_order_id"],
+    );
+    // Over the API: numbers out of range and unknown fields are 400s.
+    for (params, words) in [
+        (
+            serde_json::json!({ "channel_id": channel_id, "amount_sat": u64::MAX }),
+            &["amount_sat", "21 million"][..],
+        ),
+        (
+            serde_json::json!({ "channel_id": channel_id, "amount_sat": 500_000, "max_fee_sat": u64::MAX }),
+            &["max_fee_sat", "21 million"][..],
+        ),
+        (
+            serde_json::json!({ "channel_id": channel_id, "amount_sat": -1 }),
+            &["bad parameters for liquiditybuy"][..],
+        ),
+        (
+            serde_json::json!({ "channel_id": channel_id, "amount": 500_000 }),
+            &["unknown field", "amount"][..],
+        ),
+    ] {
+        let (status, answer) = api(c, "liquiditybuy", params.clone());
+        assert_eq!(status, 400, "{params}: {answer}");
+        let message = answer["error"].as_str().unwrap_or_default();
+        for word in words {
+            assert!(
+                message.contains(word),
+                "{params}: {message:?} lacks {word:?}"
+            );
+        }
+    }
+
+    // A peer that sells nothing says so.
+    refused(
+        s,
+        &["liquidity", "info", &client_id],
+        &["runs no liquidity service"],
+    );
+    // An order dearer than --max-fee is not even made.
+    refused(
+        c,
+        &["liquidity", "buy", &channel_id, "500000", "--max-fee", "10"],
+        &[
+            "above the limit of 10 sat",
+            "2000 base + 2500 proportional",
+            "nothing was ordered",
+        ],
+    );
+    assert_eq!(
+        cli_ok(&binary, c, &["liquidity", "orders"]),
+        serde_json::json!({ "bought": [] })
+    );
+    assert_eq!(balance_of(c), client_before, "nothing paid");
+
+    // Buy, following the order to completion while blocks come.
+    let (status, order, progress) = run_while_mining(
+        &binary,
+        &chain,
+        c,
+        &tmp.path().join("liquidity-progress"),
+        &[
+            "liquidity",
+            "buy",
+            &channel_id,
+            &LIQUIDITY_SAT.to_string(),
+            "--order-id",
+            "cli-test-1",
+            "--wait",
+            "locked",
+        ],
+    );
+    assert!(status.success(), "buy failed: {order} {progress}");
+    assert_eq!(order["state"], "completed", "{order}");
+    assert_eq!(order["client_order_id"], "cli-test-1", "{order}");
+    assert_eq!(order["service"], service_id.as_str(), "{order}");
+    assert_eq!(sat(&order, "amount_sat"), LIQUIDITY_SAT, "{order}");
+    assert!(order["txid"].is_string(), "{order}");
+    assert!(progress.contains("created"), "{progress}");
+    assert!(progress.contains("completed"), "{progress}");
+    let order_id = order["order_id"].as_str().unwrap().to_string();
+    let fee = &order["fee"];
+    let fee_total = sat(fee, "total_sat");
+    assert_eq!(sat(fee, "base_sat"), 2_000, "{fee}");
+    assert_eq!(
+        sat(fee, "proportional_sat"),
+        LIQUIDITY_SAT * 50 / 10_000,
+        "{fee}"
+    );
+    assert_eq!(
+        fee_total,
+        sat(fee, "base_sat") + sat(fee, "proportional_sat") + sat(fee, "mining_sat"),
+        "{fee}"
+    );
+
+    // The channel grew by exactly the amount on both sides; the client paid
+    // exactly the fee, which the service received.
+    for dir in [s, c] {
+        poll("the new capacity", || {
+            channel_of(&binary, dir, &channel_id)
+                .filter(|ch| sat(ch, "capacity_sat") == CAPACITY_SAT + LIQUIDITY_SAT)
+        });
+    }
+    poll("the client's balance to drop by the fee", || {
+        (balance_of(c) == client_before - fee_total).then_some(())
+    });
+    assert_eq!(
+        balance_of(s),
+        service_before + LIQUIDITY_SAT + fee_total,
+        "the service's side grew by the amount and the fee"
+    );
+
+    // Both sides list the order as completed.
+    let bought = cli_ok(&binary, c, &["liquidity", "orders"]);
+    assert!(bought.get("sold").is_none(), "{bought}");
+    let listed = order_in(&bought["bought"], &order_id);
+    assert_eq!(listed["state"], "completed", "{listed}");
+    assert_eq!(listed["fee_payment"], "succeeded", "{listed}");
+    let sold = cli_ok(&binary, s, &["liquidity", "orders"]);
+    assert_eq!(sold["bought"], serde_json::json!([]), "{sold}");
+    let listed = order_in(&sold["sold"], &order_id);
+    assert_eq!(listed["state"], "completed", "{listed}");
+    assert_eq!(listed["client"], client_id.as_str(), "{listed}");
+    assert!(listed["splice_id"].is_string(), "{listed}");
+    assert_eq!(listed["txid"], order["txid"], "{listed}");
+    let status = cli_ok(&binary, c, &["liquidity", "status", &order_id]);
+    assert_eq!(status["state"], "completed", "{status}");
+    refused(
+        c,
+        &["liquidity", "status", "no-such-order"],
+        &["no liquidity order"],
+    );
+
+    // Buying again with the same --order-id gets the same order, not paid
+    // again (and a --wait-timeout too large for the clock is no crash).
+    let forever = u64::MAX.to_string();
+    let again = cli_ok(
+        &binary,
+        c,
+        &[
+            "liquidity",
+            "buy",
+            &channel_id,
+            &LIQUIDITY_SAT.to_string(),
+            "--order-id",
+            "cli-test-1",
+            "--wait",
+            "locked",
+            "--wait-timeout",
+            &forever,
+        ],
+    );
+    assert_eq!(again["order_id"], order_id.as_str(), "{again}");
+    assert_eq!(again["state"], "completed", "{again}");
+    assert_eq!(balance_of(c), client_before - fee_total, "paid once");
+
+    // --wait paid returns once the service holds the fee: with no block
+    // mined, its splice stays unconfirmed.
+    let mut buy = Command::new(&binary);
+    buy.arg("cli").arg("--datadir").arg(c).args([
+        "liquidity",
+        "buy",
+        &channel_id,
+        "200000",
+        "--wait",
+        "paid",
+    ]);
+    let (status, stdout, progress) = run_to_exit(buy);
+    assert!(status.success(), "{stdout} {progress}");
+    let second: Value = serde_json::from_str(&stdout).expect("order JSON");
+    assert!(
+        second["state"] == "paid" || second["state"] == "splicing",
+        "{second}"
+    );
+
+    for mut daemon in [service, client] {
+        cli_ok(&binary, &daemon.dir, &["stop"]);
+        let status = poll("the daemon to exit", || {
+            daemon.child.try_wait().expect("daemon status")
+        });
+        assert!(status.success(), "daemon exited with {status}");
+    }
+    chain.shutdown();
+    eprintln!("sample-node liquidity test took {:?}", started.elapsed());
 }

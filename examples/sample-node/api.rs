@@ -7,7 +7,9 @@
 //! and the body is never read. Bodies are limited to [`MAX_BODY_BYTES`]: a
 //! `Content-Length` over it is refused at once with 413, a chunked body is
 //! cut off there (413 too). Bad parameters get `400 {"error": ...}`,
-//! refusals by the node `422`.
+//! refusals by the node `422`. Liquidity calls, which ask a peer, may also
+//! get `429` (the peer rate-limits us: ask again later) or `503` (the peer
+//! is not connected or did not answer in time: ask again later).
 //!
 //! Node and coordinator calls that block (locks, store writes, coin
 //! selection) run on tokio's blocking pool, at most [`MAX_BLOCKING_CALLS`]
@@ -15,6 +17,15 @@
 //! connections and chain sync, and a handful of slow API calls there would
 //! stall every channel. Calls that only await (`connect`, `closechannel`,
 //! waiting for a payment or for events) run as they are.
+//!
+//! Liquidity (see `docs/liquidity-protocol.md`): `liquidityinfo
+//! {"node_id"}` asks a peer for its terms; `liquiditybuy {"channel_id",
+//! "amount_sat", "max_fee_sat"?, "client_order_id"?}` orders inbound
+//! liquidity from the channel's counterparty and pays the fee invoice;
+//! `liquidityorder {"order_id"}` asks the service where an order we bought
+//! stands (an order we sold is answered from our own records);
+//! `liquidityorders` lists what we bought (as the service last answered)
+//! and, when the daemon runs a service, what we sold.
 //!
 //! Events: `events` lists the coordinator's unacknowledged splice and batch
 //! events, each with an id `RUN:N`; `ackevents {"through": ID}` acknowledges
@@ -36,7 +47,11 @@ use bitcoin::address::NetworkUnchecked;
 use bitcoin::hex::{DisplayHex, FromHex};
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Address, Amount, FeeRate};
-use ldk_splice::node::Node;
+use ldk_splice::liquidity::{
+    valid_client_order_id, ClientError, ClientOrder, Order, OrderError, ServiceOrderView, Terms,
+    METHOD_NOT_FOUND,
+};
+use ldk_splice::node::{Node, NodeError, PaymentStatus};
 use ldk_splice::{
     BatchId, BatchPlan, ChannelRef, Destination, FeePolicy, Leg, Payout, ResizeRequest,
     SpliceEvent, SpliceId,
@@ -59,6 +74,12 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// locks with peer traffic and chain sync. Further calls wait, in order, as
 /// futures that hold no thread.
 pub const MAX_BLOCKING_CALLS: usize = 4;
+
+/// The most fee `liquiditybuy` pays unless told otherwise, in sat.
+pub const DEFAULT_LIQUIDITY_MAX_FEE_SAT: u64 = 50_000;
+
+/// The most bitcoin there is, in sat.
+const MAX_MONEY_SAT: u64 = 21_000_000 * 100_000_000;
 
 /// How long `events` may wait for a first event (`wait_secs`).
 const MAX_EVENT_WAIT: Duration = Duration::from_secs(60);
@@ -168,6 +189,10 @@ impl ApiError {
 
     fn refused(message: impl std::fmt::Display) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, message.to_string())
+    }
+
+    fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
     }
 
     fn not_found(message: impl Into<String>) -> Self {
@@ -550,6 +575,140 @@ fn channel_json(node: &Node, c: &lightning::ln::channel_state::ChannelDetails) -
     })
 }
 
+/// The text of an error a liquidity service answered. `OrderError::from_rpc`
+/// keeps a whole message as the reason of `LiquidityUnavailable` and
+/// `ServiceUnavailable`, and their `Display` prefixes it again: show such a
+/// message once.
+fn order_error_text(error: &OrderError) -> String {
+    match error {
+        OrderError::LiquidityUnavailable { reason }
+            if reason.starts_with("liquidity unavailable") =>
+        {
+            reason.clone()
+        }
+        OrderError::ServiceUnavailable { reason } if reason.starts_with("service unavailable") => {
+            reason.clone()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A failed liquidity call as an API error: the service's refusal (its
+/// `OrderError` text) is a 422, or a 429 when it rate-limits us; a peer
+/// that does not know the protocol's methods runs no service (422); a peer
+/// not connected or not answering is a 503 (ask again later).
+fn liquidity_error(error: NodeError) -> ApiError {
+    match &error {
+        NodeError::Liquidity(ClientError::Refused(rpc)) => match OrderError::from_rpc(rpc) {
+            Some(e @ OrderError::RateLimited { .. }) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("the service refused: {}", order_error_text(&e)),
+            ),
+            Some(e) => ApiError::refused(format!("the service refused: {}", order_error_text(&e))),
+            None if rpc.code == METHOD_NOT_FOUND => ApiError::refused(format!(
+                "the peer runs no liquidity service (it answered: {rpc})"
+            )),
+            None => ApiError::refused(format!("the service refused: {rpc}")),
+        },
+        NodeError::Liquidity(ClientError::Disconnected)
+        | NodeError::Connection(_)
+        | NodeError::Timeout(_) => ApiError::unavailable(error.to_string()),
+        NodeError::InvalidInput(_) => ApiError::bad_request(error.to_string()),
+        _ => ApiError::refused(error),
+    }
+}
+
+/// A service's terms as the API shows them (amounts as numbers).
+fn terms_json(service: &PublicKey, terms: &Terms) -> Value {
+    json!({
+        "node_id": service.to_string(),
+        "version": terms.version,
+        "min_amount_sat": terms.min_amount.to_sat(),
+        "max_amount_sat": terms.max_amount.to_sat(),
+        "fee_base_sat": terms.fee_base.to_sat(),
+        "fee_basis": terms.fee_basis,
+        "funding_weight": terms.funding_weight,
+        "feerate_sat_per_kwu": terms.feerate.to_sat_per_kwu(),
+        "quote_valid_secs": terms.quote_valid_secs,
+        "invoice_valid_secs": terms.invoice_valid_secs,
+        "max_open_orders_per_peer": terms.max_open_orders_per_peer,
+        "min_channel_age_blocks": terms.min_channel_age_blocks,
+    })
+}
+
+/// An order as the API shows it: amounts as numbers, `state` its name
+/// (`created`, `paid`, `splicing`, `completed`, `failed`, `expired`) with
+/// the state's `txid` or `reason` beside it, `status` one line for a human.
+fn order_json(order: &Order) -> Value {
+    let state = serde_json::to_value(&order.state).unwrap_or(Value::Null);
+    let mut value = json!({
+        "order_id": order.order_id,
+        "client_order_id": order.client_order_id,
+        "channel_id": order.channel_id.0.to_lower_hex_string(),
+        "amount_sat": order.amount.to_sat(),
+        "fee": {
+            "base_sat": order.fee.base.to_sat(),
+            "proportional_sat": order.fee.proportional.to_sat(),
+            "mining_sat": order.fee.mining.to_sat(),
+            "total_sat": order.fee.total.to_sat(),
+            "feerate_sat_per_kwu": order.fee.feerate.to_sat_per_kwu(),
+        },
+        "invoice": order.invoice,
+        "created_at": order.created_at,
+        "expires_at": order.expires_at,
+        "state": state.get("state").cloned().unwrap_or(Value::Null),
+        "status": order.state.to_string(),
+    });
+    if let (Value::Object(map), Value::Object(fields)) = (&mut value, state) {
+        map.extend(fields.into_iter().filter(|(k, _)| k != "state"));
+    }
+    value
+}
+
+/// An order we bought: the order, the service, and where our payment of
+/// its fee stands (`pending` until the service claims it, which it does
+/// once the splice is broadcast).
+fn client_order_json(node: &Node, bought: &ClientOrder) -> Value {
+    let mut value = order_json(&bought.order);
+    let payment = lightning::bolt11_invoice::Bolt11Invoice::from_str(&bought.order.invoice)
+        .ok()
+        .and_then(|invoice| node.payment(&invoice.payment_hash()))
+        .map(|p| match p.status {
+            PaymentStatus::Pending => "pending",
+            PaymentStatus::Held => "held",
+            PaymentStatus::Succeeded => "succeeded",
+            PaymentStatus::Failed => "failed",
+        });
+    if let Value::Object(map) = &mut value {
+        map.insert("service".into(), json!(bought.service.to_string()));
+        map.insert("fee_payment".into(), json!(payment));
+    }
+    value
+}
+
+/// An order we sold: the order, the client, and our splice once started.
+fn service_order_json(sold: &ServiceOrderView) -> Value {
+    let mut value = order_json(&sold.order);
+    if let Value::Object(map) = &mut value {
+        map.insert("client".into(), json!(sold.client.to_string()));
+        map.insert(
+            "splice_id".into(),
+            json!(sold.splice.map(|id| id.to_string())),
+        );
+    }
+    value
+}
+
+/// An amount in sat from the API: at most 21 million BTC.
+fn money(field: &str, sat: u64) -> Result<Amount, ApiError> {
+    if sat > MAX_MONEY_SAT {
+        return Err(ApiError::bad_request(format!(
+            "{field} {sat} is over 21 million BTC"
+        )));
+    }
+    Ok(Amount::from_sat(sat))
+}
+
 /// Runs `command`: the async ones here, the rest on the blocking pool.
 async fn dispatch(state: &Arc<AppState>, command: &str, p: Value) -> ApiResult {
     let node = &state.node;
@@ -654,6 +813,121 @@ async fn dispatch(state: &Arc<AppState>, command: &str, p: Value) -> ApiResult {
             crash.arm(state.clone(), Duration::from_millis(delay_ms));
             Ok(json!({ "armed": state, "delay_ms": delay_ms }))
         }
+        "liquidityinfo" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct P {
+                /// The peer that runs the service.
+                node_id: String,
+            }
+            let P { node_id } = params(command, p)?;
+            let service = parse_node_id(&node_id)?;
+            let terms = node
+                .liquidity_terms(service)
+                .await
+                .map_err(liquidity_error)?;
+            Ok(terms_json(&service, &terms))
+        }
+        "liquiditybuy" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct P {
+                /// The channel to add inbound liquidity to; its
+                /// counterparty is the service.
+                channel_id: String,
+                /// How much the service adds.
+                amount_sat: u64,
+                /// The most fee we pay (default 50 000 sat).
+                max_fee_sat: Option<u64>,
+                /// Our key for the order: the same key gets the same order.
+                client_order_id: Option<String>,
+            }
+            let P {
+                channel_id,
+                amount_sat,
+                max_fee_sat,
+                client_order_id,
+            } = params(command, p)?;
+            let channel_id = parse_channel_id(&channel_id)?;
+            let amount = money("amount_sat", amount_sat)?;
+            let max_fee = money(
+                "max_fee_sat",
+                max_fee_sat.unwrap_or(DEFAULT_LIQUIDITY_MAX_FEE_SAT),
+            )?;
+            if let Some(id) = client_order_id
+                .as_deref()
+                .filter(|id| !valid_client_order_id(id))
+            {
+                return Err(ApiError::bad_request(format!(
+                    "invalid client_order_id '{id}': expected 1 to 64 characters of A-Z, a-z, \
+                     0-9, '.', '_', '-'"
+                )));
+            }
+            let service = node
+                .channel(&channel_id)
+                .ok_or_else(|| {
+                    ApiError::not_found(format!(
+                        "no channel {}",
+                        channel_id.0.to_lower_hex_string()
+                    ))
+                })?
+                .counterparty
+                .node_id;
+            // Price it from the service's terms first: an order refused
+            // for its fee after it was made would stay open, unpaid, at
+            // the service until it expires, holding one of our open-order
+            // slots there. (The node checks the order's own fee again.)
+            let terms = node
+                .liquidity_terms(service)
+                .await
+                .map_err(liquidity_error)?;
+            if let Some(quote) = terms
+                .fee_for(amount, terms.feerate)
+                .filter(|quote| quote.total > max_fee)
+            {
+                return Err(ApiError::refused(format!(
+                    "the order would cost {} sat ({} base + {} proportional + {} mining at {} \
+                     sat/kwu), above the limit of {} sat; nothing was ordered or paid (raise \
+                     max_fee_sat, --max-fee on the CLI)",
+                    quote.total.to_sat(),
+                    quote.base.to_sat(),
+                    quote.proportional.to_sat(),
+                    quote.mining.to_sat(),
+                    quote.feerate.to_sat_per_kwu(),
+                    max_fee.to_sat()
+                )));
+            }
+            let bought = node
+                .buy_liquidity(&channel_id, amount, max_fee, client_order_id)
+                .await
+                .map_err(liquidity_error)?;
+            Ok(client_order_json(node, &bought))
+        }
+        "liquidityorder" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct P {
+                order_id: String,
+            }
+            let P { order_id } = params(command, p)?;
+            let order_id = order_id.trim();
+            if node
+                .liquidity_orders()
+                .iter()
+                .any(|o| o.order.order_id == order_id)
+            {
+                let bought = node
+                    .refresh_liquidity_order(order_id)
+                    .await
+                    .map_err(liquidity_error)?;
+                return Ok(client_order_json(node, &bought));
+            }
+            node.liquidity_service_orders()
+                .iter()
+                .find(|o| o.order.order_id == order_id)
+                .map(service_order_json)
+                .ok_or_else(|| ApiError::not_found(format!("no liquidity order '{order_id}'")))
+        }
         "stop" => {
             let _ = state.stop.send(true);
             Ok(json!({ "stopping": true }))
@@ -701,6 +975,7 @@ fn dispatch_blocking(state: &AppState, command: &str, p: Value) -> ApiResult {
                 "channels": channels.len(),
                 "usable_channels": channels.iter().filter(|c| c.is_usable).count(),
                 "peers": node.peer_manager().list_peers().len(),
+                "liquidity_service": node.liquidity_service().is_some(),
             }))
         }
         "newaddress" => node
@@ -849,6 +1124,23 @@ fn dispatch_blocking(state: &AppState, command: &str, p: Value) -> ApiResult {
             let id = parse_batch_id(&id)?;
             node.cancel_batch(id).map_err(ApiError::refused)?;
             batch_by_id(node, id)
+        }
+        "liquidityorders" => {
+            let mut listing = json!({
+                "bought": node
+                    .liquidity_orders()
+                    .iter()
+                    .map(|o| client_order_json(node, o))
+                    .collect::<Vec<_>>(),
+            });
+            if node.liquidity_service().is_some() {
+                listing["sold"] = node
+                    .liquidity_service_orders()
+                    .iter()
+                    .map(service_order_json)
+                    .collect();
+            }
+            Ok(listing)
         }
         "ackevents" => {
             #[derive(Deserialize)]

@@ -54,6 +54,61 @@ pub enum WaitFor {
     Locked,
 }
 
+/// How far `liquidity buy --wait` follows an order.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderWaitFor {
+    /// Until the service holds our fee payment (the order is `paid`, or
+    /// further: the service is splicing).
+    Paid,
+    /// Until the splice locked and the order is `completed`.
+    Locked,
+}
+
+/// How often `liquidity buy --wait` asks the service about the order: 20
+/// requests a minute, under a service's default limit of 30.
+const ORDER_POLL_INTERVAL: Duration = Duration::from_secs(3);
+
+/// Inbound liquidity from channel peers (see docs/liquidity-protocol.md).
+#[derive(clap::Subcommand, Debug)]
+enum LiquidityCommand {
+    /// A peer's liquidity terms (the peer must run a liquidity service and
+    /// be connected).
+    Info {
+        /// The peer's node id.
+        peer: String,
+    },
+    /// Buy inbound liquidity on a channel from its counterparty: order
+    /// AMOUNT_SAT and pay the order's fee invoice. The service splices the
+    /// amount into the channel from its wallet and claims the fee only
+    /// once the splice is broadcast.
+    Buy {
+        channel_id: String,
+        amount_sat: String,
+        /// Most we pay for the order, in sat (default 50000): an order
+        /// the service's terms price higher is not made.
+        #[arg(long)]
+        max_fee: Option<String>,
+        /// Our key for the order (1 to 64 of A-Z a-z 0-9 . _ -): buying
+        /// again with the same key gets the same order, paid once.
+        #[arg(long, value_name = "ID")]
+        order_id: Option<String>,
+        /// Follow the order until this stage, asking the service every
+        /// 3 s and showing progress on stderr; exits 1 if it fails or
+        /// expires.
+        #[arg(long, value_enum)]
+        wait: Option<OrderWaitFor>,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        wait_timeout: u64,
+    },
+    /// The orders this node bought (as the service last answered) and,
+    /// when it runs a liquidity service, the orders it sold.
+    Orders,
+    /// Ask the service where an order stands (ORDER_ID as `buy` printed
+    /// it); an order we sold is answered from our own records.
+    Status { order_id: String },
+}
+
 /// The CLI's commands. Amounts are in satoshis unless named _msat.
 #[derive(clap::Subcommand, Debug)]
 enum Command {
@@ -176,6 +231,12 @@ enum Command {
         /// acknowledge each once printed. Runs until interrupted.
         #[arg(long)]
         follow: bool,
+    },
+    /// Inbound liquidity from channel peers: ask a peer's terms, buy,
+    /// follow and list orders.
+    Liquidity {
+        #[command(subcommand)]
+        command: LiquidityCommand,
     },
     /// Stop the daemon.
     Stop,
@@ -378,6 +439,7 @@ fn execute(args: CliArgs) -> Result<Value, CliError> {
         Command::Events { ack: Some(id), .. } => ("ackevents", json!({ "through": id }), None),
         Command::Events { follow: true, .. } => return follow_events(&client),
         Command::Events { .. } => ("events", json!({}), None),
+        Command::Liquidity { command } => return liquidity(&client, command),
         Command::Stop => ("stop", json!({}), None),
     };
     let answer = client.call(method, &params)?;
@@ -388,6 +450,15 @@ fn execute(args: CliArgs) -> Result<Value, CliError> {
         }) => follow_splice(&client, &answer, until, Duration::from_secs(wait_timeout)),
         _ => Ok(answer),
     }
+}
+
+/// When a wait of `timeout` ends: a `--wait-timeout` too large for the
+/// clock waits for ten years instead.
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(Duration::from_secs(10 * 365 * 24 * 3600)))
+        .unwrap_or(now)
 }
 
 /// Polls `splicestatus` until the splice reaches `until` (or fails), showing
@@ -402,7 +473,7 @@ fn follow_splice(
         .as_str()
         .ok_or_else(|| CliError("the daemon's answer has no splice_id".into()))?
         .to_string();
-    let deadline = Instant::now() + timeout;
+    let deadline = deadline_after(timeout);
     let mut last_shown = String::new();
     let mut txid_shown = false;
     let mut record = record.clone();
@@ -451,6 +522,113 @@ fn follow_splice(
         }
         std::thread::sleep(Duration::from_millis(200));
         record = client.call("splicestatus", &json!({ "id": id }))?;
+    }
+}
+
+/// Runs a `liquidity` command.
+fn liquidity(client: &Client, command: LiquidityCommand) -> Result<Value, CliError> {
+    match command {
+        LiquidityCommand::Info { peer } => {
+            client.call("liquidityinfo", &json!({ "node_id": peer }))
+        }
+        LiquidityCommand::Buy {
+            channel_id,
+            amount_sat,
+            max_fee,
+            order_id,
+            wait,
+            wait_timeout,
+        } => {
+            let mut p = serde_json::Map::new();
+            p.insert("channel_id".into(), json!(channel_id));
+            p.insert(
+                "amount_sat".into(),
+                json!(amount("liquidity amount (sat)", &amount_sat)?),
+            );
+            if let Some(max) = max_fee {
+                p.insert("max_fee_sat".into(), json!(amount("max fee (sat)", &max)?));
+            }
+            if let Some(id) = order_id {
+                p.insert("client_order_id".into(), json!(id));
+            }
+            let order = client.call("liquiditybuy", &Value::Object(p))?;
+            match wait {
+                Some(until) => {
+                    follow_order(client, order, until, Duration::from_secs(wait_timeout))
+                }
+                None => Ok(order),
+            }
+        }
+        LiquidityCommand::Orders => client.call("liquidityorders", &json!({})),
+        LiquidityCommand::Status { order_id } => {
+            client.call("liquidityorder", &json!({ "order_id": order_id }))
+        }
+    }
+}
+
+/// Asks the service about `order` every [`ORDER_POLL_INTERVAL`] until it
+/// reaches `until`, showing each new stage on stderr; returns the last
+/// answer. A failed or expired order, or a fee payment that failed, is an
+/// error. A service that is briefly unreachable or rate-limits us is shown
+/// and asked again.
+fn follow_order(
+    client: &Client,
+    mut order: Value,
+    until: OrderWaitFor,
+    timeout: Duration,
+) -> Result<Value, CliError> {
+    let id = order["order_id"]
+        .as_str()
+        .ok_or_else(|| CliError("the daemon's answer has no order_id".into()))?
+        .to_string();
+    let deadline = deadline_after(timeout);
+    let mut last_shown = String::new();
+    loop {
+        let state = order["state"].as_str().unwrap_or("unknown").to_string();
+        let mut shown = order["status"].as_str().unwrap_or(&state).to_string();
+        if state == "created" {
+            if let Some(payment) = order["fee_payment"].as_str() {
+                shown = format!("{shown}, fee payment {payment}");
+            }
+        }
+        if shown != last_shown {
+            eprintln!("liquidity order {id}: {shown}");
+            last_shown = shown;
+        }
+        match state.as_str() {
+            "completed" => return Ok(order),
+            "paid" | "splicing" if until == OrderWaitFor::Paid => return Ok(order),
+            "failed" | "expired" => {
+                return Err(CliError(format!("liquidity order {id} {last_shown}")))
+            }
+            "created" if order["fee_payment"] == "failed" => {
+                return Err(CliError(format!(
+                    "liquidity order {id}: paying its fee failed (nothing was paid; the \
+                     order expires unpaid)"
+                )))
+            }
+            _ => {}
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(CliError(format!(
+                "liquidity order {id} did not reach {until:?} within {} s (last: {last_shown})",
+                timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(ORDER_POLL_INTERVAL.min(deadline.saturating_duration_since(now)));
+        let (status, answer) = client.request("liquidityorder", &json!({ "order_id": id }))?;
+        match status {
+            200..=299 => order = answer,
+            // Rate limited, or the service is not connected right now.
+            429 | 503 => eprintln!(
+                "liquidity order {id}: {}; asking again",
+                answer["error"]
+                    .as_str()
+                    .unwrap_or("no answer from the service")
+            ),
+            _ => return Err(CliError(error_message(status, &answer))),
+        }
     }
 }
 
@@ -510,6 +688,17 @@ impl Client {
 
     /// POSTs `params` to `/v1/<method>`; the answer's JSON, or its error.
     fn call(&self, method: &str, params: &Value) -> Result<Value, CliError> {
+        let (status, value) = self.request(method, params)?;
+        if (200..300).contains(&status) {
+            Ok(value)
+        } else {
+            Err(CliError(error_message(status, &value)))
+        }
+    }
+
+    /// POSTs `params` to `/v1/<method>`; the HTTP status and the answer's
+    /// JSON, whatever the status. An error only when there is no JSON answer.
+    fn request(&self, method: &str, params: &Value) -> Result<(u16, Value), CliError> {
         let body = params.to_string();
         let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))
             .map_err(|e| CliError(format!("cannot reach the daemon at {}: {e}", self.addr)))?;
@@ -549,17 +738,16 @@ impl Client {
                 "answer from the daemon is not JSON (HTTP {status}): {e}"
             ))
         })?;
-        if (200..300).contains(&status) {
-            Ok(value)
-        } else {
-            Err(CliError(
-                value["error"]
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("HTTP {status}: {value}")),
-            ))
-        }
+        Ok((status, value))
     }
+}
+
+/// The message of an API error answer.
+fn error_message(status: u16, answer: &Value) -> String {
+    answer["error"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("HTTP {status}: {answer}"))
 }
 
 /// Decodes a chunked HTTP body.

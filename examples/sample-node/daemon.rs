@@ -59,6 +59,12 @@ pub struct DaemonArgs {
     /// the first start; without it a new wallet starts at the tip.
     #[arg(long, value_name = "HEIGHT")]
     pub wallet_birthday: Option<u32>,
+    /// Sell inbound liquidity to channel peers: they order an amount, pay a
+    /// fee over Lightning, and the daemon splices the amount in from its
+    /// wallet. Terms from the config file's [liquidity_service] table
+    /// (which also turns the service on), else the defaults.
+    #[arg(long)]
+    pub liquidity_service: bool,
     /// Crash tests only: serve the `crashat` command (see crash.rs).
     #[arg(long, hide = true)]
     pub enable_crash_points: bool,
@@ -80,6 +86,7 @@ impl DaemonArgs {
             reconnect_ms: None,
             log_level: None,
             wallet_birthday: None,
+            liquidity_service: false,
             enable_crash_points: false,
         }
     }
@@ -303,6 +310,24 @@ async fn serve(settings: Settings) -> Result<(), String> {
                 "a new wallet reads every block from height {height}: this can take a while"
             ));
             node.wallet_birthday_height(height)
+        }
+        None => node,
+    };
+    let node = match &settings.liquidity_service {
+        Some(terms) => {
+            let offered = format!(
+                "liquidity service on: {} to {} sat per order, fee {} sat + {} bp + {} WU of \
+                 mining, funding at least {} blocks old",
+                terms.min_amount.to_sat(),
+                terms.max_amount.to_sat(),
+                terms.fee_base.to_sat(),
+                terms.fee_basis,
+                terms.funding_weight,
+                terms.min_channel_age_blocks
+            );
+            progress(&offered);
+            log::info!("{offered}");
+            node.liquidity_service(Arc::new(terms.clone()))
         }
         None => node,
     };

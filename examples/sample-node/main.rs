@@ -14,6 +14,12 @@
 //! sample-node cli --datadir DIR splicein CHANNEL_ID NODE_ID 100000 --feerate 2 --wait locked
 //! sample-node cli --datadir DIR events
 //! sample-node cli --datadir DIR events --ack RUN:N
+//!
+//! # Inbound liquidity: the service runs with --liquidity-service (or a
+//! # [liquidity_service] table in its config file); a peer buys from it:
+//! sample-node cli --datadir DIR liquidity info SERVICE_NODE_ID
+//! sample-node cli --datadir DIR liquidity buy CHANNEL_ID 500000 --wait locked
+//! sample-node cli --datadir DIR liquidity orders
 //! ```
 //!
 //! Settings come from the command line, else the config file (`--config
@@ -34,8 +40,10 @@
 //! of at most 64 KiB (see `api.rs`); answers are JSON, errors `{"error":
 //! "..."}` with status 400 (bad parameters), 401 (no or wrong token,
 //! answered before any of the body is read), 404 (unknown command or id),
-//! 409 (an event id from an earlier run), 413 (body over 64 KiB) or 422
-//! (refused by the node, e.g. a `SpliceError`). Blocking node calls run on
+//! 409 (an event id from an earlier run), 413 (body over 64 KiB), 422
+//! (refused by the node, e.g. a `SpliceError`, or by a liquidity service),
+//! 429 (a liquidity service rate-limits us) or 503 (a liquidity service
+//! not connected or not answering). Blocking node calls run on
 //! a bounded blocking pool, never on the threads that drive peers and chain
 //! sync. The daemon logs to `DIR/logs/sample-node.log` (`--log-level`, or
 //! `RUST_LOG`).

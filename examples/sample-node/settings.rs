@@ -16,6 +16,12 @@
 //! else its default. The config file is `--config PATH`, or
 //! `DIR/sample-node.toml` when it exists (TOML; see [`ConfigFile`]).
 //!
+//! The liquidity service (selling inbound liquidity to channel peers, see
+//! `docs/liquidity-protocol.md`) is off unless `--liquidity-service` is
+//! given or the config file has a `[liquidity_service]` table (see
+//! [`LiquidityServiceConfig`]); its terms come from that table, else
+//! `StaticTerms::default()`.
+//!
 //! A config file that holds a password and is readable by group or others
 //! is refused: it is ours, its only purpose is to hold the secret, and
 //! `chmod 600` is the whole fix. A cookie file readable by group or others
@@ -28,7 +34,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use bitcoin::Network;
+use bitcoin::{Amount, Network};
+use ldk_splice::liquidity::StaticTerms;
 use serde::Deserialize;
 
 use crate::daemon::DaemonArgs;
@@ -52,6 +59,10 @@ pub const CONFIG_FILE: &str = "sample-node.toml";
 /// chain_poll_ms = 1000
 /// reconnect_ms = 5000
 /// log_level = "info"
+///
+/// [liquidity_service]                      # see LiquidityServiceConfig
+/// enable = true
+/// fee_base_sat = 2000
 /// ```
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +87,149 @@ pub struct ConfigFile {
     pub reconnect_ms: Option<u64>,
     /// Log level: error, warn, info, debug or trace.
     pub log_level: Option<String>,
+    /// The liquidity service and its terms.
+    pub liquidity_service: Option<LiquidityServiceConfig>,
+}
+
+/// The config file's `[liquidity_service]` table: sell inbound liquidity
+/// to channel peers (they order it, pay a fee over Lightning, and the
+/// daemon splices the amount in from its wallet). Every key is optional;
+/// the table's presence turns the service on unless `enable = false`.
+/// Amounts are in sat; what is left out is `StaticTerms::default()`'s:
+///
+/// ```toml
+/// [liquidity_service]
+/// enable = true
+/// min_amount_sat = 100000            # the least an order may add
+/// max_amount_sat = 10000000          # the most an order may add
+/// fee_base_sat = 1000                # charged per order
+/// fee_basis = 100                    # charged per amount, in basis points (100 = 1%)
+/// funding_weight = 500               # weight our inputs and change add; the buyer pays it
+/// quote_valid_secs = 600             # how long an order keeps its terms
+/// invoice_valid_secs = 600           # how long an order's fee invoice can be paid
+/// max_open_orders_per_peer = 2
+/// min_channel_age_blocks = 6         # confirmations a channel's funding needs
+/// max_requests_per_minute = 30       # per peer, every request counts
+/// max_committed_sat = 50000000       # the most in orders paid or splicing at once
+/// ```
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiquidityServiceConfig {
+    /// Run the service (default: true when the table is present).
+    pub enable: Option<bool>,
+    /// The least an order may add, in sat.
+    pub min_amount_sat: Option<u64>,
+    /// The most an order may add, in sat.
+    pub max_amount_sat: Option<u64>,
+    /// Charged per order, in sat.
+    pub fee_base_sat: Option<u64>,
+    /// Charged per amount, in basis points (1/10 000).
+    pub fee_basis: Option<u16>,
+    /// The weight the service's inputs and outputs add to a splice.
+    pub funding_weight: Option<u32>,
+    /// How long an order keeps its terms, in seconds.
+    pub quote_valid_secs: Option<u32>,
+    /// How long an order's invoice can be paid, in seconds.
+    pub invoice_valid_secs: Option<u32>,
+    /// The most orders a peer may have open at once.
+    pub max_open_orders_per_peer: Option<u16>,
+    /// The fewest confirmations a channel's funding needs.
+    pub min_channel_age_blocks: Option<u32>,
+    /// The most requests one peer may make per minute.
+    pub max_requests_per_minute: Option<u32>,
+    /// The most the service has in orders paid or splicing at once, in sat.
+    pub max_committed_sat: Option<u64>,
+}
+
+/// The most bitcoin there is, in sat.
+const MAX_MONEY_SAT: u64 = 21_000_000 * 100_000_000;
+
+/// How often `cli liquidity buy --wait` asks the service, per minute.
+const CLI_POLLS_PER_MINUTE: u32 = 20;
+
+impl LiquidityServiceConfig {
+    /// The terms: what the table gives, `StaticTerms::default()` for the
+    /// rest, checked.
+    pub fn terms(&self) -> Result<StaticTerms, String> {
+        let d = StaticTerms::default();
+        let sat =
+            |value: Option<u64>, default: Amount| value.map(Amount::from_sat).unwrap_or(default);
+        let terms = StaticTerms {
+            min_amount: sat(self.min_amount_sat, d.min_amount),
+            max_amount: sat(self.max_amount_sat, d.max_amount),
+            fee_base: sat(self.fee_base_sat, d.fee_base),
+            fee_basis: self.fee_basis.unwrap_or(d.fee_basis),
+            funding_weight: self.funding_weight.unwrap_or(d.funding_weight),
+            quote_valid_secs: self.quote_valid_secs.unwrap_or(d.quote_valid_secs),
+            invoice_valid_secs: self.invoice_valid_secs.unwrap_or(d.invoice_valid_secs),
+            max_open_orders_per_peer: self
+                .max_open_orders_per_peer
+                .unwrap_or(d.max_open_orders_per_peer),
+            min_channel_age_blocks: self
+                .min_channel_age_blocks
+                .unwrap_or(d.min_channel_age_blocks),
+            max_requests_per_minute: self
+                .max_requests_per_minute
+                .unwrap_or(d.max_requests_per_minute),
+            max_committed: sat(self.max_committed_sat, d.max_committed),
+        };
+        check_terms(&terms)?;
+        Ok(terms)
+    }
+}
+
+/// Refuses terms that cannot work: amounts over 21 million BTC, an empty
+/// amount range or one the committed limit cannot serve, a proportional fee
+/// over 100%, zero limits that would refuse every order.
+fn check_terms(t: &StaticTerms) -> Result<(), String> {
+    let (min, max) = (t.min_amount.to_sat(), t.max_amount.to_sat());
+    for (name, value) in [
+        ("min_amount_sat", min),
+        ("max_amount_sat", max),
+        ("fee_base_sat", t.fee_base.to_sat()),
+        ("max_committed_sat", t.max_committed.to_sat()),
+    ] {
+        if value > MAX_MONEY_SAT {
+            return Err(format!("{name} {value} is over 21 million BTC"));
+        }
+    }
+    if min == 0 {
+        return Err("min_amount_sat must be at least 1".into());
+    }
+    if min > max {
+        return Err(format!(
+            "min_amount_sat {min} is above max_amount_sat {max}"
+        ));
+    }
+    if max > t.max_committed.to_sat() {
+        return Err(format!(
+            "max_amount_sat {max} is above max_committed_sat {}: no order that large could be served",
+            t.max_committed.to_sat()
+        ));
+    }
+    if t.fee_basis > 10_000 {
+        return Err(format!(
+            "fee_basis {} is over 10000 (100% of the amount)",
+            t.fee_basis
+        ));
+    }
+    for (name, value) in [
+        ("quote_valid_secs", u64::from(t.quote_valid_secs)),
+        ("invoice_valid_secs", u64::from(t.invoice_valid_secs)),
+        (
+            "max_open_orders_per_peer",
+            u64::from(t.max_open_orders_per_peer),
+        ),
+        (
+            "max_requests_per_minute",
+            u64::from(t.max_requests_per_minute),
+        ),
+    ] {
+        if value == 0 {
+            return Err(format!("{name} must be at least 1 (0 refuses every order)"));
+        }
+    }
+    Ok(())
 }
 
 /// Where the bitcoind credentials came from (never the secret itself).
@@ -154,6 +308,8 @@ pub struct Settings {
     pub enable_crash_points: bool,
     /// Where a new wallet starts looking for its coins.
     pub wallet_birthday: Option<u32>,
+    /// The liquidity service's terms, when it runs.
+    pub liquidity_service: Option<StaticTerms>,
     /// The config file read, if any.
     pub config_path: Option<PathBuf>,
     /// Things the operator should know (shown on stderr and logged).
@@ -516,6 +672,24 @@ impl Settings {
         if !api.ip().is_loopback() {
             return Err(SettingsError::ApiNotLoopback(api));
         }
+        let table = config.liquidity_service.as_ref();
+        let liquidity_service =
+            if args.liquidity_service || table.is_some_and(|t| t.enable.unwrap_or(true)) {
+                let terms = table
+                    .map(LiquidityServiceConfig::terms)
+                    .unwrap_or_else(|| Ok(StaticTerms::default()))
+                    .map_err(|e| config_error(format!("[liquidity_service]: {e}")))?;
+                if terms.max_requests_per_minute < CLI_POLLS_PER_MINUTE {
+                    warnings.push(format!(
+                        "liquidity service: max_requests_per_minute {} is below the {} a minute \
+                     that `cli liquidity buy --wait` asks at; such a buyer will be rate limited",
+                        terms.max_requests_per_minute, CLI_POLLS_PER_MINUTE
+                    ));
+                }
+                Some(terms)
+            } else {
+                None
+            };
         Ok(Settings {
             datadir: args.datadir.clone(),
             network,
@@ -541,6 +715,7 @@ impl Settings {
             log_level,
             enable_crash_points: args.enable_crash_points,
             wallet_birthday: args.wallet_birthday,
+            liquidity_service,
             config_path,
             warnings,
         })
@@ -720,5 +895,122 @@ mod tests {
             Settings::resolve(&a, None),
             Err(SettingsError::ConfigReadable { .. })
         ));
+    }
+
+    #[test]
+    fn liquidity_service_from_the_flag_or_the_config_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("node.toml");
+        let mut a = args(&dir.path().join("data"));
+        let resolve = |a: &DaemonArgs| Settings::resolve(a, Some("u:p"));
+
+        // Off by default; the flag turns it on with the default terms.
+        assert_eq!(resolve(&a).unwrap().liquidity_service, None);
+        a.liquidity_service = true;
+        assert_eq!(
+            resolve(&a).unwrap().liquidity_service,
+            Some(StaticTerms::default())
+        );
+
+        // A table turns it on by itself; what it leaves out is the default.
+        a.liquidity_service = false;
+        a.config = Some(config_path.clone());
+        write(
+            &config_path,
+            "[liquidity_service]\nmin_amount_sat = 200000\nmax_amount_sat = 900000\n\
+             fee_base_sat = 2000\nfee_basis = 50\nfunding_weight = 600\n\
+             quote_valid_secs = 60\ninvoice_valid_secs = 120\nmax_open_orders_per_peer = 1\n\
+             min_channel_age_blocks = 3\nmax_requests_per_minute = 40\n\
+             max_committed_sat = 1000000\n",
+            0o600,
+        );
+        let terms = resolve(&a).unwrap().liquidity_service.unwrap();
+        assert_eq!(
+            terms,
+            StaticTerms {
+                min_amount: Amount::from_sat(200_000),
+                max_amount: Amount::from_sat(900_000),
+                fee_base: Amount::from_sat(2_000),
+                fee_basis: 50,
+                funding_weight: 600,
+                quote_valid_secs: 60,
+                invoice_valid_secs: 120,
+                max_open_orders_per_peer: 1,
+                min_channel_age_blocks: 3,
+                max_requests_per_minute: 40,
+                max_committed: Amount::from_sat(1_000_000),
+            }
+        );
+        write(&config_path, "[liquidity_service]\nfee_basis = 25\n", 0o600);
+        assert_eq!(
+            resolve(&a).unwrap().liquidity_service,
+            Some(StaticTerms {
+                fee_basis: 25,
+                ..StaticTerms::default()
+            })
+        );
+        // `enable = false` keeps it off, unless the flag says otherwise.
+        write(
+            &config_path,
+            "[liquidity_service]\nenable = false\nfee_basis = 25\n",
+            0o600,
+        );
+        assert_eq!(resolve(&a).unwrap().liquidity_service, None);
+        a.liquidity_service = true;
+        assert_eq!(
+            resolve(&a).unwrap().liquidity_service.unwrap().fee_basis,
+            25
+        );
+
+        // Terms that cannot work are refused, naming the keys.
+        let refused = |table: &str, words: &[&str]| {
+            write(
+                &config_path,
+                &format!("[liquidity_service]\n{table}"),
+                0o600,
+            );
+            let err = resolve(&a).unwrap_err();
+            let message = err.to_string();
+            for word in words {
+                assert!(
+                    message.contains(word),
+                    "{table}: {message:?} lacks {word:?}"
+                );
+            }
+        };
+        refused(
+            "min_amount_sat = 500000\nmax_amount_sat = 400000\n",
+            &["min_amount_sat 500000", "max_amount_sat 400000"],
+        );
+        refused("min_amount_sat = 0\n", &["min_amount_sat", "at least 1"]);
+        refused(
+            "max_committed_sat = 1000\n",
+            &["max_amount_sat", "max_committed_sat 1000"],
+        );
+        refused("max_amount_sat = 2100000000000001\n", &["21 million"]);
+        refused("fee_basis = 10001\n", &["fee_basis"]);
+        refused(
+            "max_requests_per_minute = 0\n",
+            &["max_requests_per_minute"],
+        );
+        refused("invoice_valid_secs = 0\n", &["invoice_valid_secs"]);
+        // Out of its type's range, or misspelt: the TOML error names it.
+        refused("fee_basis = 70000\n", &["fee_basis"]);
+        refused("fee_basis = -1\n", &["fee_basis"]);
+        refused("fee_bases = 1\n", &["fee_bases"]);
+        refused("min_amount_sat = \"lots\"\n", &["min_amount_sat"]);
+
+        // A low request limit is allowed, with a warning.
+        write(
+            &config_path,
+            "[liquidity_service]\nmax_requests_per_minute = 5\n",
+            0o600,
+        );
+        let s = resolve(&a).unwrap();
+        assert!(
+            s.warnings.iter().any(|w| w.contains("rate limited")),
+            "{:?}",
+            s.warnings
+        );
     }
 }
