@@ -308,7 +308,8 @@ async fn every_limit_refuses_without_splice_or_claim() {
         "{answer:?}"
     );
 
-    // A fee above the client's limit: the order exists, nothing is paid.
+    // A fee above the client's limit: refused from the terms, before any
+    // order exists.
     let costly = c
         .buy_liquidity(
             &channel_id,
@@ -320,11 +321,26 @@ async fn every_limit_refuses_without_splice_or_claim() {
     assert!(
         matches!(
             costly,
-            Err(NodeError::Liquidity(ClientError::FeeAboveLimit { .. }))
+            Err(NodeError::Liquidity(ClientError::FeeAboveLimit { max_fee, .. }))
+                if max_fee == Amount::from_sat(10)
         ),
         "{costly:?}"
     );
-    // That order is open (unpaid), so a second one is one too many.
+    assert!(s.liquidity_service_orders().is_empty(), "nothing ordered");
+    // An order left unpaid is open, so a second one is one too many.
+    let id = c.liquidity_client().create_order(
+        s.node_id(),
+        ldk_splice::liquidity::CreateOrder {
+            channel_id,
+            amount: Amount::from_sat(200_000),
+            client_order_id: "unpaid".into(),
+        },
+    );
+    c.peer_manager().process_events();
+    assert!(matches!(
+        wait_answer(c, &id).await,
+        Ok(ldk_splice::liquidity::Answer::Order(_))
+    ));
     let many = refused(
         c.buy_liquidity(&channel_id, Amount::from_sat(200_000), MAX_FEE, None)
             .await,
@@ -336,13 +352,13 @@ async fn every_limit_refuses_without_splice_or_claim() {
             &channel_id,
             Amount::from_sat(300_000),
             MAX_FEE,
-            Some("too-dear".into()),
+            Some("unpaid".into()),
         )
         .await,
     );
     assert_eq!(reused, OrderError::ClientOrderIdReused);
 
-    // Requests over the per-minute limit (14: nine made above).
+    // Requests over the per-minute limit (14, all made above).
     let mut limited = None;
     for _ in 0..10 {
         if let Err(e) = c.liquidity_terms(s.node_id()).await {

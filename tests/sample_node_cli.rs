@@ -762,8 +762,8 @@ async fn sample_node_buys_inbound_liquidity() {
         c,
         &["liquidity", "buy", &channel_id, "500000", "--max-fee", "10"],
         &[
+            "would cost",
             "above the limit of 10 sat",
-            "2000 base + 2500 proportional",
             "nothing was ordered",
         ],
     );

@@ -575,24 +575,6 @@ fn channel_json(node: &Node, c: &lightning::ln::channel_state::ChannelDetails) -
     })
 }
 
-/// The text of an error a liquidity service answered. `OrderError::from_rpc`
-/// keeps a whole message as the reason of `LiquidityUnavailable` and
-/// `ServiceUnavailable`, and their `Display` prefixes it again: show such a
-/// message once.
-fn order_error_text(error: &OrderError) -> String {
-    match error {
-        OrderError::LiquidityUnavailable { reason }
-            if reason.starts_with("liquidity unavailable") =>
-        {
-            reason.clone()
-        }
-        OrderError::ServiceUnavailable { reason } if reason.starts_with("service unavailable") => {
-            reason.clone()
-        }
-        other => other.to_string(),
-    }
-}
-
 /// A failed liquidity call as an API error: the service's refusal (its
 /// `OrderError` text) is a 422, or a 429 when it rate-limits us; a peer
 /// that does not know the protocol's methods runs no service (422); a peer
@@ -602,9 +584,9 @@ fn liquidity_error(error: NodeError) -> ApiError {
         NodeError::Liquidity(ClientError::Refused(rpc)) => match OrderError::from_rpc(rpc) {
             Some(e @ OrderError::RateLimited { .. }) => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                format!("the service refused: {}", order_error_text(&e)),
+                format!("the service refused: {e}"),
             ),
-            Some(e) => ApiError::refused(format!("the service refused: {}", order_error_text(&e))),
+            Some(e) => ApiError::refused(format!("the service refused: {e}")),
             None if rpc.code == METHOD_NOT_FOUND => ApiError::refused(format!(
                 "the peer runs no liquidity service (it answered: {rpc})"
             )),
@@ -863,38 +845,10 @@ async fn dispatch(state: &Arc<AppState>, command: &str, p: Value) -> ApiResult {
                      0-9, '.', '_', '-'"
                 )));
             }
-            let service = node
-                .channel(&channel_id)
-                .ok_or_else(|| {
-                    ApiError::not_found(format!(
-                        "no channel {}",
-                        channel_id.0.to_lower_hex_string()
-                    ))
-                })?
-                .counterparty
-                .node_id;
-            // Price it from the service's terms first: an order refused
-            // for its fee after it was made would stay open, unpaid, at
-            // the service until it expires, holding one of our open-order
-            // slots there. (The node checks the order's own fee again.)
-            let terms = node
-                .liquidity_terms(service)
-                .await
-                .map_err(liquidity_error)?;
-            if let Some(quote) = terms
-                .fee_for(amount, terms.feerate)
-                .filter(|quote| quote.total > max_fee)
-            {
-                return Err(ApiError::refused(format!(
-                    "the order would cost {} sat ({} base + {} proportional + {} mining at {} \
-                     sat/kwu), above the limit of {} sat; nothing was ordered or paid (raise \
-                     max_fee_sat, --max-fee on the CLI)",
-                    quote.total.to_sat(),
-                    quote.base.to_sat(),
-                    quote.proportional.to_sat(),
-                    quote.mining.to_sat(),
-                    quote.feerate.to_sat_per_kwu(),
-                    max_fee.to_sat()
+            if node.channel(&channel_id).is_none() {
+                return Err(ApiError::not_found(format!(
+                    "no channel {}",
+                    channel_id.0.to_lower_hex_string()
                 )));
             }
             let bought = node

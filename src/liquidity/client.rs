@@ -58,7 +58,8 @@ pub enum ClientError {
     BadAnswer(String),
     /// The connection to the service dropped before it answered.
     Disconnected,
-    /// The order costs more than the client allowed (nothing was paid).
+    /// The order would cost more than the client allows: nothing was paid
+    /// (and, when the service's terms showed it, nothing was ordered).
     FeeAboveLimit {
         /// The order's fee.
         fee: Amount,
@@ -75,7 +76,7 @@ impl std::fmt::Display for ClientError {
             ClientError::Disconnected => write!(f, "the service disconnected before answering"),
             ClientError::FeeAboveLimit { fee, max_fee } => write!(
                 f,
-                "the order's fee of {} sat is above the limit of {} sat; nothing was paid",
+                "the order would cost {} sat, above the limit of {} sat; nothing was ordered or paid",
                 fee.to_sat(),
                 max_fee.to_sat()
             ),

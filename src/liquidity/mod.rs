@@ -21,8 +21,8 @@ pub use msgs::{
 };
 pub use policy::{LiquidityPolicy, StaticTerms};
 pub use service::{
-    LiquidityService, ServiceOrderView, GIVE_UP_BLOCKS_BEFORE_CLAIM_DEADLINE,
-    INVOICE_MIN_FINAL_CLTV_EXPIRY_DELTA,
+    FailedBackHook, LiquidityService, ServiceOrderView, GIVE_UP_BLOCKS_BEFORE_CLAIM_DEADLINE,
+    INVOICE_MIN_FINAL_CLTV_EXPIRY_DELTA, MAX_SPLICE_ATTEMPTS,
 };
 pub use wire::{
     parse, request, response, Incoming, RawMessage, RpcError, INTERNAL_ERROR, INVALID_PARAMS,

@@ -349,6 +349,10 @@ impl OrderError {
             OrderError::RateLimited { retry_after_secs } => {
                 error.with_data(json!({ "retry_after_secs": retry_after_secs }))
             }
+            OrderError::LiquidityUnavailable { reason }
+            | OrderError::ServiceUnavailable { reason } => {
+                error.with_data(json!({ "reason": reason }))
+            }
             _ => error,
         }
     }
@@ -368,6 +372,19 @@ impl OrderError {
                 .and_then(Value::as_u64)
                 .unwrap_or(0)
         };
+        // The reason alone: from `data`, else the message less its prefix.
+        let reason = |prefix: &str| {
+            data.and_then(|d| d.get("reason"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| {
+                    error
+                        .message
+                        .strip_prefix(prefix)
+                        .unwrap_or(&error.message)
+                        .to_string()
+                })
+        };
         Some(match error.code {
             1 => OrderError::AmountOutOfRange {
                 min: sat("min_amount_sat"),
@@ -386,10 +403,10 @@ impl OrderError {
             },
             6 => OrderError::ClientOrderIdReused,
             7 => OrderError::LiquidityUnavailable {
-                reason: error.message.clone(),
+                reason: reason("liquidity unavailable: "),
             },
             8 => OrderError::ServiceUnavailable {
-                reason: error.message.clone(),
+                reason: reason("service unavailable: "),
             },
             9 => OrderError::UnknownOrder,
             _ => return None,

@@ -51,6 +51,9 @@ pub const GIVE_UP_BLOCKS_BEFORE_CLAIM_DEADLINE: u32 = 48;
 /// it fails the fee back.
 pub const MAX_SPLICE_ATTEMPTS: u32 = 3;
 
+/// What [`LiquidityService::on_failed_back`] calls.
+pub type FailedBackHook = Box<dyn Fn(PaymentHash) + Send + Sync>;
+
 /// An order as the service keeps it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct ServiceOrder {
@@ -125,7 +128,7 @@ where
     entropy: Arc<dyn EntropySource + Send + Sync>,
     store: SharedStore,
     state: Mutex<State>,
-    failed_back: Mutex<Option<Box<dyn Fn(PaymentHash) + Send + Sync>>>,
+    failed_back: Mutex<Option<FailedBackHook>>,
 }
 
 impl<CM: Deref, F: Deref> LiquidityService<CM, F>
@@ -168,7 +171,7 @@ where
     /// Calls `f` with the payment hash of each fee HTLC the service fails
     /// back (with no lock held), e.g. to mark the payment failed in the
     /// application's own records.
-    pub fn on_failed_back(&self, f: Box<dyn Fn(PaymentHash) + Send + Sync>) {
+    pub fn on_failed_back(&self, f: FailedBackHook) {
         *self.failed_back.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
     }
 

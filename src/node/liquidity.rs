@@ -81,7 +81,9 @@ impl Node {
     }
 
     /// Buys `amount` of inbound liquidity on `channel_id` from its
-    /// counterparty: orders it, checks the order (channel, amount, a fee
+    /// counterparty: prices it from the service's terms (refusing with
+    /// [`ClientError::FeeAboveLimit`] before ordering when the fee would be
+    /// above `max_fee`), orders it, checks the order (channel, amount, a fee
     /// that adds up, an invoice from the service for exactly the fee, at
     /// most `max_fee`) and pays the fee invoice. The service splices
     /// `amount` in and claims the fee only once the splice is broadcast;
@@ -118,6 +120,28 @@ impl Node {
             return Err(NodeError::InvalidInput(
                 "client_order_id must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '-'".into(),
             ));
+        }
+        // A new order is priced from the service's terms first: one refused
+        // for its fee after it was made would stay open, unpaid, at the
+        // service until it expires, holding one of our open-order slots.
+        let known = self
+            .liquidity
+            .client
+            .orders()
+            .iter()
+            .any(|o| o.service == service && o.order.client_order_id == client_order_id);
+        if !known {
+            let terms = self.liquidity_terms(service).await?;
+            if let Some(fee) = terms
+                .fee_for(amount, terms.feerate)
+                .map(|quote| quote.total)
+                .filter(|total| *total > max_fee)
+            {
+                return Err(NodeError::Liquidity(ClientError::FeeAboveLimit {
+                    fee,
+                    max_fee,
+                }));
+            }
         }
         let request = CreateOrder {
             channel_id: *channel_id,
