@@ -100,6 +100,31 @@ pub enum SpliceError {
     /// The journal (or the wallet's state) could not be written; what the
     /// write was for was not done.
     Persistence(String),
+    /// A fee bump's feerate is below the least LDK accepts for it now: 25/24
+    /// of the previous candidate's and at least 25 sat/kwu more.
+    BumpFeeRateTooLow {
+        /// The feerate asked for.
+        feerate: FeeRate,
+        /// The least a bump may pay now.
+        min_feerate: FeeRate,
+    },
+    /// The splice has had many candidates: a further bump must pay at least
+    /// the current fee estimate.
+    TooManyCandidates {
+        /// Its candidates so far.
+        candidates: usize,
+        /// The least a bump may pay now.
+        min_feerate: FeeRate,
+    },
+    /// The channel is zero-conf: its splices cannot be replaced.
+    ZeroConfChannel(ChannelId),
+    /// The splice cannot be bumped.
+    NothingToBump {
+        /// The splice.
+        id: SpliceId,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for SpliceError {
@@ -167,6 +192,32 @@ impl std::fmt::Display for SpliceError {
             SpliceError::Lightning(why) => write!(f, "LDK refused the splice: {why}"),
             SpliceError::Wallet(e) => write!(f, "{e}"),
             SpliceError::Persistence(e) => write!(f, "could not write the splice journal: {e}"),
+            SpliceError::BumpFeeRateTooLow {
+                feerate,
+                min_feerate,
+            } => write!(
+                f,
+                "a fee bump must pay at least {} sat/kwu ({:.2} sat/vB); {} sat/kwu asked",
+                min_feerate.to_sat_per_kwu(),
+                min_feerate.to_sat_per_kwu() as f64 / 250.0,
+                feerate.to_sat_per_kwu()
+            ),
+            SpliceError::TooManyCandidates {
+                candidates,
+                min_feerate,
+            } => write!(
+                f,
+                "the splice has {candidates} candidates already: a further bump must pay at \
+                 least the current estimate of {} sat/kwu",
+                min_feerate.to_sat_per_kwu()
+            ),
+            SpliceError::ZeroConfChannel(id) => write!(
+                f,
+                "channel {id} is zero-conf: its splices cannot be replaced by fee bumps"
+            ),
+            SpliceError::NothingToBump { id, reason } => {
+                write!(f, "splice {id} cannot be bumped: {reason}")
+            }
         }
     }
 }

@@ -23,7 +23,10 @@ mod weights;
 pub use batch::{
     BatchCoordinator, BatchPart, BatchPlan, BatchQuote, BatchRecord, Leg, LegQuote, LegRole,
 };
-pub use coordinator::{CoordinatorConfig, Destination, Payout, ResizeRequest, SpliceCoordinator};
+pub use coordinator::{
+    BumpQuote, CoordinatorConfig, Destination, Payout, ResizeRequest, SpliceCoordinator,
+    MAX_LOW_FEERATE_CANDIDATES,
+};
 pub use error::SpliceError;
 #[doc(hidden)]
 pub use events::EventNotifier;
@@ -32,7 +35,7 @@ pub use fees::{FeePolicy, FeeRateSource, FundingFeeEstimator, SpliceQuote};
 pub use ids::{BatchId, ChannelRef, SpliceId};
 pub use logger::LogBridge;
 pub use record::{
-    BatchState, SpliceCandidate, SpliceOrigin, SpliceOutput, SpliceRecord, SpliceState,
+    BatchState, FeeBump, SpliceCandidate, SpliceOrigin, SpliceOutput, SpliceRecord, SpliceState,
 };
 pub use store::{SharedStore, PERSISTENCE_NAMESPACE};
 #[cfg(feature = "bdk")]

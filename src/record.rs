@@ -210,12 +210,38 @@ pub struct SpliceRecord {
     /// queued move starting after its batch was signed is signed alone).
     #[serde(default)]
     pub sign_with_batch: bool,
+    /// A fee bump of ours under way: written before LDK is asked for it,
+    /// cleared when its transaction is negotiated (a new candidate) or the
+    /// round fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bump: Option<FeeBump>,
     /// When it was requested.
     #[serde(with = "crate::ids::unix_seconds")]
     pub created_at: SystemTime,
     /// When it last changed.
     #[serde(with = "crate::ids::unix_seconds")]
     pub updated_at: SystemTime,
+}
+
+/// A fee bump (RBF) of a broadcast splice, from its request until LDK has
+/// negotiated its transaction or dropped the round.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct FeeBump {
+    /// The feerate it asks for.
+    #[serde(rename = "feerate_sat_per_kwu")]
+    pub feerate: FeeRate,
+    /// Our share of its fee, as LDK estimated it.
+    #[serde(with = "bitcoin::amount::serde::as_sat")]
+    pub fee: Amount,
+    /// Wallet coins it adds to the splice's (locked with them).
+    pub added_inputs: Vec<OutPoint>,
+    /// How many candidates the splice had when the bump was asked for: a
+    /// later one is the bump's.
+    pub candidates_before: usize,
+    /// When it was asked for.
+    #[serde(with = "crate::ids::unix_seconds")]
+    pub started_at: SystemTime,
 }
 
 /// One transaction negotiated for a splice, with what it costs us.

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::batch::{BatchPart, BatchRecord};
 use crate::ids::{from_unix_seconds, to_unix_seconds, BatchId, SpliceId};
 use crate::record::{
-    BatchState, SpliceCandidate, SpliceOrigin, SpliceOutput, SpliceRecord, SpliceState,
+    BatchState, FeeBump, SpliceCandidate, SpliceOrigin, SpliceOutput, SpliceRecord, SpliceState,
 };
 
 /// A splice record as the journal stores it.
@@ -47,8 +47,22 @@ pub(crate) struct StoredSplice {
     batch: Option<BatchId>,
     #[serde(default)]
     sign_with_batch: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bump: Option<StoredBump>,
     created_at: u64,
     updated_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredBump {
+    feerate_sat_per_kwu: u64,
+    #[serde(with = "bitcoin::amount::serde::as_sat")]
+    fee: Amount,
+    #[serde(default)]
+    added_inputs: Vec<OutPoint>,
+    #[serde(default)]
+    candidates_before: usize,
+    started_at: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,6 +107,13 @@ impl From<&SpliceRecord> for StoredSplice {
             confirmation_height: r.confirmation_height,
             batch: r.batch,
             sign_with_batch: r.sign_with_batch,
+            bump: r.bump.as_ref().map(|b| StoredBump {
+                feerate_sat_per_kwu: b.feerate.to_sat_per_kwu(),
+                fee: b.fee,
+                added_inputs: b.added_inputs.clone(),
+                candidates_before: b.candidates_before,
+                started_at: to_unix_seconds(b.started_at),
+            }),
             created_at: to_unix_seconds(r.created_at),
             updated_at: to_unix_seconds(r.updated_at),
         }
@@ -131,6 +152,13 @@ impl From<StoredSplice> for SpliceRecord {
             confirmation_height: s.confirmation_height,
             batch: s.batch,
             sign_with_batch: s.sign_with_batch,
+            bump: s.bump.map(|b| FeeBump {
+                feerate: FeeRate::from_sat_per_kwu(b.feerate_sat_per_kwu),
+                fee: b.fee,
+                added_inputs: b.added_inputs,
+                candidates_before: b.candidates_before,
+                started_at: from_unix_seconds(b.started_at),
+            }),
             created_at: from_unix_seconds(s.created_at),
             updated_at: from_unix_seconds(s.updated_at),
         }

@@ -100,6 +100,14 @@ where
             if !r.has_candidate(&txid) {
                 r.add_candidate(txid);
             }
+            // A newer transaction than the last negotiated one: our fee
+            // bump, if one is under way (or the counterparty's round that
+            // took our contribution in).
+            if r.txid != Some(txid) {
+                if let Some(bump) = r.bump.take() {
+                    r.feerate = bump.feerate;
+                }
+            }
             r.txid = Some(txid);
         })?;
         if let Some(tx) = state.signed.remove(&txid) {
@@ -127,7 +135,8 @@ where
             return Ok(());
         }
         if record.state.is_broadcast() {
-            log::info!("{}: a fee bump of it failed: {reason}", record.id);
+            log::info!("{}: a fee bump round failed: {reason}", record.id);
+            self.drop_bump(state, record.id, reason);
             return Ok(());
         }
         let ended = if record.state.is_signed() {

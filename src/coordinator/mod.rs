@@ -13,6 +13,7 @@
 //! the narrow `pub(crate)` interface of [`request`] and [`signing`], and
 //! hear about their legs through [`Notice`]s.
 
+mod bump;
 mod engine;
 mod handoff;
 mod ldk_events;
@@ -31,6 +32,7 @@ use lightning::chain::chaininterface::FeeEstimator;
 use lightning::ln::channelmanager::AChannelManager;
 use lightning::ln::types::ChannelId;
 
+pub use bump::{BumpQuote, MAX_LOW_FEERATE_CANDIDATES};
 pub use request::{Destination, Payout, ResizeRequest};
 
 pub(crate) use engine::Update;

@@ -381,6 +381,7 @@ where
             confirmation_height: None,
             batch: None,
             sign_with_batch: false,
+            bump: None,
             created_at: now,
             updated_at: now,
         }

@@ -153,7 +153,54 @@ where
                 return Ok(());
             }
         }
+        if record.bump.is_some() && !record.is_theirs() {
+            self.refresh_bump(state, record, candidates)?;
+        }
         self.refresh_depth(state, id, details, tip)
+    }
+
+    /// A fee bump of ours: LDK negotiated it while we did not look (the
+    /// candidate is adopted), or has no round for it any more (a restart
+    /// drops a round not yet signed; the bump is cleared and may be asked
+    /// for again).
+    fn refresh_bump(
+        &self,
+        state: &mut State,
+        record: &SpliceRecord,
+        candidates: &[SpliceCandidateDetails],
+    ) -> Result<(), SpliceError> {
+        let Some(bump) = &record.bump else {
+            return Ok(());
+        };
+        let negotiated = negotiated(candidates);
+        // The newest candidate is the bump's once it was signed; LDK lists
+        // it negotiated once both sides signed.
+        let bumped = record
+            .candidates
+            .get(bump.candidates_before..)
+            .and_then(|new| new.last())
+            .map(|c| c.txid)
+            .filter(|txid| negotiated.contains(txid));
+        if let Some(txid) = bumped {
+            self.step(state, record.id, record.state.clone(), |r| {
+                if let Some(bump) = r.bump.take() {
+                    r.feerate = bump.feerate;
+                }
+                r.txid = Some(txid);
+            })?;
+            return Ok(());
+        }
+        let in_progress = candidates
+            .iter()
+            .any(|c| !matches!(c.status, SpliceCandidateStatus::Negotiated { .. }));
+        if !in_progress && record.candidates.len() == bump.candidates_before {
+            self.drop_bump(
+                state,
+                record.id,
+                "LDK has no round of it (the node restarted, or the round failed)",
+            );
+        }
+        Ok(())
     }
 
     /// The splice's confirmation depth, as LDK counts it: the first
@@ -247,6 +294,7 @@ where
             confirmation_height: None,
             batch: None,
             sign_with_batch: false,
+            bump: None,
             created_at: now,
             updated_at: now,
         };

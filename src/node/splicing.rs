@@ -102,6 +102,25 @@ impl Node {
         result
     }
 
+    /// Replaces broadcast splice `id` with a transaction paying a higher
+    /// fee, keeping its amount and destinations (see
+    /// [`SpliceCoordinator::bump_fee`](crate::SpliceCoordinator::bump_fee)).
+    pub fn bump_fee(&self, id: SpliceId, fee: FeePolicy) -> Result<SpliceId, SpliceError> {
+        let result = self.coordinator.bump_fee(id, fee);
+        self.send_queued_messages();
+        result
+    }
+
+    /// What a fee bump of splice `id` would cost, without reserving or
+    /// sending anything.
+    pub fn quote_bump_fee(
+        &self,
+        id: SpliceId,
+        fee: FeePolicy,
+    ) -> Result<crate::BumpQuote, SpliceError> {
+        self.coordinator.quote_bump_fee(id, fee)
+    }
+
     /// The record of a splice.
     pub fn splice_status(&self, id: SpliceId) -> Option<SpliceRecord> {
         self.coordinator.splice_status(id)

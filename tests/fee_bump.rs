@@ -1,0 +1,193 @@
+//! Fee bumps (RBF) of our own splices: a splice broadcast at a low feerate
+//! is replaced by one paying more, the old transaction leaves the mempool,
+//! and the splice locks on the replacement with exact balances. Real nodes
+//! on the devchain, whose fee estimate the test raises.
+
+mod common;
+
+use bitcoin::{Amount, FeeRate};
+use common::*;
+use ldk_splice::{FeePolicy, SpliceError, SpliceId, SpliceRecord, SpliceState};
+
+const CAPACITY: Amount = Amount::from_sat(1_000_000);
+const LOW: FeeRate = FeeRate::from_sat_per_kwu(253);
+const HIGH: FeeRate = FeeRate::from_sat_per_kwu(5_000);
+
+/// Waits until splice `id` of `node` has `n` candidates and the newest is
+/// negotiated (its txid is the record's).
+async fn wait_candidates(node: &ldk_splice::node::Node, id: SpliceId, n: usize) -> SpliceRecord {
+    node.wait_until(WAIT, "the bump to be negotiated", |node| {
+        node.splice_status(id).is_some_and(|r| {
+            r.candidates.len() == n
+                && r.bump.is_none()
+                && r.txid == r.candidates.last().map(|c| c.txid)
+        })
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{:?}", node.splice_status(id)));
+    node.splice_status(id).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_splice_in_bumped_replaces_its_transaction_and_locks_with_exact_balances() {
+    let Setup {
+        chain,
+        alice,
+        bob,
+        channel_id,
+    } = two_nodes_with_channel(CAPACITY, 100_000_000).await;
+    let (a, b) = (&alice.node, &bob.node);
+    let wallet_before = a.onchain_balance().confirmed;
+    let alice_before = a.channel_balance(&channel_id).unwrap();
+    let bob_before = b.channel_balance(&channel_id).unwrap();
+    let added = Amount::from_sat(250_000);
+
+    let id = a
+        .splice_in(&channel_id, &b.node_id(), added, FeePolicy::fixed(LOW))
+        .expect("splice-in");
+    let first = a
+        .wait_for_splice(id, WAIT, |s| *s == SpliceState::Broadcast)
+        .await
+        .unwrap();
+    let first_txid = first.txid.unwrap();
+    wait_in_mempool(&chain, &first_txid).await;
+    let first_fee = fee_of(&chain, &chain.transaction(&first_txid).unwrap());
+    assert_eq!(first_fee, first.fee);
+
+    // The mempool moved on; the bump below the minimum is refused with it.
+    chain.set_fee_rate(FeeRate::from_sat_per_vb(20).unwrap());
+    let too_low = a.bump_fee(id, FeePolicy::fixed(FeeRate::from_sat_per_kwu(260)));
+    let min_feerate = match too_low {
+        Err(SpliceError::BumpFeeRateTooLow { min_feerate, .. }) => min_feerate,
+        other => panic!("{other:?}"),
+    };
+    assert!(min_feerate > LOW && min_feerate <= HIGH, "{min_feerate}");
+    let over_budget = a.bump_fee(
+        id,
+        FeePolicy::fixed(HIGH).with_max_fee(Amount::from_sat(100)),
+    );
+    assert!(
+        matches!(over_budget, Err(SpliceError::FeeTooHigh { .. })),
+        "{over_budget:?}"
+    );
+    assert!(
+        a.splice_status(id).unwrap().bump.is_none(),
+        "nothing under way"
+    );
+
+    let quote = a.quote_bump_fee(id, FeePolicy::fixed(HIGH)).expect("quote");
+    assert_eq!(quote.feerate, HIGH);
+    assert_eq!(quote.previous_fee, first.fee);
+    assert!(!quote.adds_inputs, "the change pays for it");
+    assert_eq!(a.bump_fee(id, FeePolicy::fixed(HIGH)).expect("bumped"), id);
+    let bumped = wait_candidates(a, id, 2).await;
+    let second_txid = bumped.txid.unwrap();
+    assert_ne!(second_txid, first_txid);
+    assert_eq!(bumped.fee, quote.fee, "the fee the quote said");
+    assert_eq!(bumped.feerate, HIGH);
+    wait_in_mempool(&chain, &second_txid).await;
+    assert!(
+        !chain.mempool_txids().contains(&first_txid),
+        "the old transaction was replaced"
+    );
+    let second_tx = chain.transaction(&second_txid).unwrap();
+    assert_eq!(fee_of(&chain, &second_tx), bumped.fee);
+    assert!(bumped.fee > first_fee);
+    assert_eq!(bumped.inputs, first.inputs, "the same coins, less change");
+
+    let locked = mine_to_lock(&chain, a, b, id).await;
+    assert_eq!(locked.txid, Some(second_txid));
+    assert_eq!(locked.fee, bumped.fee);
+    let channel = a.channel(&channel_id).unwrap();
+    assert_eq!(channel.channel_value_satoshis, (CAPACITY + added).to_sat());
+    assert_eq!(channel.funding_txo.unwrap().txid, second_txid);
+    assert_eq!(
+        a.channel_balance(&channel_id).unwrap(),
+        alice_before + added
+    );
+    assert_eq!(b.channel_balance(&channel_id).unwrap(), bob_before);
+    a.wait_until(WAIT, "the wallet to see the final fee", |n| {
+        n.onchain_balance().confirmed == wallet_before - added - locked.fee
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "wallet {:?}, expected {}",
+            a.onchain_balance(),
+            wallet_before - added - locked.fee
+        )
+    });
+    assert!(a.coordinator().locked_coins().is_empty());
+    // Confirmed: nothing left to bump.
+    assert!(matches!(
+        a.bump_fee(id, FeePolicy::fixed(HIGH)),
+        Err(SpliceError::NothingToBump { .. })
+    ));
+    pay(a, b, 10_000_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_splice_out_bumped_pays_the_higher_fee_from_the_channel() {
+    let Setup {
+        chain,
+        alice,
+        bob,
+        channel_id,
+    } = two_nodes_with_channel(CAPACITY, 100_000_000).await;
+    let (a, b) = (&alice.node, &bob.node);
+    let wallet_before = a.onchain_balance().confirmed;
+    let alice_before = a.channel_balance(&channel_id).unwrap();
+    let bob_before = b.channel_balance(&channel_id).unwrap();
+    let amount = Amount::from_sat(200_000);
+    let to = address_of(b);
+
+    let id = a
+        .splice_out(
+            &channel_id,
+            &b.node_id(),
+            amount,
+            ldk_splice::Destination::Address(to.as_unchecked().clone()),
+            FeePolicy::fixed(LOW),
+        )
+        .expect("splice-out");
+    let first = a
+        .wait_for_splice(id, WAIT, |s| *s == SpliceState::Broadcast)
+        .await
+        .unwrap();
+    let first_txid = first.txid.unwrap();
+    wait_in_mempool(&chain, &first_txid).await;
+    chain.set_fee_rate(FeeRate::from_sat_per_vb(20).unwrap());
+    a.bump_fee(id, FeePolicy::fixed(HIGH)).expect("bumped");
+    let bumped = wait_candidates(a, id, 2).await;
+    let second_txid = bumped.txid.unwrap();
+    wait_in_mempool(&chain, &second_txid).await;
+    assert!(!chain.mempool_txids().contains(&first_txid));
+    let second_tx = chain.transaction(&second_txid).unwrap();
+    assert_eq!(fee_of(&chain, &second_tx), bumped.fee);
+    assert!(bumped.inputs.is_empty(), "still no wallet coin");
+    assert!(
+        second_tx
+            .output
+            .iter()
+            .any(|o| o.script_pubkey == to.script_pubkey() && o.value == amount),
+        "the same payout"
+    );
+
+    let locked = mine_to_lock(&chain, a, b, id).await;
+    assert_eq!(locked.txid, Some(second_txid));
+    let fee = locked.fee;
+    assert_eq!(fee, bumped.fee);
+    assert_eq!(locked.net_value.to_sat(), -((amount + fee).to_sat() as i64));
+    let channel = a.channel(&channel_id).unwrap();
+    assert_eq!(
+        channel.channel_value_satoshis,
+        (CAPACITY - amount - fee).to_sat()
+    );
+    assert_eq!(
+        a.channel_balance(&channel_id).unwrap(),
+        alice_before - amount - fee
+    );
+    assert_eq!(b.channel_balance(&channel_id).unwrap(), bob_before);
+    assert_eq!(a.onchain_balance().confirmed, wallet_before);
+    pay(a, b, 10_000_000).await;
+}
