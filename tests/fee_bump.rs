@@ -191,3 +191,215 @@ async fn a_splice_out_bumped_pays_the_higher_fee_from_the_channel() {
     assert_eq!(a.onchain_balance().confirmed, wallet_before);
     pay(a, b, 10_000_000).await;
 }
+
+/// A splice-in at the low feerate, broadcast and in the mempool; then the
+/// estimate rises to 20 sat/vB.
+async fn low_splice_in(
+    chain: &ldk_splice::devchain::DevChain,
+    a: &ldk_splice::node::Node,
+    b: &ldk_splice::node::Node,
+    channel_id: &lightning::ln::types::ChannelId,
+    added: Amount,
+) -> (SpliceId, SpliceRecord) {
+    let id = a
+        .splice_in(channel_id, &b.node_id(), added, FeePolicy::fixed(LOW))
+        .expect("splice-in");
+    let first = a
+        .wait_for_splice(id, WAIT, |s| *s == SpliceState::Broadcast)
+        .await
+        .unwrap();
+    wait_in_mempool(chain, &first.txid.unwrap()).await;
+    chain.set_fee_rate(FeeRate::from_sat_per_vb(20).unwrap());
+    a.bitcoind().update_fee_estimates().await;
+    (id, first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_earlier_candidate_confirming_after_the_bump_is_the_one_that_locks() {
+    let Setup {
+        chain,
+        alice,
+        bob,
+        channel_id,
+    } = two_nodes_with_channel(CAPACITY, 100_000_000).await;
+    let (a, b) = (&alice.node, &bob.node);
+    let wallet_before = a.onchain_balance().confirmed;
+    let alice_before = a.channel_balance(&channel_id).unwrap();
+    let added = Amount::from_sat(250_000);
+    let (id, first) = low_splice_in(&chain, a, b, &channel_id, added).await;
+    let first_txid = first.txid.unwrap();
+    let first_tx = chain.transaction(&first_txid).unwrap();
+
+    a.bump_fee(id, FeePolicy::fixed(HIGH)).expect("bumped");
+    let bumped = wait_candidates(a, id, 2).await;
+    wait_in_mempool(&chain, &bumped.txid.unwrap()).await;
+    // A miner takes the old one.
+    chain
+        .mine_block_with(&[first_tx])
+        .expect("old candidate mined");
+    let locked = mine_to_lock(&chain, a, b, id).await;
+    assert_eq!(locked.txid, Some(first_txid), "locked on what confirmed");
+    assert_eq!(locked.fee, first.fee, "and reports its fee");
+    let channel = a.channel(&channel_id).unwrap();
+    assert_eq!(channel.funding_txo.unwrap().txid, first_txid);
+    assert_eq!(channel.channel_value_satoshis, (CAPACITY + added).to_sat());
+    assert_eq!(
+        a.channel_balance(&channel_id).unwrap(),
+        alice_before + added
+    );
+    a.wait_until(WAIT, "the wallet to settle on the old candidate", |n| {
+        let balance = n.onchain_balance();
+        balance.confirmed == wallet_before - added - first.fee
+            && balance.untrusted_pending == Amount::ZERO
+            && balance.pending == Amount::ZERO
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "wallet {:?}, expected {}",
+            a.onchain_balance(),
+            wallet_before - added - first.fee
+        )
+    });
+    assert!(a.coordinator().locked_coins().is_empty());
+    assert!(a.wallet().locked_coins().is_empty(), "no coin left locked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_after_the_bump_was_negotiated_locks_on_it() {
+    let Setup {
+        chain,
+        alice,
+        bob,
+        channel_id,
+    } = two_nodes_with_channel(CAPACITY, 100_000_000).await;
+    let wallet_before = alice.node.onchain_balance().confirmed;
+    let added = Amount::from_sat(250_000);
+    let (id, _) = low_splice_in(&chain, &alice.node, &bob.node, &channel_id, added).await;
+    alice
+        .node
+        .bump_fee(id, FeePolicy::fixed(HIGH))
+        .expect("bumped");
+    let bumped = wait_candidates(&alice.node, id, 2).await;
+    let second = bumped.txid.unwrap();
+    wait_in_mempool(&chain, &second).await;
+
+    let alice = restart(&chain, alice).await;
+    let (a, b) = (&alice.node, &bob.node);
+    let record = a.splice_status(id).unwrap();
+    assert_eq!(record.candidates.len(), 2);
+    assert_eq!(record.txid, Some(second));
+    assert!(record.bump.is_none());
+    a.wait_until(WAIT, "the channel back", |n| {
+        n.channel(&channel_id).is_some_and(|c| c.is_usable)
+    })
+    .await
+    .unwrap();
+    let locked = mine_to_lock(&chain, a, b, id).await;
+    assert_eq!(locked.txid, Some(second));
+    assert_eq!(locked.fee, bumped.fee);
+    a.wait_until(WAIT, "the wallet to see the final fee", |n| {
+        n.onchain_balance().confirmed == wallet_before - added - locked.fee
+    })
+    .await
+    .unwrap_or_else(|_| panic!("wallet {:?}", a.onchain_balance()));
+    assert!(a.coordinator().locked_coins().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_before_the_bump_was_signed_drops_it_and_it_can_be_asked_again() {
+    let Setup {
+        chain,
+        alice,
+        bob,
+        channel_id,
+    } = two_nodes_with_channel(CAPACITY, 100_000_000).await;
+    let wallet_before = alice.node.onchain_balance().confirmed;
+    let added = Amount::from_sat(250_000);
+    let (id, first) = low_splice_in(&chain, &alice.node, &bob.node, &channel_id, added).await;
+    // Bob never lets the channel go quiet, so the bump cannot get past its
+    // journal write.
+    let fake = common::bob_behind_fake_peer(
+        &alice.node,
+        &bob.node,
+        &channel_id,
+        common::fake_peer::Behaviour::IgnoreStfu,
+    )
+    .await;
+    alice
+        .node
+        .bump_fee(id, FeePolicy::fixed(HIGH))
+        .expect("bump asked");
+    let journaled = alice.node.splice_status(id).unwrap();
+    let bump = journaled.bump.clone().expect("the bump is journaled first");
+    assert_eq!(bump.feerate, HIGH);
+    assert_eq!(journaled.candidates.len(), 1);
+
+    let alice = restart(&chain, alice).await;
+    let a = &alice.node;
+    let record = a.splice_status(id).unwrap();
+    assert!(record.bump.is_none(), "LDK lost the round; so do we");
+    assert_eq!(record.candidates.len(), 1, "no second candidate");
+    assert_eq!(record.state, SpliceState::Broadcast);
+    assert_eq!(record.inputs, first.inputs, "its coins still held");
+    assert!(chain.mempool_txids().contains(&first.txid.unwrap()));
+
+    let bob = common::bob_back_for_real(&chain, a, bob, fake).await;
+    let b = &bob.node;
+    a.bump_fee(id, FeePolicy::fixed(HIGH)).expect("asked again");
+    let bumped = wait_candidates(a, id, 2).await;
+    wait_in_mempool(&chain, &bumped.txid.unwrap()).await;
+    let locked = mine_to_lock(&chain, a, b, id).await;
+    assert_eq!(locked.txid, bumped.txid);
+    a.wait_until(WAIT, "the wallet to see the final fee", |n| {
+        n.onchain_balance().confirmed == wallet_before - added - locked.fee
+    })
+    .await
+    .unwrap_or_else(|_| panic!("wallet {:?}", a.onchain_balance()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_ten_bumps_a_bump_must_pay_the_estimate() {
+    let Setup {
+        chain,
+        alice,
+        bob,
+        channel_id,
+    } = two_nodes_with_channel(CAPACITY, 100_000_000).await;
+    let (a, b) = (&alice.node, &bob.node);
+    let (id, _) = low_splice_in(&chain, a, b, &channel_id, Amount::from_sat(250_000)).await;
+    for round in 1..=10 {
+        let min = a
+            .quote_bump_fee(id, FeePolicy::fixed(FeeRate::from_sat_per_kwu(254)))
+            .map(|q| q.min_feerate)
+            .or_else(|e| match e {
+                SpliceError::BumpFeeRateTooLow { min_feerate, .. } => Ok(min_feerate),
+                e => Err(e),
+            })
+            .expect("a minimum");
+        a.bump_fee(id, FeePolicy::fixed(min))
+            .expect("bumped at the minimum");
+        wait_candidates(a, id, round + 1).await;
+    }
+    let estimate = FeeRate::from_sat_per_vb(20).unwrap();
+    let min = match a.quote_bump_fee(id, FeePolicy::fixed(FeeRate::from_sat_per_kwu(254))) {
+        Err(SpliceError::BumpFeeRateTooLow { min_feerate, .. }) => min_feerate,
+        other => panic!("{other:?}"),
+    };
+    assert!(min < estimate);
+    match a.bump_fee(id, FeePolicy::fixed(min)) {
+        Err(SpliceError::TooManyCandidates {
+            candidates,
+            min_feerate,
+        }) => {
+            assert_eq!(candidates, 11);
+            assert_eq!(min_feerate, estimate);
+        }
+        other => panic!("{other:?}"),
+    }
+    a.bump_fee(id, FeePolicy::fixed(estimate))
+        .expect("at the estimate");
+    let record = wait_candidates(a, id, 12).await;
+    let locked = mine_to_lock(&chain, a, b, id).await;
+    assert_eq!(locked.txid, record.txid);
+}
