@@ -5,7 +5,7 @@
 //! and never reports a change that was not written.
 
 use bitcoin::secp256k1::PublicKey;
-use bitcoin::Txid;
+use bitcoin::{Amount, FeeRate, Txid};
 use lightning::ln::types::ChannelId;
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +32,36 @@ pub enum SpliceEvent {
         /// The splice transaction, once known.
         txid: Option<Txid>,
     },
+    /// A fee bump of ours was negotiated: the splice has a new candidate
+    /// paying more (the earlier ones stay valid until one confirms).
+    FeeBumped {
+        /// The splice.
+        id: SpliceId,
+        /// The new candidate.
+        txid: Txid,
+        /// Its feerate.
+        #[serde(rename = "feerate_sat_per_kwu", with = "feerate_kwu")]
+        feerate: FeeRate,
+        /// Our share of its fee.
+        #[serde(rename = "fee_sat", with = "bitcoin::amount::serde::as_sat")]
+        fee: Amount,
+    },
+    /// A fee bump of ours did not happen (its round failed, or a restart
+    /// lost it before it was signed); the earlier candidates stand.
+    FeeBumpDropped {
+        /// The splice.
+        id: SpliceId,
+        /// Why.
+        reason: String,
+    },
+    /// The automatic fee bumping of a splice stopped without a confirmation:
+    /// the next bump would go beyond its budget.
+    AutoBumpStopped {
+        /// The splice.
+        id: SpliceId,
+        /// Why.
+        reason: String,
+    },
     /// A batch reached a new state.
     BatchStateChanged {
         /// The batch.
@@ -45,7 +75,10 @@ impl SpliceEvent {
     /// The splice the event is about, if it is about one.
     pub fn splice_id(&self) -> Option<SpliceId> {
         match self {
-            SpliceEvent::StateChanged { id, .. } => Some(*id),
+            SpliceEvent::StateChanged { id, .. }
+            | SpliceEvent::FeeBumped { id, .. }
+            | SpliceEvent::FeeBumpDropped { id, .. }
+            | SpliceEvent::AutoBumpStopped { id, .. } => Some(*id),
             SpliceEvent::BatchStateChanged { .. } => None,
         }
     }
@@ -54,3 +87,16 @@ impl SpliceEvent {
 /// Called with each event right after the write that holds it, before the
 /// change it reports is acted on.
 pub type EventNotifier = Box<dyn Fn(&SpliceEvent) + Send + Sync>;
+
+mod feerate_kwu {
+    use bitcoin::FeeRate;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(rate: &FeeRate, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(rate.to_sat_per_kwu())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FeeRate, D::Error> {
+        Ok(FeeRate::from_sat_per_kwu(u64::deserialize(d)?))
+    }
+}

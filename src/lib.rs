@@ -35,7 +35,8 @@ pub use fees::{FeePolicy, FeeRateSource, FundingFeeEstimator, SpliceQuote};
 pub use ids::{BatchId, ChannelRef, SpliceId};
 pub use logger::LogBridge;
 pub use record::{
-    BatchState, FeeBump, SpliceCandidate, SpliceOrigin, SpliceOutput, SpliceRecord, SpliceState,
+    AutoBump, AutoBumpState, BatchState, FeeBump, SpliceCandidate, SpliceOrigin, SpliceOutput,
+    SpliceRecord, SpliceState,
 };
 pub use store::{SharedStore, PERSISTENCE_NAMESPACE};
 #[cfg(feature = "bdk")]

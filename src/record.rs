@@ -215,6 +215,9 @@ pub struct SpliceRecord {
     /// round fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bump: Option<FeeBump>,
+    /// Automatic fee bumping, when it is on for this splice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_bump: Option<AutoBumpState>,
     /// When it was requested.
     #[serde(with = "crate::ids::unix_seconds")]
     pub created_at: SystemTime,
@@ -244,6 +247,67 @@ pub struct FeeBump {
     pub started_at: SystemTime,
 }
 
+/// Automatic fee bumping of a splice of ours: while it stays unconfirmed,
+/// after each block it is bumped toward `max_feerate`, reached
+/// `target_blocks` blocks after its broadcast, never beyond the budget
+/// (`max_feerate`, `max_fee`), and never once a candidate has confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct AutoBump {
+    /// The blocks after the broadcast by which the feerate reaches
+    /// `max_feerate` (the schedule rises evenly until then).
+    pub target_blocks: u32,
+    /// The highest feerate a bump may pay.
+    #[serde(rename = "max_feerate_sat_per_kwu")]
+    pub max_feerate: FeeRate,
+    /// The most our share of a candidate's fee may be.
+    #[serde(rename = "max_fee_sat", with = "bitcoin::amount::serde::as_sat")]
+    pub max_fee: Amount,
+}
+
+impl AutoBump {
+    /// Reach `max_feerate` `target_blocks` after the broadcast (at least
+    /// one), paying at most `max_fee`.
+    pub fn new(target_blocks: u32, max_feerate: FeeRate, max_fee: Amount) -> Self {
+        AutoBump {
+            target_blocks: target_blocks.max(1),
+            max_feerate,
+            max_fee,
+        }
+    }
+
+    /// The feerate the schedule asks for `waited` blocks after a broadcast
+    /// at `start`: rising evenly from `start` to `max_feerate` over
+    /// `target_blocks` blocks, then staying there.
+    pub fn scheduled_feerate(&self, start: FeeRate, waited: u32) -> FeeRate {
+        let start = start.to_sat_per_kwu();
+        let top = self.max_feerate.to_sat_per_kwu();
+        if top <= start {
+            return self.max_feerate;
+        }
+        let step = u64::from(waited.min(self.target_blocks));
+        let rise = (top - start).saturating_mul(step) / u64::from(self.target_blocks.max(1));
+        FeeRate::from_sat_per_kwu(start + rise)
+    }
+}
+
+/// Where the automatic fee bumping of a splice stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct AutoBumpState {
+    /// The policy.
+    pub policy: AutoBump,
+    /// The feerate the splice was broadcast at (the schedule starts there).
+    #[serde(rename = "start_feerate_sat_per_kwu")]
+    pub start_feerate: FeeRate,
+    /// The height the splice was first seen broadcast at.
+    pub start_height: Option<u32>,
+    /// The height of the last bump that was negotiated.
+    pub last_bump_height: Option<u32>,
+    /// Why it stopped before a confirmation (the budget), if it did.
+    pub stopped: Option<String>,
+}
+
 /// One transaction negotiated for a splice, with what it costs us.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
@@ -262,6 +326,20 @@ pub struct SpliceCandidate {
 }
 
 impl SpliceRecord {
+    /// Our fee bump under way was negotiated (as the candidate `txid`,
+    /// the newest), at block `height`.
+    pub(crate) fn settle_bump(&mut self, txid: Txid, height: u32) {
+        if self.txid == Some(txid) {
+            return;
+        }
+        if let Some(bump) = self.bump.take() {
+            self.feerate = bump.feerate;
+            if let Some(auto) = &mut self.auto_bump {
+                auto.last_bump_height = Some(height);
+            }
+        }
+    }
+
     /// Whether `txid` is one of the splice's negotiated transactions.
     pub fn has_candidate(&self, txid: &Txid) -> bool {
         self.candidates.iter().any(|c| c.txid == *txid)

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::batch::{BatchPart, BatchRecord};
 use crate::ids::{from_unix_seconds, to_unix_seconds, BatchId, SpliceId};
 use crate::record::{
-    BatchState, FeeBump, SpliceCandidate, SpliceOrigin, SpliceOutput, SpliceRecord, SpliceState,
+    AutoBump, AutoBumpState, BatchState, FeeBump, SpliceCandidate, SpliceOrigin, SpliceOutput,
+    SpliceRecord, SpliceState,
 };
 
 /// A splice record as the journal stores it.
@@ -49,8 +50,52 @@ pub(crate) struct StoredSplice {
     sign_with_batch: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     bump: Option<StoredBump>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    auto_bump: Option<StoredAutoBump>,
     created_at: u64,
     updated_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredAutoBump {
+    target_blocks: u32,
+    max_feerate_sat_per_kwu: u64,
+    #[serde(with = "bitcoin::amount::serde::as_sat")]
+    max_fee: Amount,
+    start_feerate_sat_per_kwu: u64,
+    start_height: Option<u32>,
+    last_bump_height: Option<u32>,
+    stopped: Option<String>,
+}
+
+impl From<&AutoBumpState> for StoredAutoBump {
+    fn from(a: &AutoBumpState) -> Self {
+        StoredAutoBump {
+            target_blocks: a.policy.target_blocks,
+            max_feerate_sat_per_kwu: a.policy.max_feerate.to_sat_per_kwu(),
+            max_fee: a.policy.max_fee,
+            start_feerate_sat_per_kwu: a.start_feerate.to_sat_per_kwu(),
+            start_height: a.start_height,
+            last_bump_height: a.last_bump_height,
+            stopped: a.stopped.clone(),
+        }
+    }
+}
+
+impl From<StoredAutoBump> for AutoBumpState {
+    fn from(a: StoredAutoBump) -> Self {
+        AutoBumpState {
+            policy: AutoBump::new(
+                a.target_blocks,
+                FeeRate::from_sat_per_kwu(a.max_feerate_sat_per_kwu),
+                a.max_fee,
+            ),
+            start_feerate: FeeRate::from_sat_per_kwu(a.start_feerate_sat_per_kwu),
+            start_height: a.start_height,
+            last_bump_height: a.last_bump_height,
+            stopped: a.stopped,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,6 +159,7 @@ impl From<&SpliceRecord> for StoredSplice {
                 candidates_before: b.candidates_before,
                 started_at: to_unix_seconds(b.started_at),
             }),
+            auto_bump: r.auto_bump.as_ref().map(StoredAutoBump::from),
             created_at: to_unix_seconds(r.created_at),
             updated_at: to_unix_seconds(r.updated_at),
         }
@@ -159,6 +205,7 @@ impl From<StoredSplice> for SpliceRecord {
                 candidates_before: b.candidates_before,
                 started_at: from_unix_seconds(b.started_at),
             }),
+            auto_bump: s.auto_bump.map(AutoBumpState::from),
             created_at: from_unix_seconds(s.created_at),
             updated_at: from_unix_seconds(s.updated_at),
         }

@@ -403,3 +403,156 @@ async fn after_ten_bumps_a_bump_must_pay_the_estimate() {
     let locked = mine_to_lock(&chain, a, b, id).await;
     assert_eq!(locked.txid, record.txid);
 }
+
+/// Mines one block without the mempool (the splice stays unconfirmed) and
+/// waits for both nodes to see it.
+async fn empty_block(chain: &ldk_splice::devchain::DevChain, nodes: &[&ldk_splice::node::Node]) {
+    chain.mine_block_with(&[]).expect("empty block");
+    for node in nodes {
+        wait_synced(chain, node).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_automatic_policy_bumps_each_block_up_to_its_budget_and_stops() {
+    let Setup {
+        chain,
+        alice,
+        bob,
+        channel_id,
+    } = two_nodes_with_channel(CAPACITY, 100_000_000).await;
+    let (a, b) = (&alice.node, &bob.node);
+    let wallet_before = a.onchain_balance().confirmed;
+    let added = Amount::from_sat(250_000);
+    let id = a
+        .splice_in(&channel_id, &b.node_id(), added, FeePolicy::fixed(LOW))
+        .expect("splice-in");
+    let first = a
+        .wait_for_splice(id, WAIT, |s| *s == SpliceState::Broadcast)
+        .await
+        .unwrap();
+    wait_in_mempool(&chain, &first.txid.unwrap()).await;
+    let max_feerate = FeeRate::from_sat_per_kwu(2_500);
+    a.set_auto_bump(
+        id,
+        Some(ldk_splice::AutoBump::new(
+            3,
+            max_feerate,
+            Amount::from_sat(50_000),
+        )),
+    )
+    .expect("auto bump on");
+    a.wait_until(WAIT, "the schedule to start", |n| {
+        n.splice_status(id)
+            .and_then(|r| r.auto_bump)
+            .is_some_and(|a| a.start_height.is_some())
+    })
+    .await
+    .unwrap();
+
+    // Three blocks: 253 -> 1002 -> 1751 -> 2500 sat/kwu, evenly.
+    for (block, expected) in [(1usize, 1_002u64), (2, 1_751), (3, 2_500)] {
+        empty_block(&chain, &[a, b]).await;
+        let record = wait_candidates(a, id, block + 1).await;
+        assert_eq!(record.feerate.to_sat_per_kwu(), expected, "block {block}");
+        wait_in_mempool(&chain, &record.txid.unwrap()).await;
+    }
+    // The next would need more than the budget: it stops, says so, and
+    // bumps no more.
+    empty_block(&chain, &[a, b]).await;
+    a.wait_until(WAIT, "the policy to stop", |n| {
+        n.splice_status(id)
+            .and_then(|r| r.auto_bump)
+            .is_some_and(|a| a.stopped.is_some())
+    })
+    .await
+    .unwrap();
+    empty_block(&chain, &[a, b]).await;
+    let record = a.splice_status(id).unwrap();
+    assert_eq!(record.candidates.len(), 4, "no bump beyond the budget");
+    assert_eq!(record.feerate, max_feerate);
+    let events = a.coordinator().pending_events();
+    let bumped: Vec<FeeRate> = events
+        .iter()
+        .filter_map(|e| match e {
+            ldk_splice::SpliceEvent::FeeBumped {
+                id: of, feerate, ..
+            } if *of == id => Some(*feerate),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        bumped,
+        [1_002, 1_751, 2_500]
+            .map(FeeRate::from_sat_per_kwu)
+            .to_vec()
+    );
+    assert!(bumped.iter().all(|f| *f <= max_feerate));
+    assert!(events.iter().any(|e| matches!(
+        e,
+        ldk_splice::SpliceEvent::AutoBumpStopped { id: of, .. } if *of == id
+    )));
+
+    let locked = mine_to_lock(&chain, a, b, id).await;
+    assert_eq!(locked.txid, record.txid);
+    a.wait_until(WAIT, "the wallet to see the final fee", |n| {
+        n.onchain_balance().confirmed == wallet_before - added - locked.fee
+    })
+    .await
+    .unwrap_or_else(|_| panic!("wallet {:?}", a.onchain_balance()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_automatic_policy_stops_once_a_candidate_confirms() {
+    let chain = start_chain().await;
+    let alice = {
+        let dir = tempfile::tempdir().unwrap();
+        let node = builder(&chain, dir.path())
+            .auto_bump(ldk_splice::AutoBump::new(
+                2,
+                FeeRate::from_sat_per_kwu(5_000),
+                Amount::from_sat(50_000),
+            ))
+            .start()
+            .await
+            .unwrap();
+        TestNode { node, dir }
+    };
+    let bob = start_node(&chain).await;
+    let (a, b) = (&alice.node, &bob.node);
+    fund_nodes(&chain, &[a, b]).await;
+    let (channel_id, _) = open_channel(&chain, a, b, CAPACITY, Amount::ZERO).await;
+    let id = a
+        .splice_in(
+            &channel_id,
+            &b.node_id(),
+            Amount::from_sat(100_000),
+            FeePolicy::fixed(LOW),
+        )
+        .expect("splice-in");
+    a.wait_until(WAIT, "broadcast with the schedule started", |n| {
+        n.splice_status(id).is_some_and(|r| {
+            r.state == SpliceState::Broadcast
+                && r.auto_bump
+                    .as_ref()
+                    .is_some_and(|a| a.start_height.is_some())
+        })
+    })
+    .await
+    .unwrap();
+    empty_block(&chain, &[a, b]).await;
+    let bumped = wait_candidates(a, id, 2).await;
+    wait_in_mempool(&chain, &bumped.txid.unwrap()).await;
+    // Confirmed in the next block: no more bumps.
+    mine(&chain, 1, &[a, b]).await;
+    a.wait_for_splice(id, WAIT, |s| matches!(s, SpliceState::Confirmed { .. }))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        mine(&chain, 1, &[a, b]).await;
+    }
+    let record = a.splice_status(id).unwrap();
+    assert_eq!(record.candidates.len(), 2, "no bump once confirmed");
+    let locked = mine_to_lock(&chain, a, b, id).await;
+    assert_eq!(locked.txid, bumped.txid);
+}

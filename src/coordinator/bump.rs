@@ -26,7 +26,7 @@ use super::{SpliceCoordinator, State, Update};
 use crate::error::SpliceError;
 use crate::fees::FeePolicy;
 use crate::ids::SpliceId;
-use crate::record::{FeeBump, SpliceRecord, SpliceState};
+use crate::record::{AutoBump, AutoBumpState, FeeBump, SpliceRecord, SpliceState};
 use crate::wallet::{CoinPool, SpliceCoinSource};
 
 /// LDK's limit: after this many candidates a bump must pay at least the
@@ -184,7 +184,15 @@ where
         let mut updated = record.clone();
         updated.bump = None;
         updated.inputs.retain(|o| !added.contains(o));
-        match self.write(state, vec![Update::new(updated)], Vec::new()) {
+        let dropped = crate::events::SpliceEvent::FeeBumpDropped {
+            id,
+            reason: why.to_string(),
+        };
+        match self.write(
+            state,
+            vec![Update::new(updated).with_event(dropped)],
+            Vec::new(),
+        ) {
             Ok(()) => {
                 log::info!("{id}: fee bump dropped: {why}");
                 let free: Vec<OutPoint> = added
@@ -339,5 +347,176 @@ where
             quote,
             new_inputs,
         })
+    }
+}
+
+impl<CM: Deref, F: Deref> SpliceCoordinator<CM, F>
+where
+    CM::Target: AChannelManager,
+    F::Target: FeeEstimator,
+{
+    /// Turns automatic fee bumping on (`Some`) or off (`None`) for splice
+    /// `id` of ours (not a batch leg). The schedule starts from the
+    /// splice's feerate and its broadcast.
+    pub fn set_auto_bump(&self, id: SpliceId, policy: Option<AutoBump>) -> Result<(), SpliceError> {
+        let result = {
+            let mut state = self.lock();
+            let record = state
+                .records
+                .get(&id)
+                .cloned()
+                .ok_or(SpliceError::UnknownSplice(id))?;
+            if record.is_theirs() || record.state.is_final() {
+                return Err(SpliceError::NothingToBump {
+                    id,
+                    reason: if record.is_theirs() {
+                        "the counterparty started it".into()
+                    } else {
+                        "it has ended".into()
+                    },
+                });
+            }
+            if let Some(batch) = record.batch {
+                return Err(SpliceError::InvalidRequest(format!(
+                    "{id} is a leg of {batch}: bump the batch"
+                )));
+            }
+            let mut updated = record.clone();
+            updated.auto_bump = policy.map(|policy| AutoBumpState {
+                policy,
+                start_feerate: record.feerate,
+                start_height: None,
+                last_bump_height: None,
+                stopped: None,
+            });
+            self.write(&mut state, vec![Update::new(updated)], Vec::new())
+        };
+        self.deliver();
+        result
+    }
+
+    /// Bumps the splices whose automatic policy says so at height `tip`:
+    /// broadcast, unconfirmed, no bump under way, one bump per block at
+    /// most, at the schedule's feerate (or the funding estimate, or LDK's
+    /// minimum, if higher), never beyond the budget: a bump that would go
+    /// beyond it stops the policy, with an event.
+    pub(crate) fn run_auto_bumps(&self, state: &mut State, tip: u32) {
+        let due: Vec<SpliceRecord> = state
+            .records
+            .values()
+            .filter(|r| {
+                r.state == SpliceState::Broadcast
+                    && r.bump.is_none()
+                    && r.batch.is_none()
+                    && !r.is_theirs()
+                    && r.auto_bump.as_ref().is_some_and(|a| a.stopped.is_none())
+            })
+            .cloned()
+            .collect();
+        for record in due {
+            let id = record.id;
+            let Some(auto) = record.auto_bump.clone() else {
+                continue;
+            };
+            let Some(start) = auto.start_height else {
+                let mut updated = record.clone();
+                if let Some(a) = &mut updated.auto_bump {
+                    a.start_height = Some(tip);
+                }
+                if let Err(e) = self.write(state, vec![Update::new(updated)], Vec::new()) {
+                    log::warn!("{id}: could not journal where automatic bumping starts: {e}");
+                }
+                continue;
+            };
+            if tip <= auto.last_bump_height.unwrap_or(start) {
+                continue;
+            }
+            if state.auto_tried.get(&id) == Some(&tip) {
+                continue;
+            }
+            state.auto_tried.insert(id, tip);
+            let budget = auto.policy;
+            let estimate = self
+                .feerate(&FeePolicy::funding())
+                .unwrap_or(auto.start_feerate);
+            let wanted = budget
+                .scheduled_feerate(auto.start_feerate, tip - start)
+                .max(estimate.min(budget.max_feerate));
+            let policy = |feerate: FeeRate| {
+                FeePolicy::fixed(feerate)
+                    .with_max_feerate(budget.max_feerate)
+                    .with_max_fee(budget.max_fee)
+            };
+            let mut outcome = self.bump_locked(state, id, &policy(wanted));
+            if let Err(SpliceError::BumpFeeRateTooLow { min_feerate, .. }) = outcome {
+                outcome = if min_feerate <= budget.max_feerate {
+                    self.bump_locked(state, id, &policy(min_feerate))
+                } else {
+                    Err(SpliceError::FeeRateTooHigh {
+                        feerate: min_feerate,
+                        max_feerate: budget.max_feerate,
+                    })
+                };
+            }
+            let stop = match outcome {
+                Ok(()) => {
+                    log::info!("{id}: automatic fee bump at height {tip}");
+                    None
+                }
+                Err(SpliceError::FeeRateTooHigh {
+                    feerate,
+                    max_feerate,
+                }) => Some(format!(
+                    "the next bump needs {} sat/kwu, above the budget's {} sat/kwu",
+                    feerate.to_sat_per_kwu(),
+                    max_feerate.to_sat_per_kwu()
+                )),
+                Err(SpliceError::FeeTooHigh { fee, max_fee }) => Some(format!(
+                    "the next bump would pay {} sat, above the budget's {} sat",
+                    fee.to_sat(),
+                    max_fee.to_sat()
+                )),
+                Err(SpliceError::TooManyCandidates { min_feerate, .. })
+                    if min_feerate > budget.max_feerate =>
+                {
+                    Some(format!(
+                        "after {} candidates a bump needs the estimate of {} sat/kwu, above the \
+                         budget's {} sat/kwu",
+                        record.candidates.len(),
+                        min_feerate.to_sat_per_kwu(),
+                        budget.max_feerate.to_sat_per_kwu()
+                    ))
+                }
+                Err(e) => {
+                    log::debug!("{id}: no automatic bump at height {tip}: {e}");
+                    None
+                }
+            };
+            if let Some(reason) = stop {
+                self.stop_auto_bump(state, id, reason);
+            }
+        }
+    }
+
+    fn stop_auto_bump(&self, state: &mut State, id: SpliceId, reason: String) {
+        let Some(record) = state.records.get(&id).cloned() else {
+            return;
+        };
+        let mut updated = record;
+        if let Some(auto) = &mut updated.auto_bump {
+            auto.stopped = Some(reason.clone());
+        }
+        let event = crate::events::SpliceEvent::AutoBumpStopped {
+            id,
+            reason: reason.clone(),
+        };
+        match self.write(
+            state,
+            vec![Update::new(updated).with_event(event)],
+            Vec::new(),
+        ) {
+            Ok(()) => log::warn!("{id}: automatic fee bumping stopped: {reason}"),
+            Err(e) => log::error!("{id}: could not journal that automatic bumping stopped: {e}"),
+        }
     }
 }

@@ -22,6 +22,8 @@ use crate::record::{SpliceRecord, SpliceState};
 pub(crate) struct Update {
     pub(crate) record: SpliceRecord,
     pub(crate) passed: Vec<SpliceState>,
+    /// Events besides the state changes, written with them.
+    pub(crate) events: Vec<SpliceEvent>,
 }
 
 impl Update {
@@ -29,7 +31,14 @@ impl Update {
         Update {
             record,
             passed: Vec::new(),
+            events: Vec::new(),
         }
+    }
+
+    /// The update with `event` written with it.
+    pub(crate) fn with_event(mut self, event: SpliceEvent) -> Self {
+        self.events.push(event);
+        self
     }
 }
 
@@ -70,9 +79,19 @@ where
         let now = crate::ids::now_in_seconds();
         let mut changes = Vec::with_capacity(updates.len() + extra.len());
         let mut records = Vec::with_capacity(updates.len());
-        for Update { mut record, passed } in updates {
-            let before = state.records.get(&record.id).map(|r| r.state.clone());
+        for Update {
+            mut record,
+            passed,
+            events: more,
+        } in updates
+        {
+            let previous = state.records.get(&record.id);
+            let before = previous.map(|r| r.state.clone());
             let mut events = Vec::new();
+            // A fee bump of ours ends in a new negotiated candidate.
+            let bumped = previous.is_some_and(|p| {
+                p.bump.is_some() && record.bump.is_none() && p.txid != record.txid
+            });
             let mut last = before.clone();
             for reached in passed.iter().chain(std::iter::once(&record.state)) {
                 if last.as_ref() != Some(reached) {
@@ -86,6 +105,15 @@ where
                     last = Some(reached.clone());
                 }
             }
+            if let (true, Some(txid)) = (bumped, record.txid) {
+                events.push(SpliceEvent::FeeBumped {
+                    id: record.id,
+                    txid,
+                    feerate: record.feerate,
+                    fee: record.fee,
+                });
+            }
+            events.extend(more);
             record.updated_at = now;
             let stored = crate::stored::StoredSplice::from(&record);
             changes.push(Change::new(SPLICE, record.id.0, &stored, events)?);

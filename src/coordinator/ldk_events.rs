@@ -96,6 +96,7 @@ where
             SpliceState::Signed => SpliceState::Broadcast,
             ref other => other.clone(),
         };
+        let height = self.channel_manager.get_cm().current_best_block().height;
         self.step(state, record.id, new_state, |r| {
             if !r.has_candidate(&txid) {
                 r.add_candidate(txid);
@@ -103,11 +104,7 @@ where
             // A newer transaction than the last negotiated one: our fee
             // bump, if one is under way (or the counterparty's round that
             // took our contribution in).
-            if r.txid != Some(txid) {
-                if let Some(bump) = r.bump.take() {
-                    r.feerate = bump.feerate;
-                }
-            }
+            r.settle_bump(txid, height);
             r.txid = Some(txid);
         })?;
         if let Some(tx) = state.signed.remove(&txid) {

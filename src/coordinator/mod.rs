@@ -65,6 +65,10 @@ pub struct CoordinatorConfig {
     /// feerates come from; without one, the `FeeEstimator`'s
     /// `NonAnchorChannelFee`.
     pub funding_fee_estimator: Option<Arc<dyn crate::fees::FundingFeeEstimator>>,
+    /// Automatic fee bumping for every splice of ours started from now on
+    /// (not batch legs); off by default. Per splice:
+    /// [`SpliceCoordinator::set_auto_bump`].
+    pub auto_bump: Option<crate::record::AutoBump>,
 }
 
 impl std::fmt::Debug for CoordinatorConfig {
@@ -79,6 +83,7 @@ impl std::fmt::Debug for CoordinatorConfig {
                 "funding_fee_estimator",
                 &self.funding_fee_estimator.is_some(),
             )
+            .field("auto_bump", &self.auto_bump)
             .finish()
     }
 }
@@ -91,7 +96,14 @@ impl CoordinatorConfig {
             network,
             signatures_wait_for_manager_persistence: false,
             funding_fee_estimator: None,
+            auto_bump: None,
         }
+    }
+
+    /// Sets [`CoordinatorConfig::auto_bump`].
+    pub fn with_auto_bump(mut self, policy: crate::record::AutoBump) -> Self {
+        self.auto_bump = Some(policy);
+        self
     }
 
     /// Sets [`CoordinatorConfig::funding_fee_estimator`].
@@ -159,6 +171,8 @@ pub(crate) struct State {
     /// Transactions LDK awaited our signatures for when it was loaded: the
     /// manager on disk holds their negotiation already.
     pub(crate) loaded_awaiting: std::collections::HashSet<Txid>,
+    /// The height each automatic bump was last tried at (one try a block).
+    pub(crate) auto_tried: HashMap<SpliceId, u32>,
 }
 
 /// What happened to a batch leg, for the batch layer.
@@ -222,6 +236,7 @@ where
                 handoffs: Vec::new(),
                 asked_at: HashMap::new(),
                 loaded_awaiting: std::collections::HashSet::new(),
+                auto_tried: HashMap::new(),
             }),
             notices: Mutex::new(Vec::new()),
             wake: Mutex::new(None),

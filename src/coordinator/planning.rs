@@ -382,6 +382,16 @@ where
             batch: None,
             sign_with_batch: false,
             bump: None,
+            auto_bump: self
+                .config
+                .auto_bump
+                .map(|policy| crate::record::AutoBumpState {
+                    policy,
+                    start_feerate: plan.feerate,
+                    start_height: None,
+                    last_bump_height: None,
+                    stopped: None,
+                }),
             created_at: now,
             updated_at: now,
         }

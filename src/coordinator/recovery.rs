@@ -70,6 +70,7 @@ where
                 log::warn!("could not journal a splice the counterparty started: {e}");
             }
         }
+        self.run_auto_bumps(state, tip);
     }
 
     fn refresh_one(
@@ -182,10 +183,9 @@ where
             .map(|c| c.txid)
             .filter(|txid| negotiated.contains(txid));
         if let Some(txid) = bumped {
+            let height = self.channel_manager.get_cm().current_best_block().height;
             self.step(state, record.id, record.state.clone(), |r| {
-                if let Some(bump) = r.bump.take() {
-                    r.feerate = bump.feerate;
-                }
+                r.settle_bump(txid, height);
                 r.txid = Some(txid);
             })?;
             return Ok(());
@@ -295,6 +295,7 @@ where
             batch: None,
             sign_with_batch: false,
             bump: None,
+            auto_bump: None,
             created_at: now,
             updated_at: now,
         };

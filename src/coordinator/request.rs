@@ -324,6 +324,7 @@ where
                     if let Some((batch, together)) = batch {
                         record.batch = Some(batch);
                         record.sign_with_batch = together;
+                        record.auto_bump = None;
                     }
                     updates.push(Update::new(record));
                     outcomes.push(LegOutcome::Started(id));

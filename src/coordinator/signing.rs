@@ -106,6 +106,7 @@ where
             vec![Update {
                 record: updated,
                 passed: vec![SpliceState::AwaitingSignatures],
+                events: Vec::new(),
             }],
             Vec::new(),
         )?;

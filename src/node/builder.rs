@@ -34,6 +34,9 @@ pub struct NodeConfig {
     /// The height from which a new wallet looks for its coins; `None`
     /// starts it at the chain tip (a new seed has no history).
     pub wallet_birthday_height: Option<u32>,
+    /// Automatic fee bumping for every splice of ours (not batch legs);
+    /// off by default.
+    pub auto_bump: Option<crate::AutoBump>,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -52,6 +55,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("reconnect_interval", &self.reconnect_interval)
             .field("chain_feed", &self.chain_feed)
             .field("wallet_birthday_height", &self.wallet_birthday_height)
+            .field("auto_bump", &self.auto_bump)
             .finish()
     }
 }
@@ -127,6 +131,7 @@ impl NodeBuilder {
                 reconnect_interval: Duration::from_secs(5),
                 chain_feed: ChainFeed::BitcoindBlocks,
                 wallet_birthday_height: None,
+                auto_bump: None,
             },
             wrap_store: None,
             funding_wallet: None,
@@ -253,6 +258,15 @@ impl NodeBuilder {
     /// this crate's liquidity client; use them through [`Node::lsps_manager`].
     pub fn lsps_client(mut self, config: lightning_liquidity::LiquidityClientConfig) -> Self {
         self.liquidity.lsps_client = Some(config);
+        self
+    }
+
+    /// Bumps the fee of every splice of ours (not batch legs) by itself
+    /// while it stays unconfirmed, within `policy`'s budget (see
+    /// [`AutoBump`](crate::AutoBump)). Off by default; per splice:
+    /// [`Node::set_auto_bump`].
+    pub fn auto_bump(mut self, policy: crate::AutoBump) -> Self {
+        self.config.auto_bump = Some(policy);
         self
     }
 

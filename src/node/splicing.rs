@@ -121,6 +121,16 @@ impl Node {
         self.coordinator.quote_bump_fee(id, fee)
     }
 
+    /// Turns automatic fee bumping on or off for splice `id` (see
+    /// [`SpliceCoordinator::set_auto_bump`](crate::SpliceCoordinator::set_auto_bump)).
+    pub fn set_auto_bump(
+        &self,
+        id: SpliceId,
+        policy: Option<crate::AutoBump>,
+    ) -> Result<(), SpliceError> {
+        self.coordinator.set_auto_bump(id, policy)
+    }
+
     /// The record of a splice.
     pub fn splice_status(&self, id: SpliceId) -> Option<SpliceRecord> {
         self.coordinator.splice_status(id)

@@ -236,9 +236,15 @@ impl Node {
                 funding_wallet.unwrap_or_else(|| wallet.clone()),
                 bitcoind.clone(),
                 shared_store.clone(),
-                CoordinatorConfig::new(config.network)
-                    .with_signatures_waiting_for_manager_persistence(true)
-                    .with_funding_fee_estimator(bitcoind.clone()),
+                {
+                    let coordinator_config = CoordinatorConfig::new(config.network)
+                        .with_signatures_waiting_for_manager_persistence(true)
+                        .with_funding_fee_estimator(bitcoind.clone());
+                    match config.auto_bump {
+                        Some(policy) => coordinator_config.with_auto_bump(policy),
+                        None => coordinator_config,
+                    }
+                },
             )
             .map_err(|e| NodeError::Storage(format!("splice journal: {e}")))?,
         );
