@@ -242,6 +242,9 @@ pub struct FeeBump {
     /// How many candidates the splice had when the bump was asked for: a
     /// later one is the bump's.
     pub candidates_before: usize,
+    /// The batch whose legs are bumped together with this one: none is
+    /// signed until every one is ready to sign.
+    pub batch: Option<BatchId>,
     /// When it was asked for.
     #[serde(with = "crate::ids::unix_seconds")]
     pub started_at: SystemTime,

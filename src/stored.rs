@@ -107,6 +107,8 @@ struct StoredBump {
     added_inputs: Vec<OutPoint>,
     #[serde(default)]
     candidates_before: usize,
+    #[serde(default)]
+    batch: Option<BatchId>,
     started_at: u64,
 }
 
@@ -157,6 +159,7 @@ impl From<&SpliceRecord> for StoredSplice {
                 fee: b.fee,
                 added_inputs: b.added_inputs.clone(),
                 candidates_before: b.candidates_before,
+                batch: b.batch,
                 started_at: to_unix_seconds(b.started_at),
             }),
             auto_bump: r.auto_bump.as_ref().map(StoredAutoBump::from),
@@ -203,6 +206,7 @@ impl From<StoredSplice> for SpliceRecord {
                 fee: b.fee,
                 added_inputs: b.added_inputs,
                 candidates_before: b.candidates_before,
+                batch: b.batch,
                 started_at: from_unix_seconds(b.started_at),
             }),
             auto_bump: s.auto_bump.map(AutoBumpState::from),

@@ -556,3 +556,172 @@ async fn the_automatic_policy_stops_once_a_candidate_confirms() {
     let locked = mine_to_lock(&chain, a, b, id).await;
     assert_eq!(locked.txid, bumped.txid);
 }
+
+/// Alice with two channels to Bob and one to Carol, all hers, and a
+/// three-leg splice-out batch over them broadcast at the low feerate.
+struct BatchSetup {
+    chain: ldk_splice::devchain::DevChain,
+    alice: TestNode,
+    bob: TestNode,
+    carol: TestNode,
+    channels: Vec<(
+        lightning::ln::types::ChannelId,
+        bitcoin::secp256k1::PublicKey,
+    )>,
+    batch: ldk_splice::BatchId,
+    legs: Vec<SpliceRecord>,
+    /// Each channel's capacity and Alice's balance before the batch.
+    before: Vec<(u64, Amount)>,
+}
+
+const BATCH_OUT: Amount = Amount::from_sat(100_000);
+
+async fn broadcast_batch() -> BatchSetup {
+    let chain = start_chain().await;
+    let alice = start_node(&chain).await;
+    let bob = start_node(&chain).await;
+    let carol = start_node(&chain).await;
+    fund_nodes(&chain, &[&alice.node, &bob.node, &carol.node]).await;
+    let (a, b, c) = (&alice.node, &bob.node, &carol.node);
+    let mut channels = Vec::new();
+    for (peer, capacity) in [(b, 1_000_000), (b, 900_000), (c, 800_000)] {
+        let (id, _) = open_channel(&chain, a, peer, Amount::from_sat(capacity), Amount::ZERO).await;
+        channels.push((id, peer.node_id()));
+    }
+    let before: Vec<(u64, Amount)> = channels
+        .iter()
+        .map(|(id, _)| {
+            (
+                a.channel(id).unwrap().channel_value_satoshis,
+                a.channel_balance(id).unwrap(),
+            )
+        })
+        .collect();
+    let mut plan = ldk_splice::BatchPlan::new(FeePolicy::fixed(LOW));
+    for (channel_id, counterparty) in &channels {
+        plan = plan.leg(ldk_splice::Leg::SpliceOut {
+            channel: ldk_splice::ChannelRef {
+                channel_id: *channel_id,
+                counterparty: *counterparty,
+            },
+            amount: BATCH_OUT,
+            to: ldk_splice::Destination::Wallet,
+        });
+    }
+    let batch = a.start_batch(plan).expect("batch starts");
+    a.wait_for_batch(batch, WAIT, |s| *s == ldk_splice::BatchState::Signed)
+        .await
+        .expect("batch signed");
+    let mut legs = Vec::new();
+    for part in a.batch_status(batch).unwrap().parts {
+        let record = a
+            .wait_for_splice(part.splice.unwrap(), WAIT, |s| *s == SpliceState::Broadcast)
+            .await
+            .unwrap();
+        wait_in_mempool(&chain, &record.txid.unwrap()).await;
+        legs.push(record);
+    }
+    chain.set_fee_rate(FeeRate::from_sat_per_vb(20).unwrap());
+    BatchSetup {
+        chain,
+        alice,
+        bob,
+        carol,
+        channels,
+        batch,
+        legs,
+        before,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_is_bumped_leg_by_leg_together_and_locks_with_exact_balances() {
+    let s = broadcast_batch().await;
+    let (a, b, c) = (&s.alice.node, &s.bob.node, &s.carol.node);
+    let before = s.before.clone();
+    let wallet_before = a.onchain_balance();
+    a.bump_batch_fee(s.batch, FeePolicy::fixed(HIGH))
+        .expect("batch bumped");
+    let mut bumped = Vec::new();
+    for leg in &s.legs {
+        let record = wait_candidates(a, leg.id, 2).await;
+        assert_eq!(record.feerate, HIGH);
+        wait_in_mempool(&s.chain, &record.txid.unwrap()).await;
+        assert!(!s.chain.mempool_txids().contains(&leg.txid.unwrap()));
+        assert_eq!(
+            fee_of(
+                &s.chain,
+                &s.chain.transaction(&record.txid.unwrap()).unwrap()
+            ),
+            record.fee
+        );
+        bumped.push(record);
+    }
+    mine(&s.chain, 6, &[a, b, c]).await;
+    let mut paid_out = Amount::ZERO;
+    for ((leg, (channel_id, _)), (capacity, balance)) in bumped.iter().zip(&s.channels).zip(&before)
+    {
+        let locked = a
+            .wait_for_splice(leg.id, WAIT, |s| *s == SpliceState::Locked)
+            .await
+            .unwrap();
+        assert_eq!(locked.txid, leg.txid);
+        assert_eq!(locked.fee, leg.fee);
+        let fee = locked.fee;
+        assert_eq!(
+            a.channel(channel_id).unwrap().channel_value_satoshis,
+            capacity - (BATCH_OUT + fee).to_sat()
+        );
+        assert_eq!(
+            a.channel_balance(channel_id).unwrap(),
+            *balance - BATCH_OUT - fee
+        );
+        paid_out += BATCH_OUT;
+    }
+    a.wait_until(WAIT, "the payouts in the wallet", |n| {
+        n.onchain_balance().confirmed == wallet_before.confirmed + paid_out
+    })
+    .await
+    .unwrap_or_else(|_| panic!("wallet {:?}", a.onchain_balance()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_bump_with_a_peer_offline_fails_cleanly_and_the_old_candidates_lock() {
+    let s = broadcast_batch().await;
+    let (a, b) = (&s.alice.node, &s.bob.node);
+    let carol_id = s.carol.node.node_id();
+    let carol_addr = s.carol.node.listen_addr();
+    s.carol.node.stop().await.unwrap();
+    a.wait_until(WAIT, "Carol gone", |n| !n.is_connected(&carol_id))
+        .await
+        .unwrap();
+    match a.bump_batch_fee(s.batch, FeePolicy::fixed(HIGH)) {
+        Err(SpliceError::BatchLeg { leg, error }) => {
+            assert_eq!(leg, 2, "Carol's leg");
+            assert!(
+                matches!(*error, SpliceError::PeerDisconnected(p) if p == carol_id),
+                "{error:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    for leg in &s.legs {
+        let record = a.splice_status(leg.id).unwrap();
+        assert!(record.bump.is_none(), "nothing started");
+        assert_eq!(record.candidates.len(), 1);
+        assert!(s.chain.mempool_txids().contains(&leg.txid.unwrap()));
+    }
+    s.carol.node.start().await.unwrap();
+    a.connect(carol_id, carol_addr).await.unwrap();
+    let c = &s.carol.node;
+    mine(&s.chain, 6, &[a, b, c]).await;
+    for leg in &s.legs {
+        let locked = a
+            .wait_for_splice(leg.id, WAIT, |s| *s == SpliceState::Locked)
+            .await
+            .unwrap();
+        assert_eq!(locked.txid, leg.txid, "the original candidate");
+        assert_eq!(locked.fee, leg.fee);
+    }
+    assert!(a.coordinator().locked_coins().is_empty());
+}

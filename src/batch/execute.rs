@@ -306,6 +306,26 @@ where
         self.lock().records.values().cloned().collect()
     }
 
+    /// Bumps the fee of every broadcast, unconfirmed leg of batch `id`
+    /// together (see [`SpliceCoordinator::bump_fee`]): every leg is checked
+    /// and built first, and none is signed until every one is ready to
+    /// sign; if one cannot be bumped (its peer is offline, its feerate is
+    /// below its minimum, ...) the error names its leg and nothing was
+    /// started, and if one fails later, every leg's bump is backed out. The
+    /// earlier candidates stay valid throughout.
+    pub fn bump_batch_fee(&self, id: BatchId, fee: FeePolicy) -> Result<(), SpliceError> {
+        let legs: Vec<(usize, crate::ids::SpliceId)> = {
+            let book = self.lock();
+            let record = book.records.get(&id).ok_or(SpliceError::UnknownBatch(id))?;
+            record
+                .parts
+                .iter()
+                .filter_map(|p| p.splice.map(|s| (p.leg, s)))
+                .collect()
+        };
+        self.core.bump_legs(id, &legs, &fee)
+    }
+
     /// Cancels a batch that is not signed yet: every leg is cancelled and
     /// every coin released.
     pub fn cancel_batch(&self, id: BatchId) -> Result<(), SpliceError> {

@@ -25,7 +25,7 @@ use lightning::ln::funding::{FundingContribution, FundingContributionError};
 use super::{SpliceCoordinator, State, Update};
 use crate::error::SpliceError;
 use crate::fees::FeePolicy;
-use crate::ids::SpliceId;
+use crate::ids::{BatchId, SpliceId};
 use crate::record::{AutoBump, AutoBumpState, FeeBump, SpliceRecord, SpliceState};
 use crate::wallet::{CoinPool, SpliceCoinSource};
 
@@ -75,7 +75,7 @@ where
         let pool = Arc::new(CoinPool::default());
         let state = self.lock();
         let source = SpliceCoinSource::with_pool(&*self.wallet, false, &pool);
-        self.prepare_bump(&state, id, &fee, &source)
+        self.prepare_bump(&state, id, &fee, &source, false)
             .map(|prepared| prepared.quote)
     }
 
@@ -93,12 +93,64 @@ where
         result.map(|()| id)
     }
 
-    fn bump_locked(
+    pub(crate) fn bump_locked(
         &self,
         state: &mut State,
         id: SpliceId,
         fee: &FeePolicy,
     ) -> Result<(), SpliceError> {
+        self.start_bumps(state, &[(0, id)], fee, None)
+            .map_err(|(_, e)| e)
+    }
+
+    /// Bumps the unconfirmed legs among `legs` (plan position, splice) of
+    /// `batch` together: all are checked and built first (coins picked
+    /// jointly), then journaled in one write, then handed to LDK; none is
+    /// signed until every one is ready to sign. An error names the leg, and
+    /// nothing was started.
+    pub(crate) fn bump_legs(
+        &self,
+        batch: BatchId,
+        legs: &[(usize, SpliceId)],
+        fee: &FeePolicy,
+    ) -> Result<(), SpliceError> {
+        let result = {
+            let mut state = self.lock();
+            let live: Vec<(usize, SpliceId)> = legs
+                .iter()
+                .copied()
+                .filter(|(_, id)| {
+                    state
+                        .records
+                        .get(id)
+                        .is_some_and(|r| r.state == SpliceState::Broadcast)
+                })
+                .collect();
+            match legs.first() {
+                None => Err(SpliceError::InvalidRequest(format!("{batch} has no legs"))),
+                Some((_, first)) if live.is_empty() => Err(SpliceError::NothingToBump {
+                    id: *first,
+                    reason: format!("no leg of {batch} is broadcast and unconfirmed"),
+                }),
+                Some(_) => self
+                    .start_bumps(&mut state, &live, fee, Some(batch))
+                    .map_err(|(leg, error)| SpliceError::BatchLeg {
+                        leg,
+                        error: Box::new(error),
+                    }),
+            }
+        };
+        self.deliver();
+        result
+    }
+
+    fn start_bumps(
+        &self,
+        state: &mut State,
+        legs: &[(usize, SpliceId)],
+        fee: &FeePolicy,
+        group: Option<BatchId>,
+    ) -> Result<(), (usize, SpliceError)> {
         let pool = Arc::new(CoinPool::default());
         let source = SpliceCoinSource::with_pool(&*self.wallet, true, &pool);
         let unlock_picked = || {
@@ -106,62 +158,96 @@ where
                 .wallet
                 .unlock_coins(&pool.picked(), crate::wallet::COORDINATOR)
             {
-                log::warn!("{id}: coins freed, but the wallet could not write it: {e}");
+                log::warn!("coins freed, but the wallet could not write it: {e}");
             }
         };
-        let prepared = match self.prepare_bump(state, id, fee, &source) {
-            Ok(prepared) => prepared,
-            Err(e) => {
-                unlock_picked();
-                return Err(e);
+        let mut built = Vec::with_capacity(legs.len());
+        for (leg, id) in legs {
+            match self.prepare_bump(state, *id, fee, &source, group.is_some()) {
+                Ok(prepared) => built.push(prepared),
+                Err(e) => {
+                    unlock_picked();
+                    return Err((*leg, e));
+                }
             }
-        };
-        let Prepared {
-            mut record,
-            contribution,
-            quote,
-            new_inputs,
-        } = prepared;
+        }
+        let first_leg = legs.first().map_or(0, |(leg, _)| *leg);
         if let Err(e) = self.wallet.save() {
             unlock_picked();
-            return Err(SpliceError::Persistence(e.to_string()));
+            return Err((first_leg, SpliceError::Persistence(e.to_string())));
         }
-        record.bump = Some(FeeBump {
-            feerate: quote.feerate,
-            fee: quote.fee,
-            added_inputs: new_inputs.clone(),
-            candidates_before: record.candidates.len(),
-            started_at: std::time::SystemTime::now(),
-        });
-        record.inputs.extend(new_inputs);
-        record.max_fee = fee.max_fee;
-        record.max_feerate = fee.max_feerate.max(quote.feerate);
-        if let Some(change) = super::planning::change_of(
-            &contribution,
-            &record.outputs.iter().map(TxOut::from).collect::<Vec<_>>(),
-        ) {
-            record.change = Some(change);
+        let started_at = std::time::SystemTime::now();
+        let mut updates = Vec::with_capacity(built.len());
+        let mut handed = Vec::with_capacity(built.len());
+        for prepared in built {
+            let Prepared {
+                mut record,
+                contribution,
+                quote,
+                new_inputs,
+            } = prepared;
+            record.bump = Some(FeeBump {
+                feerate: quote.feerate,
+                fee: quote.fee,
+                added_inputs: new_inputs.clone(),
+                candidates_before: record.candidates.len(),
+                batch: group,
+                started_at,
+            });
+            record.inputs.extend(new_inputs);
+            record.max_fee = fee.max_fee;
+            record.max_feerate = fee.max_feerate.max(quote.feerate);
+            let requested: Vec<TxOut> = record.outputs.iter().map(TxOut::from).collect();
+            if let Some(change) = super::planning::change_of(&contribution, &requested) {
+                record.change = Some(change);
+            }
+            handed.push((
+                record.id,
+                record.channel_id,
+                record.counterparty,
+                contribution,
+                quote,
+            ));
+            updates.push(Update::new(record));
         }
-        if let Err(e) = self.write(state, vec![Update::new(record.clone())], Vec::new()) {
+        if let Err(e) = self.write(state, updates, Vec::new()) {
             unlock_picked();
-            return Err(e);
+            return Err((first_leg, e));
         }
-        if let Err(e) = self.channel_manager.get_cm().funding_contributed(
-            &record.channel_id,
-            &record.counterparty,
-            contribution,
-            None,
-        ) {
-            log::warn!("{id}: LDK refused the fee bump: {e}");
-            self.drop_bump(state, id, "LDK refused it");
-            return Err(SpliceError::Lightning(e.to_string()));
+        let mut contributed: Vec<SpliceId> = Vec::new();
+        for (position, (id, channel_id, counterparty, contribution, quote)) in
+            handed.into_iter().enumerate()
+        {
+            if let Err(e) = self.channel_manager.get_cm().funding_contributed(
+                &channel_id,
+                &counterparty,
+                contribution,
+                None,
+            ) {
+                log::warn!("{id}: LDK refused the fee bump: {e}");
+                // Back out of every bump of the group.
+                for earlier in &contributed {
+                    if let Some(r) = state.records.get(earlier) {
+                        let _ = self
+                            .channel_manager
+                            .get_cm()
+                            .cancel_funding_contributed(&r.channel_id, &r.counterparty);
+                    }
+                }
+                for (_, other) in legs {
+                    self.drop_bump(state, *other, "LDK refused a bump of the group");
+                }
+                let leg = legs.get(position).map_or(first_leg, |(leg, _)| *leg);
+                return Err((leg, SpliceError::Lightning(e.to_string())));
+            }
+            contributed.push(id);
+            log::info!(
+                "{id}: bumping the fee to {} sat/kwu: {} sat (was {} sat)",
+                quote.feerate.to_sat_per_kwu(),
+                quote.fee.to_sat(),
+                quote.previous_fee.to_sat()
+            );
         }
-        log::info!(
-            "{id}: bumping the fee to {} sat/kwu: {} sat (was {} sat)",
-            quote.feerate.to_sat_per_kwu(),
-            quote.fee.to_sat(),
-            quote.previous_fee.to_sat()
-        );
         Ok(())
     }
 
@@ -216,6 +302,7 @@ where
         id: SpliceId,
         fee: &FeePolicy,
         source: &SpliceCoinSource<'_>,
+        in_batch: bool,
     ) -> Result<Prepared, SpliceError> {
         let record = state
             .records
@@ -231,7 +318,7 @@ where
                 "the counterparty started it; only they can bump it",
             ));
         }
-        if let Some(batch) = record.batch {
+        if let (Some(batch), false) = (record.batch, in_batch) {
             return Err(SpliceError::InvalidRequest(format!(
                 "{id} is a leg of {batch}: bump the batch"
             )));

@@ -133,7 +133,14 @@ where
         }
         if record.state.is_broadcast() {
             log::info!("{}: a fee bump round failed: {reason}", record.id);
-            self.drop_bump(state, record.id, reason);
+            match record.bump.as_ref().and_then(|b| b.batch) {
+                Some(batch) => self.abandon_bump_group(
+                    state,
+                    batch,
+                    &format!("a leg's bump round failed: {reason}"),
+                ),
+                None => self.drop_bump(state, record.id, reason),
+            }
             return Ok(());
         }
         let ended = if record.state.is_signed() {

@@ -190,15 +190,28 @@ where
             })?;
             return Ok(());
         }
+        if record.candidates.len() != bump.candidates_before {
+            return Ok(());
+        }
         let in_progress = candidates
             .iter()
             .any(|c| !matches!(c.status, SpliceCandidateStatus::Negotiated { .. }));
-        if !in_progress && record.candidates.len() == bump.candidates_before {
-            self.drop_bump(
-                state,
-                record.id,
-                "LDK has no round of it (the node restarted, or the round failed)",
-            );
+        let lost = "LDK has no round of it (the node restarted, or the round failed)";
+        match bump.batch {
+            Some(batch) if !in_progress => self.abandon_bump_group(state, batch, lost),
+            Some(batch)
+                if bump.started_at.elapsed().unwrap_or_default()
+                    > crate::batch::BatchPlan::DEFAULT_DEADLINE =>
+            {
+                self.abandon_bump_group(
+                    state,
+                    batch,
+                    "not every leg's bump was ready to sign within 60 s",
+                )
+            }
+            Some(_) => {}
+            None if !in_progress => self.drop_bump(state, record.id, lost),
+            None => {}
         }
         Ok(())
     }

@@ -83,6 +83,11 @@ where
         adopt(&mut updated, contribution.as_ref(), unsigned);
 
         if record.state.is_signed() {
+            if let Some(batch) = record.bump.as_ref().and_then(|b| b.batch) {
+                // A leg of a batch's fee bump waits for the others.
+                state.held.insert(id, unsigned.clone());
+                return self.sign_bump_group(state, batch);
+            }
             // A fee bump of a splice we signed (or signing again after a
             // restart): the candidate is written before its signatures go.
             if updated != record {
@@ -152,6 +157,89 @@ where
             self.hand_signatures(&mut state, id, tx);
         }
         Ok(())
+    }
+
+    /// Signs the fee bumps of `batch`'s legs once every one is held ready
+    /// to sign: each is checked and signed in memory, every new candidate
+    /// is written in one write, then the signatures go to LDK. If one fails
+    /// its check, the whole group's bump is backed out.
+    pub(crate) fn sign_bump_group(
+        &self,
+        state: &mut State,
+        batch: crate::ids::BatchId,
+    ) -> Result<(), SpliceError> {
+        let legs: Vec<SpliceRecord> = state
+            .records
+            .values()
+            .filter(|r| r.bump.as_ref().and_then(|b| b.batch) == Some(batch))
+            .cloned()
+            .collect();
+        if legs.iter().any(|r| !state.held.contains_key(&r.id)) {
+            return Ok(());
+        }
+        let mut signed = Vec::with_capacity(legs.len());
+        let mut updates = Vec::with_capacity(legs.len());
+        for record in &legs {
+            let Some(unsigned) = state.held.get(&record.id).cloned() else {
+                return Ok(());
+            };
+            let checked = self.check_negotiated(record, &unsigned).and_then(|c| {
+                self.wallet
+                    .sign_inputs(unsigned.clone(), &record.inputs)
+                    .map(|tx| (c, tx))
+                    .map_err(|e| e.to_string())
+            });
+            match checked {
+                Ok((contribution, tx)) => {
+                    let mut updated = record.clone();
+                    adopt(&mut updated, contribution.as_ref(), &unsigned);
+                    updates.push(Update::new(updated));
+                    signed.push((record.id, tx));
+                }
+                Err(why) => {
+                    log::error!("{}: not signing the batch's fee bump: {why}", record.id);
+                    self.abandon_bump_group(state, batch, &why);
+                    return Ok(());
+                }
+            }
+        }
+        self.write(state, updates, Vec::new())?;
+        for (id, tx) in signed {
+            state.held.remove(&id);
+            self.hand_signatures(state, id, tx);
+        }
+        Ok(())
+    }
+
+    /// Backs out of `batch`'s fee bump: every leg's round not signed yet is
+    /// cancelled in LDK and its bump dropped. The earlier candidates stand.
+    pub(crate) fn abandon_bump_group(
+        &self,
+        state: &mut State,
+        batch: crate::ids::BatchId,
+        why: &str,
+    ) {
+        let legs: Vec<SpliceRecord> = state
+            .records
+            .values()
+            .filter(|r| {
+                r.bump.as_ref().is_some_and(|b| {
+                    b.batch == Some(batch) && r.candidates.len() == b.candidates_before
+                })
+            })
+            .cloned()
+            .collect();
+        for record in &legs {
+            state.held.remove(&record.id);
+            if let Err(e) = self
+                .channel_manager
+                .get_cm()
+                .cancel_funding_contributed(&record.channel_id, &record.counterparty)
+            {
+                log::debug!("{}: LDK had no bump round to cancel: {e:?}", record.id);
+            }
+            self.drop_bump(state, record.id, why);
+        }
     }
 
     /// Ends every leg in `ids` that is not signed: LDK drops it first (so

@@ -158,6 +158,14 @@ impl Node {
         self.batches.batch_status(id)
     }
 
+    /// Bumps the fee of every unconfirmed leg of batch `id` together (see
+    /// [`BatchCoordinator::bump_batch_fee`](crate::BatchCoordinator::bump_batch_fee)).
+    pub fn bump_batch_fee(&self, id: BatchId, fee: FeePolicy) -> Result<(), SpliceError> {
+        let result = self.batches.bump_batch_fee(id, fee);
+        self.send_queued_messages();
+        result
+    }
+
     /// Cancels a batch that is not signed yet.
     pub fn cancel_batch(&self, id: BatchId) -> Result<(), SpliceError> {
         let result = self.batches.cancel_batch(id);
