@@ -118,6 +118,15 @@ pub enum SpliceError {
     },
     /// The channel is zero-conf: its splices cannot be replaced.
     ZeroConfChannel(ChannelId),
+    /// A batch has more legs that add wallet funds than the wallet has
+    /// confirmed, unreserved coins: LDK funds each splice from confirmed
+    /// coins of its own, so each such leg needs at least one.
+    TooFewCoins {
+        /// The legs adding wallet funds.
+        legs: usize,
+        /// The wallet's confirmed, unreserved coins.
+        coins: usize,
+    },
     /// The splice cannot be bumped.
     NothingToBump {
         /// The splice.
@@ -214,6 +223,14 @@ impl std::fmt::Display for SpliceError {
             SpliceError::ZeroConfChannel(id) => write!(
                 f,
                 "channel {id} is zero-conf: its splices cannot be replaced by fee bumps"
+            ),
+            SpliceError::TooFewCoins { legs, coins } => write!(
+                f,
+                "the batch has {legs} legs that add wallet funds, and LDK funds each from \
+                 confirmed coins of its own, but the wallet has {coins} confirmed, unreserved \
+                 coin{}: split a coin first (Node::prepare_coins_for_batch), or splice into \
+                 fewer channels at once",
+                if *coins == 1 { "" } else { "s" }
             ),
             SpliceError::NothingToBump { id, reason } => {
                 write!(f, "splice {id} cannot be bumped: {reason}")

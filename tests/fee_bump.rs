@@ -725,3 +725,128 @@ async fn a_batch_bump_with_a_peer_offline_fails_cleanly_and_the_old_candidates_l
     }
     assert!(a.coordinator().locked_coins().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_splice_in_batch_from_one_coin_is_refused_then_runs_after_the_coins_are_split() {
+    let chain = start_chain().await;
+    let alice = start_node(&chain).await;
+    let bob = start_node(&chain).await;
+    let (a, b) = (&alice.node, &bob.node);
+    fund_nodes(&chain, &[a, b]).await;
+    // Three channels opened from the wallet's one coin (its change each
+    // time): one coin left, worth far more than the batch.
+    let mut channels = Vec::new();
+    for capacity in [1_000_000, 900_000, 800_000] {
+        let (id, _) = open_channel(&chain, a, b, Amount::from_sat(capacity), Amount::ZERO).await;
+        channels.push((id, capacity));
+    }
+    a.wait_until(WAIT, "one confirmed coin", |n| {
+        n.onchain_balance().pending == Amount::ZERO && n.wallet().spendable_coins().len() == 1
+    })
+    .await
+    .unwrap();
+    let added = Amount::from_sat(100_000);
+    let mut plan = ldk_splice::BatchPlan::new(FeePolicy::fixed(FeeRate::from_sat_per_kwu(500)));
+    for (channel_id, _) in &channels {
+        plan = plan.leg(ldk_splice::Leg::SpliceIn {
+            channel: ldk_splice::ChannelRef {
+                channel_id: *channel_id,
+                counterparty: b.node_id(),
+            },
+            amount: added,
+        });
+    }
+    // Refused up front, saying why, for the quote as for the batch.
+    for refused in [
+        a.quote_batch(&plan).map(|_| ()),
+        a.start_batch(plan.clone()).map(|_| ()),
+    ] {
+        match refused {
+            Err(SpliceError::TooFewCoins { legs, coins }) => {
+                assert_eq!((legs, coins), (3, 1));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(a.list_batches().is_empty(), "nothing started");
+    assert!(a.coordinator().locked_coins().is_empty());
+
+    // Split first: quoted, then sent; the batch runs once it confirms.
+    let wallet_before = a.onchain_balance().confirmed;
+    let quote = a.quote_prepare_coins_for_batch(&plan).expect("quote");
+    assert_eq!(quote.coins.len(), 3);
+    assert!(
+        a.wallet().locked_coins().is_empty(),
+        "a quote locks nothing"
+    );
+    let prepared = a.prepare_coins_for_batch(&plan).await.expect("split");
+    assert_eq!(prepared.fee, quote.fee);
+    wait_in_mempool(&chain, &prepared.txid).await;
+    assert_eq!(
+        fee_of(&chain, &chain.transaction(&prepared.txid).unwrap()),
+        prepared.fee
+    );
+    mine(&chain, 1, &[a, b]).await;
+    a.wait_until(WAIT, "four confirmed coins", |n| {
+        n.wallet().spendable_coins().len() == 4
+    })
+    .await
+    .unwrap();
+    assert_eq!(a.onchain_balance().confirmed, wallet_before - prepared.fee);
+    let batch = a.start_batch(plan).expect("the batch runs now");
+    a.wait_for_batch(batch, WAIT, |s| *s == ldk_splice::BatchState::Signed)
+        .await
+        .expect("signed");
+    for part in a.batch_status(batch).unwrap().parts {
+        let txid = broadcast_txid(&chain, a, part.splice.unwrap()).await;
+        wait_in_mempool(&chain, &txid).await;
+    }
+    mine(&chain, 6, &[a, b]).await;
+    let done = a
+        .wait_for_batch(batch, WAIT, |s| s.is_final())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{:?}; legs {:?}",
+                a.batch_status(batch),
+                a.list_splices()
+                    .iter()
+                    .map(|r| (r.id, r.state.clone()))
+                    .collect::<Vec<_>>()
+            )
+        });
+    assert_eq!(done.state, ldk_splice::BatchState::Locked);
+    // Each leg spent its own coin whole: the amount and its fee, and the
+    // few sat a change output would have cost more than they are worth
+    // went into the channel (net_value says how many).
+    let mut spent = Amount::ZERO;
+    for (part, (channel_id, capacity)) in done.parts.iter().zip(&channels) {
+        let record = a.splice_status(part.splice.unwrap()).unwrap();
+        let into_channel = record.net_value.to_unsigned().unwrap();
+        assert!(into_channel >= added && into_channel - added < Amount::from_sat(330));
+        assert!(record.change.is_none(), "one coin, no change");
+        assert_eq!(
+            a.channel(channel_id).unwrap().channel_value_satoshis,
+            capacity + into_channel.to_sat()
+        );
+        let coin = prepared
+            .coins
+            .iter()
+            .find(|(outpoint, _)| record.inputs == vec![*outpoint])
+            .expect("a coin of the split");
+        assert_eq!(coin.1, into_channel + record.fee);
+        spent += coin.1;
+    }
+    a.wait_until(WAIT, "the wallet to settle", |n| {
+        n.onchain_balance().confirmed == wallet_before - prepared.fee - spent
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "wallet {:?}, expected {}",
+            a.onchain_balance(),
+            wallet_before - prepared.fee - spent
+        )
+    });
+    assert!(a.coordinator().locked_coins().is_empty());
+}

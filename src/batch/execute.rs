@@ -103,6 +103,7 @@ where
     fn execute_locked(&self, book: &mut Book, plan: &BatchPlan) -> Result<BatchId, SpliceError> {
         // Everything that can fail on its own comes before any leg is built.
         let parts = expand(plan)?;
+        self.check_coin_count(&parts)?;
         if plan.deadline > BatchPlan::MAX_DEADLINE || plan.deadline.is_zero() {
             return Err(SpliceError::InvalidRequest(format!(
                 "deadline: {} s is not between 1 s and a day",
@@ -231,6 +232,7 @@ where
     /// or sent.
     pub fn quote_batch(&self, plan: &BatchPlan) -> Result<BatchQuote, SpliceError> {
         let parts = expand(plan)?;
+        self.check_coin_count(&parts)?;
         let pool = Arc::new(CoinPool::default());
         let source = SpliceCoinSource::with_pool(&*self.core.wallet, false, &pool);
         let mut legs = Vec::with_capacity(parts.len());
@@ -294,6 +296,48 @@ where
             total_weight,
             single_tx_weight,
         })
+    }
+
+    /// Each splice-in leg needs a confirmed coin of its own (a move's
+    /// splice-in can wait for its splice-out's output instead).
+    fn check_coin_count(&self, parts: &[super::Part]) -> Result<(), SpliceError> {
+        let legs = parts.iter().filter(|p| p.role == LegRole::SpliceIn).count();
+        let coins = self.core.wallet.spendable_coins().len();
+        if coins < legs {
+            return Err(SpliceError::TooFewCoins { legs, coins });
+        }
+        Ok(())
+    }
+
+    /// What each splice-in leg of `plan` needs in a coin of its own, its
+    /// amount and its fee (one input, a change output) at the plan's
+    /// feerate: the outputs [`Node::prepare_coins_for_batch`] splits a coin
+    /// into.
+    ///
+    /// [`Node::prepare_coins_for_batch`]: crate::node::Node
+    pub fn coins_for_batch(&self, plan: &BatchPlan) -> Result<Vec<bitcoin::Amount>, SpliceError> {
+        let parts = expand(plan)?;
+        let pool = CoinPool::default();
+        let mut needs = Vec::new();
+        for part in parts.iter().filter(|p| p.role == LegRole::SpliceIn) {
+            let checked = self
+                .core
+                .plan_leg(
+                    part.channel,
+                    &part.request,
+                    &plan.fee,
+                    PlanMode::Unfunded,
+                    &pool,
+                )
+                .map_err(leg_error(part.leg))?;
+            let fee = crate::coordinator::estimated_fee(&checked, 1);
+            let need = part
+                .amount
+                .checked_add(fee)
+                .ok_or_else(|| SpliceError::InvalidRequest("amount overflows".into()))?;
+            needs.push(need);
+        }
+        Ok(needs)
     }
 
     /// The record of batch `id`.

@@ -213,9 +213,9 @@ pub struct BatchQuote {
 }
 
 /// A plan leg broken into splices, before anything is started.
-struct Part {
+pub(crate) struct Part {
     leg: usize,
-    role: LegRole,
+    pub(crate) role: LegRole,
     channel: ChannelRef,
     amount: Amount,
     request: ResizeRequest,

@@ -22,6 +22,8 @@ pub enum NodeError {
     Timeout(String),
     /// A liquidity service refused an order or answered something unusable.
     Liquidity(crate::liquidity::ClientError),
+    /// The splice coordinator refused.
+    Splice(crate::SpliceError),
 }
 
 impl std::fmt::Display for NodeError {
@@ -35,6 +37,7 @@ impl std::fmt::Display for NodeError {
             NodeError::InvalidInput(e) => write!(f, "invalid input: {e}"),
             NodeError::Timeout(e) => write!(f, "timed out: {e}"),
             NodeError::Liquidity(e) => write!(f, "liquidity order: {e}"),
+            NodeError::Splice(e) => write!(f, "{e}"),
         }
     }
 }
@@ -44,5 +47,11 @@ impl std::error::Error for NodeError {}
 impl From<WalletError> for NodeError {
     fn from(e: WalletError) -> Self {
         NodeError::Wallet(e)
+    }
+}
+
+impl From<crate::SpliceError> for NodeError {
+    fn from(e: crate::SpliceError) -> Self {
+        NodeError::Splice(e)
     }
 }

@@ -239,13 +239,21 @@ impl BdkWallet {
         amount: Amount,
         fee_rate: FeeRate,
     ) -> Result<Transaction, WalletError> {
+        self.build_payment_to(&[(script, amount)], fee_rate)
+    }
+
+    /// [`BdkWallet::build_payment`] to several outputs (e.g. to split a
+    /// coin into several of the wallet's own).
+    pub fn build_payment_to(
+        &self,
+        recipients: &[(ScriptBuf, Amount)],
+        fee_rate: FeeRate,
+    ) -> Result<Transaction, WalletError> {
         let mut state = self.lock();
         let available = state.wallet.balance().confirmed;
         let mut builder = state.wallet.build_tx();
-        builder
-            .add_recipient(script, amount)
-            .fee_rate(fee_rate)
-            .exclude_unconfirmed();
+        builder.set_recipients(recipients.to_vec());
+        builder.fee_rate(fee_rate).exclude_unconfirmed();
         let mut psbt = builder.finish().map_err(|e| match e {
             bdk_wallet::error::CreateTxError::CoinSelection(e) => WalletError::InsufficientFunds {
                 needed: e.needed,
