@@ -850,3 +850,51 @@ async fn a_splice_in_batch_from_one_coin_is_refused_then_runs_after_the_coins_ar
     });
     assert!(a.coordinator().locked_coins().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_zero_conf_channel_refuses_fee_bumps() {
+    let chain = start_chain().await;
+    let alice = start_node(&chain).await;
+    let a = &alice.node;
+    let bob_dir = tempfile::tempdir().unwrap();
+    let b = builder(&chain, bob_dir.path())
+        .trust_zero_conf_from(a.node_id())
+        .start()
+        .await
+        .unwrap();
+    fund_nodes(&chain, &[a, &b]).await;
+    a.connect(b.node_id(), b.listen_addr()).await.unwrap();
+    a.open_channel(b.node_id(), CAPACITY, Amount::ZERO).unwrap();
+    // Usable before any confirmation: zero-conf.
+    a.wait_until(WAIT, "the zero-conf channel usable", |n| {
+        n.list_channels()
+            .iter()
+            .any(|c| c.is_usable && c.confirmations_required == Some(0))
+    })
+    .await
+    .unwrap();
+    let channel_id = a.list_channels()[0].channel_id;
+    // The funding's change confirms, to fund the splice.
+    mine(&chain, 1, &[a, &b]).await;
+    let id = a
+        .splice_in(
+            &channel_id,
+            &b.node_id(),
+            Amount::from_sat(100_000),
+            FeePolicy::fixed(LOW),
+        )
+        .expect("splice-in");
+    a.wait_for_splice(id, WAIT, |s| s.is_broadcast())
+        .await
+        .unwrap();
+    for refused in [
+        a.quote_bump_fee(id, FeePolicy::fixed(HIGH)).map(|_| ()),
+        a.bump_fee(id, FeePolicy::fixed(HIGH)).map(|_| ()),
+    ] {
+        assert!(
+            matches!(refused, Err(SpliceError::ZeroConfChannel(c)) if c == channel_id),
+            "{refused:?}"
+        );
+    }
+    assert!(a.splice_status(id).unwrap().bump.is_none());
+}

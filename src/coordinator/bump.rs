@@ -323,6 +323,17 @@ where
                 "{id} is a leg of {batch}: bump the batch"
             )));
         }
+        let cm = self.channel_manager.get_cm();
+        let channel = cm
+            .list_channels_with_counterparty(&record.counterparty)
+            .into_iter()
+            .find(|c| c.channel_id == record.channel_id);
+        if channel
+            .as_ref()
+            .is_some_and(|c| c.confirmations_required == Some(0))
+        {
+            return Err(SpliceError::ZeroConfChannel(record.channel_id));
+        }
         match &record.state {
             SpliceState::Broadcast => {}
             SpliceState::Confirmed { .. } | SpliceState::Locked | SpliceState::Closed => {
@@ -334,15 +345,7 @@ where
         if record.bump.is_some() {
             return Err(nothing("a fee bump of it is under way"));
         }
-        let cm = self.channel_manager.get_cm();
-        let channel = cm
-            .list_channels_with_counterparty(&record.counterparty)
-            .into_iter()
-            .find(|c| c.channel_id == record.channel_id)
-            .ok_or(SpliceError::UnknownChannel(record.channel_id))?;
-        if channel.confirmations_required == Some(0) {
-            return Err(SpliceError::ZeroConfChannel(record.channel_id));
-        }
+        let channel = channel.ok_or(SpliceError::UnknownChannel(record.channel_id))?;
         if !channel.is_usable {
             return Err(SpliceError::PeerDisconnected(record.counterparty));
         }

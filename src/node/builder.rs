@@ -37,6 +37,9 @@ pub struct NodeConfig {
     /// Automatic fee bumping for every splice of ours (not batch legs);
     /// off by default.
     pub auto_bump: Option<crate::AutoBump>,
+    /// Peers whose channels to us are accepted zero-conf (usable before
+    /// their funding confirms: we trust them not to double-spend it).
+    pub zero_conf_peers: Vec<PublicKey>,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -56,6 +59,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("chain_feed", &self.chain_feed)
             .field("wallet_birthday_height", &self.wallet_birthday_height)
             .field("auto_bump", &self.auto_bump)
+            .field("zero_conf_peers", &self.zero_conf_peers)
             .finish()
     }
 }
@@ -132,6 +136,7 @@ impl NodeBuilder {
                 chain_feed: ChainFeed::BitcoindBlocks,
                 wallet_birthday_height: None,
                 auto_bump: None,
+                zero_conf_peers: Vec::new(),
             },
             wrap_store: None,
             funding_wallet: None,
@@ -267,6 +272,15 @@ impl NodeBuilder {
     /// [`Node::set_auto_bump`].
     pub fn auto_bump(mut self, policy: crate::AutoBump) -> Self {
         self.config.auto_bump = Some(policy);
+        self
+    }
+
+    /// Accepts channels `peer` opens to us zero-conf: usable at once,
+    /// trusting `peer` not to double-spend their funding. Their splices
+    /// cannot be fee-bumped (LDK never replaces a zero-conf channel's
+    /// funding).
+    pub fn trust_zero_conf_from(mut self, peer: PublicKey) -> Self {
+        self.config.zero_conf_peers.push(peer);
         self
     }
 

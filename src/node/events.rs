@@ -23,6 +23,8 @@ pub(crate) struct NodeEventHandler {
     pub(crate) bump: BumpHandler,
     pub(crate) notify: Arc<tokio::sync::Notify>,
     pub(crate) accept_inbound_channels: bool,
+    /// Peers whose channels are accepted zero-conf.
+    pub(crate) zero_conf_peers: Vec<bitcoin::secp256k1::PublicKey>,
     pub(crate) coordinator: Arc<NodeCoordinator>,
     /// Takes the fee payments of liquidity orders, when the node sells.
     pub(crate) liquidity_service: Option<Arc<NodeLiquidityService>>,
@@ -120,12 +122,24 @@ impl NodeEventHandler {
                     return Ok(());
                 }
                 let user_channel_id = u128::from_be_bytes(rand_bytes());
-                match self.channel_manager.accept_inbound_channel(
-                    &temporary_channel_id,
-                    &counterparty_node_id,
-                    user_channel_id,
-                    None,
-                ) {
+                let accepted = if self.zero_conf_peers.contains(&counterparty_node_id) {
+                    self.channel_manager
+                        .accept_inbound_channel_from_trusted_peer(
+                            &temporary_channel_id,
+                            &counterparty_node_id,
+                            user_channel_id,
+                            lightning::ln::channelmanager::TrustedChannelFeatures::ZeroConf,
+                            None,
+                        )
+                } else {
+                    self.channel_manager.accept_inbound_channel(
+                        &temporary_channel_id,
+                        &counterparty_node_id,
+                        user_channel_id,
+                        None,
+                    )
+                };
+                match accepted {
                     Ok(()) => log::info!(
                         "accepted inbound channel of {funding_satoshis} sat from {counterparty_node_id}"
                     ),

@@ -318,6 +318,7 @@ impl Node {
             ),
             notify: notify.clone(),
             accept_inbound_channels: config.accept_inbound_channels,
+            zero_conf_peers: config.zero_conf_peers.clone(),
             coordinator: coordinator.clone(),
             liquidity_service: liquidity.parts.service.clone(),
             send_messages: send_messages.clone(),
