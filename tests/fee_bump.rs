@@ -28,6 +28,15 @@ async fn wait_candidates(node: &ldk_splice::node::Node, id: SpliceId, n: usize) 
     node.splice_status(id).unwrap()
 }
 
+/// Waits until `node`'s confirmed wallet balance is `expected`.
+async fn wallet_settles(node: &ldk_splice::node::Node, expected: Amount) {
+    node.wait_until(WAIT, "the wallet to settle", |n| {
+        n.onchain_balance().confirmed == expected
+    })
+    .await
+    .unwrap_or_else(|_| panic!("wallet {:?}, expected {expected}", node.onchain_balance()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_splice_in_bumped_replaces_its_transaction_and_locks_with_exact_balances() {
     let Setup {
@@ -106,17 +115,7 @@ async fn a_splice_in_bumped_replaces_its_transaction_and_locks_with_exact_balanc
         alice_before + added
     );
     assert_eq!(b.channel_balance(&channel_id).unwrap(), bob_before);
-    a.wait_until(WAIT, "the wallet to see the final fee", |n| {
-        n.onchain_balance().confirmed == wallet_before - added - locked.fee
-    })
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "wallet {:?}, expected {}",
-            a.onchain_balance(),
-            wallet_before - added - locked.fee
-        )
-    });
+    wallet_settles(a, wallet_before - added - locked.fee).await;
     assert!(a.coordinator().locked_coins().is_empty());
     // Confirmed: nothing left to bump.
     assert!(matches!(
@@ -298,11 +297,7 @@ async fn a_restart_after_the_bump_was_negotiated_locks_on_it() {
     let locked = mine_to_lock(&chain, a, b, id).await;
     assert_eq!(locked.txid, Some(second));
     assert_eq!(locked.fee, bumped.fee);
-    a.wait_until(WAIT, "the wallet to see the final fee", |n| {
-        n.onchain_balance().confirmed == wallet_before - added - locked.fee
-    })
-    .await
-    .unwrap_or_else(|_| panic!("wallet {:?}", a.onchain_balance()));
+    wallet_settles(a, wallet_before - added - locked.fee).await;
     assert!(a.coordinator().locked_coins().is_empty());
 }
 
@@ -351,11 +346,7 @@ async fn a_restart_before_the_bump_was_signed_drops_it_and_it_can_be_asked_again
     wait_in_mempool(&chain, &bumped.txid.unwrap()).await;
     let locked = mine_to_lock(&chain, a, b, id).await;
     assert_eq!(locked.txid, bumped.txid);
-    a.wait_until(WAIT, "the wallet to see the final fee", |n| {
-        n.onchain_balance().confirmed == wallet_before - added - locked.fee
-    })
-    .await
-    .unwrap_or_else(|_| panic!("wallet {:?}", a.onchain_balance()));
+    wallet_settles(a, wallet_before - added - locked.fee).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -495,11 +486,7 @@ async fn the_automatic_policy_bumps_each_block_up_to_its_budget_and_stops() {
 
     let locked = mine_to_lock(&chain, a, b, id).await;
     assert_eq!(locked.txid, record.txid);
-    a.wait_until(WAIT, "the wallet to see the final fee", |n| {
-        n.onchain_balance().confirmed == wallet_before - added - locked.fee
-    })
-    .await
-    .unwrap_or_else(|_| panic!("wallet {:?}", a.onchain_balance()));
+    wallet_settles(a, wallet_before - added - locked.fee).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -678,11 +665,7 @@ async fn a_batch_is_bumped_leg_by_leg_together_and_locks_with_exact_balances() {
         );
         paid_out += BATCH_OUT;
     }
-    a.wait_until(WAIT, "the payouts in the wallet", |n| {
-        n.onchain_balance().confirmed == wallet_before.confirmed + paid_out
-    })
-    .await
-    .unwrap_or_else(|_| panic!("wallet {:?}", a.onchain_balance()));
+    wallet_settles(a, wallet_before.confirmed + paid_out).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -837,17 +820,7 @@ async fn a_splice_in_batch_from_one_coin_is_refused_then_runs_after_the_coins_ar
         assert_eq!(coin.1, into_channel + record.fee);
         spent += coin.1;
     }
-    a.wait_until(WAIT, "the wallet to settle", |n| {
-        n.onchain_balance().confirmed == wallet_before - prepared.fee - spent
-    })
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "wallet {:?}, expected {}",
-            a.onchain_balance(),
-            wallet_before - prepared.fee - spent
-        )
-    });
+    wallet_settles(a, wallet_before - prepared.fee - spent).await;
     assert!(a.coordinator().locked_coins().is_empty());
 }
 

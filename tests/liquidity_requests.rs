@@ -328,19 +328,7 @@ async fn every_limit_refuses_without_splice_or_claim() {
     );
     assert!(s.liquidity_service_orders().is_empty(), "nothing ordered");
     // An order left unpaid is open, so a second one is one too many.
-    let id = c.liquidity_client().create_order(
-        s.node_id(),
-        ldk_splice::liquidity::CreateOrder {
-            channel_id,
-            amount: Amount::from_sat(200_000),
-            client_order_id: "unpaid".into(),
-        },
-    );
-    c.peer_manager().process_events();
-    assert!(matches!(
-        wait_answer(c, &id).await,
-        Ok(ldk_splice::liquidity::Answer::Order(_))
-    ));
+    order_unpaid(c, s, channel_id, Amount::from_sat(200_000), "unpaid").await;
     let many = refused(
         c.buy_liquidity(&channel_id, Amount::from_sat(200_000), MAX_FEE, None)
             .await,
@@ -375,6 +363,30 @@ async fn every_limit_refuses_without_splice_or_claim() {
     assert_nothing_happened(s);
     assert_eq!(c.list_payments().len(), 1, "the client paid no fee");
     assert!(c.is_connected(&s.node_id()), "never disconnected");
+}
+
+/// Orders `amount` on `channel_id` from `s` through `c`'s client without
+/// paying; returns the order the service made.
+async fn order_unpaid(
+    c: &Node,
+    s: &Node,
+    channel_id: ChannelId,
+    amount: Amount,
+    client_order_id: &str,
+) -> ldk_splice::liquidity::Order {
+    let id = c.liquidity_client().create_order(
+        s.node_id(),
+        ldk_splice::liquidity::CreateOrder {
+            channel_id,
+            amount,
+            client_order_id: client_order_id.into(),
+        },
+    );
+    c.peer_manager().process_events();
+    match wait_answer(c, &id).await {
+        Ok(ldk_splice::liquidity::Answer::Order(order)) => order,
+        other => panic!("{other:?}"),
+    }
 }
 
 async fn wait_answer(
@@ -481,19 +493,7 @@ async fn an_unfundable_splice_fails_the_fee_back() {
     } = pair(terms()).await;
     let (s, c) = (&service.node, &client.node);
     let before = c.channel_balance(&channel_id).unwrap();
-    let order = c.liquidity_client().create_order(
-        s.node_id(),
-        ldk_splice::liquidity::CreateOrder {
-            channel_id,
-            amount: AMOUNT,
-            client_order_id: "unfundable".into(),
-        },
-    );
-    c.peer_manager().process_events();
-    let order = match wait_answer(c, &order).await {
-        Ok(ldk_splice::liquidity::Answer::Order(order)) => order,
-        other => panic!("{other:?}"),
-    };
+    let order = order_unpaid(c, s, channel_id, AMOUNT, "unfundable").await;
     // The service's only coin gets taken by a payment it has not sent yet:
     // when the fee arrives, nothing can fund the splice.
     let held = s
@@ -529,19 +529,7 @@ async fn an_order_paid_after_it_expired_is_failed_back() {
     } = pair(policy).await;
     let (s, c) = (&service.node, &client.node);
     let before = c.channel_balance(&channel_id).unwrap();
-    let id = c.liquidity_client().create_order(
-        s.node_id(),
-        ldk_splice::liquidity::CreateOrder {
-            channel_id,
-            amount: AMOUNT,
-            client_order_id: "late".into(),
-        },
-    );
-    c.peer_manager().process_events();
-    let order = match wait_answer(c, &id).await {
-        Ok(ldk_splice::liquidity::Answer::Order(order)) => order,
-        other => panic!("{other:?}"),
-    };
+    let order = order_unpaid(c, s, channel_id, AMOUNT, "late").await;
     s.wait_until(WAIT, "the order to expire", |n| {
         n.liquidity_service_orders()[0].order.state == OrderState::Expired
     })
