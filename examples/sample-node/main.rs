@@ -54,6 +54,7 @@
 //! stderr.
 
 mod api;
+mod autobump;
 mod cli;
 mod crash;
 mod daemon;
