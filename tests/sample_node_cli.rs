@@ -3,7 +3,9 @@
 //! checked from the CLI's JSON, the splices' events listed, acknowledged
 //! and followed, both daemons stopped with `cli stop`, and everything they
 //! wrote readable by the owner alone. And inbound liquidity bought through
-//! the CLI from a daemon running the liquidity service.
+//! the CLI from a daemon running the liquidity service. And a splice's fee
+//! bumped through the CLI: quoted, replaced in the mempool, locked with the
+//! wallet paying exactly the amount and the final fee.
 
 mod common;
 
@@ -902,4 +904,313 @@ async fn sample_node_buys_inbound_liquidity() {
     }
     chain.shutdown();
     eprintln!("sample-node liquidity test took {:?}", started.elapsed());
+}
+
+/// The candidates of splice record `record`.
+fn candidates(record: &Value) -> Vec<Value> {
+    record["candidates"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_node_bumps_a_splice_fee() {
+    let started = Instant::now();
+    let binary = sample_node_binary();
+    let mut chain = ChainProcess::start();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let alice = start_daemon(&binary, &chain, tmp.path().join("alice"));
+    // Bob bumps his own splices by himself (he starts none here).
+    let bob = start_daemon_with(
+        &binary,
+        &chain,
+        tmp.path().join("bob"),
+        &["--auto-bump", "6:30:20000"],
+    );
+    let (a, b) = (alice.dir.as_path(), bob.dir.as_path());
+    let info_a = cli_ok(&binary, a, &["getinfo"]);
+    let info_b = cli_ok(&binary, b, &["getinfo"]);
+    assert_eq!(info_a["auto_bump"], Value::Null, "{info_a}");
+    assert_eq!(
+        info_b["auto_bump"],
+        serde_json::json!({ "target_blocks": 6, "max_feerate_sat_per_kwu": 7500,
+                            "max_feerate_sat_per_vb": 30, "max_fee_sat": 20000 }),
+        "{info_b}"
+    );
+    let bob_id = info_b["node_id"].as_str().unwrap().to_string();
+    let bob_addr = info_b["listen_addr"].as_str().unwrap().to_string();
+
+    // Fund alice and open a channel.
+    let address = cli_ok(&binary, a, &["newaddress"]);
+    let address: Address<NetworkUnchecked> = address["address"].as_str().unwrap().parse().unwrap();
+    chain.mine_blocks(1, &address.assume_checked());
+    chain.mine_blocks_to_burn(100);
+    poll("alice's coinbase to mature", || {
+        let balance = cli_ok(&binary, a, &["balance"]);
+        (sat(&balance, "confirmed_sat") == SUBSIDY_SAT).then_some(())
+    });
+    cli_ok(&binary, a, &["connect", &format!("{bob_id}@{bob_addr}")]);
+    cli_ok(
+        &binary,
+        a,
+        &["openchannel", &bob_id, &CAPACITY_SAT.to_string()],
+    );
+    let usable = |dir: &Path| {
+        let channels = cli_ok(&binary, dir, &["listchannels"]);
+        channels
+            .as_array()
+            .unwrap()
+            .first()
+            .cloned()
+            .filter(|c| c["is_usable"] == true)
+    };
+    let channel = poll("the channel to be usable", || {
+        chain.mine_blocks_to_burn(1);
+        std::thread::sleep(Duration::from_millis(100));
+        usable(a).and_then(|c| usable(b).map(|_| c))
+    });
+    let channel_id = channel["channel_id"].as_str().unwrap().to_string();
+    let wallet_before = poll("alice's change to confirm", || {
+        let balance = cli_ok(&binary, a, &["balance"]);
+        (sat(&balance, "pending_sat") == 0 && sat(&balance, "untrusted_pending_sat") == 0)
+            .then(|| sat(&balance, "confirmed_sat"))
+    });
+
+    // A budget that could never bump is refused before anything starts.
+    let add = SPLICE_SAT.to_string();
+    let splice_in = |extra: &[&str]| {
+        let mut args = vec!["splicein", &channel_id, &bob_id, &add, "--feerate", "1"];
+        args.extend_from_slice(extra);
+        cli(&binary, a, &args)
+    };
+    for (spec, words) in [
+        ("6:1:20000", &["max_feerate_sat_per_vb 1", "at least 2"][..]),
+        (
+            "6:20",
+            &["TARGET_BLOCKS:MAX_FEERATE_SAT_PER_VB:MAX_FEE_SAT"][..],
+        ),
+        ("0:20:20000", &["target_blocks 0"][..]),
+    ] {
+        let (ok, error) = splice_in(&["--auto-bump", spec]);
+        assert!(!ok, "{spec}: {error}");
+        let message = error["error"].as_str().unwrap_or_default();
+        for word in words {
+            assert!(message.contains(word), "{spec}: {message:?} lacks {word:?}");
+        }
+    }
+    let channel_param = serde_json::json!({
+        "channel_id": channel_id, "node_id": bob_id, "add_sat": 1000,
+        "auto_bump": { "target_blocks": 6, "max_feerate_sat_per_vb": 20, "max_fee_sat": 20000 },
+    });
+    let (status, answer) = api(a, "quote", channel_param);
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(
+        cli_ok(&binary, a, &["listsplices"]),
+        serde_json::json!([]),
+        "nothing started"
+    );
+
+    // Splice in at 1 sat/vB with automatic bumping on, until broadcast (no
+    // block is mined: nothing confirms, nothing is bumped by itself).
+    let (ok, record) = splice_in(&["--auto-bump", "6:30:20000", "--wait", "broadcast"]);
+    assert!(ok, "{record}");
+    assert_eq!(record["state"], "broadcast", "{record}");
+    assert_eq!(
+        record["auto_bump"]["policy"],
+        serde_json::json!({ "target_blocks": 6, "max_feerate_sat_per_kwu": 7500, "max_fee_sat": 20000 }),
+        "{record}"
+    );
+    assert_eq!(record["bump"], Value::Null, "{record}");
+    let id = record["splice_id"].as_str().unwrap().to_string();
+    let first_txid = record["txid"].as_str().unwrap().to_string();
+    let first_fee = sat(&record, "fee");
+    poll("the splice in the mempool", || {
+        chain.mempool().contains(&first_txid).then_some(())
+    });
+    assert_eq!(chain.fee_of(&first_txid), first_fee);
+    // Off again before a block comes: the bumps below are ours to ask.
+    let off = cli_ok(&binary, a, &["autobump", &id, "--off"]);
+    assert_eq!(off["auto_bump"], Value::Null, "{off}");
+
+    // The quote: the least a bump may pay now, and what 20 sat/vB costs;
+    // nothing is reserved or sent.
+    let quote = cli_ok(&binary, a, &["bumpfee", &id, "--feerate", "20", "--quote"]);
+    assert_eq!(quote["splice_id"], id.as_str(), "{quote}");
+    assert_eq!(sat(&quote, "feerate_sat_per_kwu"), 5_000, "{quote}");
+    // LDK's rule from 253 sat/kwu: 25/24 of it and 25 more, i.e. 278.
+    let min = sat(&quote, "min_feerate_sat_per_kwu");
+    assert!((278..=280).contains(&min), "{quote}");
+    assert_eq!(sat(&quote, "min_feerate_sat_per_vb"), 2, "{quote}");
+    assert_eq!(sat(&quote, "previous_fee"), first_fee, "{quote}");
+    let bump_fee = sat(&quote, "fee");
+    assert!(bump_fee > first_fee, "{quote}");
+    assert_eq!(sat(&quote, "extra_fee"), bump_fee - first_fee, "{quote}");
+    assert_eq!(quote["adds_inputs"], false, "the change pays: {quote}");
+    assert_eq!(sat(&quote, "candidates"), 1, "{quote}");
+    let unchanged = cli_ok(&binary, a, &["splicestatus", &id]);
+    assert_eq!(unchanged["bump"], Value::Null, "{unchanged}");
+    assert_eq!(candidates(&unchanged).len(), 1, "{unchanged}");
+
+    // Bump to 20 sat/vB and wait until it is negotiated.
+    let mut bump = Command::new(&binary);
+    bump.arg("cli").arg("--datadir").arg(a).args([
+        "bumpfee",
+        &id,
+        "--feerate",
+        "20",
+        "--wait",
+        "negotiated",
+    ]);
+    let (status, stdout, progress) = run_to_exit(bump);
+    assert!(status.success(), "{stdout} {progress}");
+    assert!(progress.contains("negotiated"), "{progress}");
+    let bumped: Value = serde_json::from_str(&stdout).expect("record JSON");
+    let second_txid = bumped["txid"].as_str().unwrap().to_string();
+    assert_ne!(second_txid, first_txid);
+    assert_eq!(bumped["bump"], Value::Null, "{bumped}");
+    assert_eq!(candidates(&bumped).len(), 2, "{bumped}");
+    assert_eq!(sat(&bumped, "fee"), bump_fee, "the fee the quote said");
+    assert_eq!(sat(&bumped, "feerate_sat_per_kwu"), 5_000, "{bumped}");
+    let mempool = poll("the replacement in the mempool", || {
+        let mempool = chain.mempool();
+        mempool.contains(&second_txid).then_some(mempool)
+    });
+    assert!(!mempool.contains(&first_txid), "replaced: {mempool:?}");
+    assert_eq!(chain.fee_of(&second_txid), bump_fee);
+    let listed = cli_ok(&binary, a, &["events"]);
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "fee_bumped"
+                && e["splice_id"] == id.as_str()
+                && e["txid"] == second_txid.as_str()
+                && e["fee"] == bump_fee),
+        "{listed:#}"
+    );
+
+    // Too low a feerate now: exit 1, naming the minimum.
+    let min = sat(
+        &cli_ok(&binary, a, &["bumpfee", &id, "--feerate", "30", "--quote"]),
+        "min_feerate_sat_per_kwu",
+    );
+    assert!(min > 5_000, "{min}");
+    let (ok, error) = cli(&binary, a, &["bumpfee", &id, "--feerate", "1"]);
+    assert!(!ok, "{error}");
+    let message = error["error"].as_str().unwrap_or_default();
+    for word in [
+        format!("at least {min} sat/kwu"),
+        format!("ask for {} sat/vB", min.div_ceil(250)),
+    ] {
+        assert!(message.contains(&word), "{message:?} lacks {word:?}");
+    }
+    let (status, _) = api(
+        a,
+        "bumpfee",
+        serde_json::json!({ "id": id, "feerate_sat_per_vb": 1 }),
+    );
+    assert_eq!(status, 422);
+    let (status, answer) = api(
+        a,
+        "bumpfee",
+        serde_json::json!({ "id": "splice-99", "feerate_sat_per_vb": 30 }),
+    );
+    assert_eq!(status, 404, "{answer}");
+    let (status, answer) = api(
+        a,
+        "bumpfee",
+        serde_json::json!({ "id": id, "feerate_sat_per_vb": 0 }),
+    );
+    assert_eq!(status, 400, "{answer}");
+    // Automatic bumping that could not beat the feerate paid now is refused.
+    let (ok, error) = cli(&binary, a, &["autobump", &id, "3:20:20000"]);
+    assert!(!ok, "{error}");
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("at least 21 sat/vB"),
+        "{error}"
+    );
+    let nothing_left = cli_ok(&binary, a, &["splicestatus", &id]);
+    assert_eq!(nothing_left["bump"], Value::Null, "{nothing_left}");
+    assert_eq!(nothing_left["auto_bump"], Value::Null, "{nothing_left}");
+    assert_eq!(candidates(&nothing_left).len(), 2, "{nothing_left}");
+
+    // Bump again to 30 sat/vB and follow it to lock: blocks come only once
+    // it is negotiated, so it is the one that confirms.
+    let progress_file = tmp.path().join("bump-progress");
+    let mut child = Command::new(&binary)
+        .arg("cli")
+        .arg("--datadir")
+        .arg(a)
+        .args(["bumpfee", &id, "--feerate", "30", "--wait", "locked"])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&progress_file).expect("progress file"))
+        .spawn()
+        .expect("cli runs");
+    let third = poll("the second bump to be negotiated", || {
+        let record = cli_ok(&binary, a, &["splicestatus", &id]);
+        (candidates(&record).len() == 3 && record["bump"].is_null()).then_some(record)
+    });
+    let third_txid = third["txid"].as_str().unwrap().to_string();
+    poll("the second replacement in the mempool", || {
+        let mempool = chain.mempool();
+        (mempool.contains(&third_txid) && !mempool.contains(&second_txid)).then_some(())
+    });
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().expect("cli status").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "bumpfee --wait locked did not end"
+        );
+        chain.mine_blocks_to_burn(1);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let output = child.wait_with_output().expect("cli output");
+    let progress = std::fs::read_to_string(&progress_file).unwrap_or_default();
+    assert!(output.status.success(), "{progress}");
+    assert!(progress.contains("negotiated"), "{progress}");
+    assert!(progress.contains("locked"), "{progress}");
+    let locked: Value = serde_json::from_slice(&output.stdout).expect("record JSON");
+    assert_eq!(locked["state"], "locked", "{locked}");
+    assert_eq!(locked["txid"], third_txid.as_str(), "{locked}");
+    let fee = sat(&locked, "fee");
+    assert_eq!(fee, sat(&third, "fee"), "{locked}");
+    assert_eq!(chain.fee_of(&third_txid), fee, "the fee the record says");
+    assert!(fee > bump_fee);
+
+    // The channel grew by the amount; the wallet paid the amount and the
+    // final fee, nothing more, and holds no coin for the splice.
+    poll("the new capacity", || {
+        usable(a).filter(|c| sat(c, "capacity_sat") == CAPACITY_SAT + SPLICE_SAT)
+    });
+    let balance = poll("alice's wallet to pay amount + the final fee", || {
+        let balance = cli_ok(&binary, a, &["balance"]);
+        (sat(&balance, "confirmed_sat") == wallet_before - SPLICE_SAT - fee
+            && sat(&balance, "pending_sat") == 0)
+            .then_some(balance)
+    });
+    assert_eq!(
+        balance["splice_locked_coins"],
+        serde_json::json!([]),
+        "{balance}"
+    );
+    let (ok, error) = cli(&binary, a, &["bumpfee", &id, "--feerate", "50"]);
+    assert!(
+        !ok && error["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be bumped"),
+        "{error}"
+    );
+
+    for mut daemon in [alice, bob] {
+        cli_ok(&binary, &daemon.dir, &["stop"]);
+        let status = poll("the daemon to exit", || {
+            daemon.child.try_wait().expect("daemon status")
+        });
+        assert!(status.success(), "daemon exited with {status}");
+    }
+    chain.shutdown();
+    eprintln!("sample-node fee bump test took {:?}", started.elapsed());
 }

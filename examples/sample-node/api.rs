@@ -30,6 +30,19 @@
 //! Events: `events` lists the coordinator's unacknowledged splice and batch
 //! events, each with an id `RUN:N`; `ackevents {"through": ID}` acknowledges
 //! every event up to and including that one. See [`EventLedger`].
+//!
+//! Fee bumps (RBF) of our broadcast splices: `bumpfee {"id",
+//! "feerate_sat_per_vb", "max_fee_sat"?, "quote"?}` replaces the splice's
+//! transaction with one paying more (same amount and destinations) and
+//! answers its record, with `candidates_before` (how many candidates it
+//! had: the bump is negotiated once it has more and `bump` is null); with
+//! `"quote": true` it answers what the bump would cost, doing nothing.
+//! `autobump {"id", "auto_bump": {"target_blocks", "max_feerate_sat_per_vb",
+//! "max_fee_sat"} | null}` turns automatic bumping of a splice on or off;
+//! `splicein`, `spliceout` and `resize` take the same `auto_bump` object to
+//! turn it on as they start. An unknown splice is a 404, a fee bump the
+//! node refuses (too low a feerate, over the cap, nothing to bump) a 422
+//! whose message names the number needed.
 
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -53,8 +66,8 @@ use ldk_splice::liquidity::{
 };
 use ldk_splice::node::{Node, NodeError, PaymentStatus};
 use ldk_splice::{
-    BatchId, BatchPlan, ChannelRef, Destination, FeePolicy, Leg, Payout, ResizeRequest,
-    SpliceEvent, SpliceId,
+    AutoBump, BatchId, BatchPlan, BumpQuote, ChannelRef, Destination, FeePolicy, Leg, Payout,
+    ResizeRequest, SpliceError, SpliceEvent, SpliceId,
 };
 use lightning::ln::types::ChannelId;
 use lightning::sign::EntropySource;
@@ -62,6 +75,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tower_http::limit::RequestBodyLimitLayer;
+
+use crate::autobump::{self, AutoBumpParams};
 
 /// The largest request body the API reads: 64 KiB (a batch plan with
 /// hundreds of legs fits).
@@ -416,6 +431,8 @@ struct SpliceParams {
     to: Option<String>,
     #[serde(flatten)]
     fee: FeeParams,
+    /// Turn automatic fee bumping on for the splice once it starts.
+    auto_bump: Option<AutoBumpParams>,
 }
 
 #[derive(Deserialize)]
@@ -434,6 +451,8 @@ struct ResizeParams {
     outputs: Vec<PayoutParams>,
     #[serde(flatten)]
     fee: FeeParams,
+    /// `resize` only: turn automatic fee bumping on once it starts.
+    auto_bump: Option<AutoBumpParams>,
 }
 
 impl ResizeParams {
@@ -544,15 +563,125 @@ struct IdParams {
     id: String,
 }
 
-/// A splice record as JSON, with its id in the `splice-N` form.
+/// A splice record as JSON, with its id in the `splice-N` form. `bump`
+/// (a fee bump under way) and `auto_bump` (automatic fee bumping) are
+/// always there, `null` when there is none.
 fn splice_json(record: &ldk_splice::SpliceRecord) -> Value {
     let mut value =
         serde_json::to_value(record).unwrap_or_else(|e| json!({ "error": e.to_string() }));
     if let Value::Object(map) = &mut value {
         map.insert("splice_id".into(), json!(record.id.to_string()));
         map.insert("status".into(), json!(record.state.to_string()));
+        map.entry("bump").or_insert(Value::Null);
+        map.entry("auto_bump").or_insert(Value::Null);
     }
     value
+}
+
+/// A fee bump's quote as JSON: the feerate asked and the least a bump may
+/// pay now (in sat/kwu, and as the least whole sat/vB to ask for), our
+/// share of the replacement's fee, of the newest candidate's, and the
+/// difference, whether the wallet adds a coin, and the candidates so far.
+fn bump_quote_json(quote: &BumpQuote) -> Value {
+    json!({
+        "splice_id": quote.id.to_string(),
+        "feerate_sat_per_kwu": quote.feerate.to_sat_per_kwu(),
+        "min_feerate_sat_per_kwu": quote.min_feerate.to_sat_per_kwu(),
+        "min_feerate_sat_per_vb": autobump::whole_sat_per_vb_at_least(quote.min_feerate),
+        "fee": quote.fee.to_sat(),
+        "previous_fee": quote.previous_fee.to_sat(),
+        "extra_fee": quote.extra_fee.to_sat(),
+        "adds_inputs": quote.adds_inputs,
+        "candidates": quote.candidates,
+    })
+}
+
+/// A refused fee bump (or automatic bumping setting) as an API error: an
+/// unknown splice is a 404, every other refusal a 422 whose message says
+/// the number needed.
+fn bump_error(error: SpliceError) -> ApiError {
+    match error {
+        SpliceError::UnknownSplice(id) => ApiError::not_found(format!("no splice {id}")),
+        SpliceError::BumpFeeRateTooLow {
+            feerate,
+            min_feerate,
+        } => ApiError::refused(format!(
+            "a fee bump must pay at least {} sat/kwu ({} sat/vB): ask for {} sat/vB or more \
+             ({} sat/kwu asked)",
+            min_feerate.to_sat_per_kwu(),
+            autobump::sat_per_vb(min_feerate),
+            autobump::whole_sat_per_vb_at_least(min_feerate),
+            feerate.to_sat_per_kwu()
+        )),
+        SpliceError::TooManyCandidates {
+            candidates,
+            min_feerate,
+        } => ApiError::refused(format!(
+            "the splice has {candidates} candidates already: a further bump must pay at least \
+             the current estimate of {} sat/kwu ({} sat/vB): ask for {} sat/vB or more",
+            min_feerate.to_sat_per_kwu(),
+            autobump::sat_per_vb(min_feerate),
+            autobump::whole_sat_per_vb_at_least(min_feerate)
+        )),
+        SpliceError::FeeTooHigh { fee, max_fee } => ApiError::refused(format!(
+            "the fee bump would pay {} sat in fees, above the cap of {} sat: raise the cap \
+             (max_fee_sat) or ask a lower feerate",
+            fee.to_sat(),
+            max_fee.to_sat()
+        )),
+        SpliceError::FeeRateTooHigh {
+            feerate,
+            max_feerate,
+        } => ApiError::refused(format!(
+            "feerate {} sat/kwu is above the cap of {} sat/kwu ({} sat/vB)",
+            feerate.to_sat_per_kwu(),
+            max_feerate.to_sat_per_kwu(),
+            autobump::sat_per_vb(max_feerate)
+        )),
+        other => ApiError::refused(other),
+    }
+}
+
+/// The automatic fee bumping a splice command asks for, checked before
+/// the splice starts: a budget whose maximum feerate is not above the
+/// splice's own fixed feerate could never bump, and is refused.
+fn auto_bump_for(
+    params: &Option<AutoBumpParams>,
+    fee: &FeeParams,
+) -> Result<Option<AutoBump>, ApiError> {
+    let Some(params) = params else {
+        return Ok(None);
+    };
+    let policy = params
+        .policy()
+        .map_err(|e| ApiError::bad_request(format!("auto_bump: {e}")))?;
+    if let Some(rate) = fee.feerate_sat_per_vb {
+        if rate >= params.max_feerate_sat_per_vb {
+            return Err(ApiError::bad_request(format!(
+                "auto_bump: max_feerate_sat_per_vb {} is not above the splice's feerate of {rate} \
+                 sat/vB: it could never bump",
+                params.max_feerate_sat_per_vb
+            )));
+        }
+    }
+    Ok(Some(policy))
+}
+
+/// Turns automatic fee bumping on for splice `id`, just started. A splice
+/// that already ended (LDK refused it at once) is answered as it is; any
+/// other failure is a 422 that names the splice, which did start.
+fn start_auto_bump(node: &Node, id: SpliceId, policy: Option<AutoBump>) -> Result<(), ApiError> {
+    let Some(policy) = policy else {
+        return Ok(());
+    };
+    match node.set_auto_bump(id, Some(policy)) {
+        Ok(()) => Ok(()),
+        Err(_) if node.splice_status(id).is_some_and(|r| r.state.is_final()) => Ok(()),
+        Err(e) => Err(ApiError::refused(format!(
+            "{id} started (see splicestatus {id}), but automatic fee bumping could not be turned \
+             on: {e}; turn it on with autobump"
+        ))),
+    }
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> ApiResult {
@@ -930,6 +1059,7 @@ fn dispatch_blocking(state: &AppState, command: &str, p: Value) -> ApiResult {
                 "usable_channels": channels.iter().filter(|c| c.is_usable).count(),
                 "peers": node.peer_manager().list_peers().len(),
                 "liquidity_service": node.liquidity_service().is_some(),
+                "auto_bump": node.config().auto_bump.as_ref().map(autobump::policy_json),
             }))
         }
         "newaddress" => node
@@ -1017,6 +1147,7 @@ fn dispatch_blocking(state: &AppState, command: &str, p: Value) -> ApiResult {
             let sp: SpliceParams = params(command, p)?;
             let channel = sp.channel.parse()?;
             let fee = sp.fee.policy()?;
+            let auto_bump = auto_bump_for(&sp.auto_bump, &sp.fee)?;
             let amount = Amount::from_sat(sp.amount_sat);
             let id = if command == "splicein" {
                 node.splice_in(&channel.channel_id, &channel.counterparty, amount, fee)
@@ -1027,6 +1158,7 @@ fn dispatch_blocking(state: &AppState, command: &str, p: Value) -> ApiResult {
                 node.splice_out(&channel.channel_id, &channel.counterparty, amount, to, fee)
             }
             .map_err(ApiError::refused)?;
+            start_auto_bump(node, id, auto_bump)?;
             splice_by_id(node, id)
         }
         "resize" | "quote" => {
@@ -1035,16 +1167,117 @@ fn dispatch_blocking(state: &AppState, command: &str, p: Value) -> ApiResult {
             let request = rp.request()?;
             let fee = rp.fee.policy()?;
             if command == "quote" {
+                if rp.auto_bump.is_some() {
+                    return Err(ApiError::bad_request(
+                        "quote takes no auto_bump: it starts nothing",
+                    ));
+                }
                 let quote = node
                     .quote_splice(&channel.channel_id, &channel.counterparty, &request, fee)
                     .map_err(ApiError::refused)?;
                 to_json(&quote)
             } else {
+                let auto_bump = auto_bump_for(&rp.auto_bump, &rp.fee)?;
                 let id = node
                     .resize(&channel.channel_id, &channel.counterparty, request, fee)
                     .map_err(ApiError::refused)?;
+                start_auto_bump(node, id, auto_bump)?;
                 splice_by_id(node, id)
             }
+        }
+        "bumpfee" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct P {
+                /// The splice (splice-N or N).
+                id: String,
+                /// The feerate the replacement pays.
+                feerate_sat_per_vb: u64,
+                /// Cap on our share of its fee (default 50 000 sat).
+                max_fee_sat: Option<u64>,
+                /// Only say what the bump would cost.
+                #[serde(default)]
+                quote: bool,
+            }
+            let P {
+                id,
+                feerate_sat_per_vb,
+                max_fee_sat,
+                quote,
+            } = params(command, p)?;
+            let id = parse_splice_id(&id)?;
+            if let Some(max) = max_fee_sat {
+                money("max_fee_sat", max)?;
+            }
+            let fee = FeeParams {
+                feerate_sat_per_vb: Some(feerate_sat_per_vb),
+                max_fee_sat,
+            }
+            .policy()?;
+            fee.validate()
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            if quote {
+                let quote = node.quote_bump_fee(id, fee).map_err(bump_error)?;
+                return Ok(bump_quote_json(&quote));
+            }
+            let before = node
+                .splice_status(id)
+                .ok_or_else(|| ApiError::not_found(format!("no splice {id}")))?
+                .candidates
+                .len();
+            node.bump_fee(id, fee).map_err(bump_error)?;
+            let record = node
+                .splice_status(id)
+                .ok_or_else(|| ApiError::not_found(format!("no splice {id}")))?;
+            let candidates_before = record
+                .bump
+                .as_ref()
+                .map(|b| b.candidates_before)
+                .unwrap_or(before);
+            let mut value = splice_by_id(node, id)?;
+            if let Value::Object(map) = &mut value {
+                map.insert("candidates_before".into(), json!(candidates_before));
+            }
+            Ok(value)
+        }
+        "autobump" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct P {
+                /// The splice (splice-N or N).
+                id: String,
+                /// The budget, or null to turn automatic bumping off.
+                auto_bump: Option<AutoBumpParams>,
+            }
+            if p.get("auto_bump").is_none() {
+                return Err(ApiError::bad_request(
+                    "autobump needs auto_bump: {\"target_blocks\", \"max_feerate_sat_per_vb\", \
+                     \"max_fee_sat\"} to turn it on, or null to turn it off",
+                ));
+            }
+            let P { id, auto_bump } = params(command, p)?;
+            let id = parse_splice_id(&id)?;
+            let policy = auto_bump
+                .map(|a| a.policy())
+                .transpose()
+                .map_err(|e| ApiError::bad_request(format!("auto_bump: {e}")))?;
+            let record = node
+                .splice_status(id)
+                .ok_or_else(|| ApiError::not_found(format!("no splice {id}")))?;
+            if let Some(policy) = &policy {
+                if policy.max_feerate <= record.feerate && !record.state.is_final() {
+                    return Err(ApiError::refused(format!(
+                        "automatic bumping up to {} sat/kwu ({} sat/vB) could never bump {id}: \
+                         it already pays {} sat/kwu; give a max feerate of at least {} sat/vB",
+                        policy.max_feerate.to_sat_per_kwu(),
+                        autobump::sat_per_vb(policy.max_feerate),
+                        record.feerate.to_sat_per_kwu(),
+                        record.feerate.to_sat_per_kwu() / 250 + 1
+                    )));
+                }
+            }
+            node.set_auto_bump(id, policy).map_err(bump_error)?;
+            splice_by_id(node, id)
         }
         "splicestatus" => {
             let IdParams { id } = params(command, p)?;
@@ -1109,10 +1342,20 @@ fn dispatch_blocking(state: &AppState, command: &str, p: Value) -> ApiResult {
     }
 }
 
-/// One event as the API shows it: its id, what it is about, the state
-/// reached, and the event as the library serializes it.
+/// One event as the API shows it: its id, its `kind` (`state_changed`,
+/// `batch_state_changed`, `fee_bumped`, `fee_bump_dropped`,
+/// `auto_bump_stopped`), what it is about (`splice_id` or `batch_id`), the
+/// state reached (state changes) or what happened (`txid`,
+/// `feerate_sat_per_kwu` and `fee` of a bump; `reason` of a dropped bump
+/// or stopped automatic bumping), and the event as the library serializes
+/// it.
 fn event_json(id: String, event: &SpliceEvent) -> Value {
     let mut value = json!({ "id": id });
+    let serialized = serde_json::to_value(event).unwrap_or(Value::Null);
+    // The library's variant name, e.g. FeeBumped -> fee_bumped.
+    if let Some(name) = serialized.as_object().and_then(|m| m.keys().next()) {
+        value["kind"] = json!(snake_case(name));
+    }
     let state_name = |state: Value| state["state"].as_str().map(str::to_string);
     match event {
         SpliceEvent::StateChanged { id, state, .. } => {
@@ -1123,10 +1366,46 @@ fn event_json(id: String, event: &SpliceEvent) -> Value {
             value["batch_id"] = json!(batch.to_string());
             value["state"] = json!(serde_json::to_value(state).ok().and_then(state_name));
         }
-        _ => {}
+        SpliceEvent::FeeBumped {
+            id,
+            txid,
+            feerate,
+            fee,
+        } => {
+            value["splice_id"] = json!(id.to_string());
+            value["txid"] = json!(txid.to_string());
+            value["feerate_sat_per_kwu"] = json!(feerate.to_sat_per_kwu());
+            value["fee"] = json!(fee.to_sat());
+        }
+        SpliceEvent::FeeBumpDropped { id, reason }
+        | SpliceEvent::AutoBumpStopped { id, reason } => {
+            value["splice_id"] = json!(id.to_string());
+            value["reason"] = json!(reason);
+        }
+        other => {
+            if let Some(id) = other.splice_id() {
+                value["splice_id"] = json!(id.to_string());
+            }
+        }
     }
-    value["event"] = serde_json::to_value(event).unwrap_or(Value::Null);
+    value["event"] = serialized;
     value
+}
+
+/// `FeeBumped` -> `fee_bumped`.
+fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Every pending event, oldest first, numbered as [`EventLedger`] says.

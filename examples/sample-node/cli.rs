@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::autobump::AutoBumpParams;
 use crate::daemon::{API_ADDR_FILE, API_TOKEN_FILE};
 
 /// Arguments of `sample-node cli`.
@@ -43,6 +44,27 @@ pub struct WaitArgs {
     /// Give up waiting after this many seconds.
     #[arg(long, default_value_t = 3600)]
     wait_timeout: u64,
+}
+
+/// Automatic fee bumping option of splice commands.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AutoBumpArgs {
+    /// Once the splice starts, bump its fee by itself after each block it
+    /// stays unconfirmed: rising evenly from its feerate to MAX_FEERATE
+    /// (sat/vB), reached TARGET_BLOCKS blocks after the broadcast, never
+    /// paying more than MAX_FEE sat. E.g. 6:20:10000.
+    #[arg(long, value_name = "TARGET_BLOCKS:MAX_FEERATE:MAX_FEE")]
+    auto_bump: Option<String>,
+}
+
+/// How far `bumpfee --wait` follows a fee bump.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BumpWaitFor {
+    /// Until the replacement is negotiated with the peer (a new candidate
+    /// of the splice, signed and broadcast).
+    Negotiated,
+    /// Until the splice locks (on whichever candidate confirms).
+    Locked,
 }
 
 /// How far `--wait` follows a splice.
@@ -146,6 +168,8 @@ enum Command {
         #[command(flatten)]
         fee: FeeArgs,
         #[command(flatten)]
+        auto_bump: AutoBumpArgs,
+        #[command(flatten)]
         wait: WaitArgs,
     },
     /// Pay channel funds to an address, or to our wallet with `wallet`.
@@ -157,6 +181,8 @@ enum Command {
         destination: String,
         #[command(flatten)]
         fee: FeeArgs,
+        #[command(flatten)]
+        auto_bump: AutoBumpArgs,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -172,6 +198,8 @@ enum Command {
         outputs: Vec<String>,
         #[command(flatten)]
         fee: FeeArgs,
+        #[command(flatten)]
+        auto_bump: AutoBumpArgs,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -211,6 +239,49 @@ enum Command {
     Listsplices,
     /// Cancel a splice not yet signed.
     Cancel { id: String },
+    /// Replace a broadcast splice's transaction with one paying a higher
+    /// fee (same amount and destinations); prints its record. The splice
+    /// locks on whichever of its transactions confirms.
+    ///
+    /// A bump must pay at least 25/24 of the previous feerate and 25
+    /// sat/kwu more; `--quote` shows that minimum (min_feerate_sat_per_vb)
+    /// and what the bump would cost, doing nothing.
+    Bumpfee {
+        /// The splice: splice-N or N.
+        id: String,
+        /// The new feerate in sat/vB (whole; at most the node's cap of 100).
+        #[arg(long)]
+        feerate: String,
+        /// Most we pay in fees for the replacement, in sat (default 50000).
+        #[arg(long)]
+        max_fee: Option<String>,
+        /// Only show what the bump would cost and the least feerate it may pay.
+        #[arg(long, conflicts_with = "wait")]
+        quote: bool,
+        /// Wait until the replacement is negotiated, or the splice locked,
+        /// showing progress on stderr.
+        #[arg(long, value_enum)]
+        wait: Option<BumpWaitFor>,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        wait_timeout: u64,
+    },
+    /// Turn automatic fee bumping of a splice on (TARGET_BLOCKS:MAX_FEERATE:MAX_FEE,
+    /// as `splicein --auto-bump` takes it) or off (--off); prints its record.
+    Autobump {
+        /// The splice: splice-N or N.
+        id: String,
+        /// TARGET_BLOCKS:MAX_FEERATE_SAT_PER_VB:MAX_FEE_SAT, e.g. 6:20:10000.
+        #[arg(
+            value_name = "TARGET_BLOCKS:MAX_FEERATE:MAX_FEE",
+            required_unless_present = "off",
+            conflicts_with = "off"
+        )]
+        policy: Option<String>,
+        /// Turn automatic fee bumping off.
+        #[arg(long)]
+        off: bool,
+    },
     /// Close a channel cooperatively (or, with --force, unilaterally).
     Closechannel {
         channel_id: String,
@@ -292,6 +363,27 @@ fn fee_params(fee: &FeeArgs, into: &mut serde_json::Map<String, Value>) -> Resul
     Ok(())
 }
 
+/// Adds `auto_bump` to a splice command's parameters, when asked for.
+fn auto_bump_params(
+    args: &AutoBumpArgs,
+    into: &mut serde_json::Map<String, Value>,
+) -> Result<(), CliError> {
+    if let Some(spec) = &args.auto_bump {
+        into.insert("auto_bump".into(), auto_bump_json(spec)?);
+    }
+    Ok(())
+}
+
+/// `TARGET_BLOCKS:MAX_FEERATE:MAX_FEE` as the API's `auto_bump` object.
+fn auto_bump_json(spec: &str) -> Result<Value, CliError> {
+    let params = AutoBumpParams::parse(spec).map_err(CliError)?;
+    Ok(json!({
+        "target_blocks": params.target_blocks,
+        "max_feerate_sat_per_vb": params.max_feerate_sat_per_vb,
+        "max_fee_sat": params.max_fee_sat,
+    }))
+}
+
 fn payouts(outputs: &[String]) -> Result<Vec<Value>, CliError> {
     outputs
         .iter()
@@ -347,6 +439,7 @@ fn execute(args: CliArgs) -> Result<Value, CliError> {
             node_id,
             amount_sat,
             fee,
+            auto_bump,
             wait,
         } => {
             let mut p = serde_json::Map::new();
@@ -357,6 +450,7 @@ fn execute(args: CliArgs) -> Result<Value, CliError> {
                 json!(amount("splice amount (sat)", &amount_sat)?),
             );
             fee_params(&fee, &mut p)?;
+            auto_bump_params(&auto_bump, &mut p)?;
             ("splicein", Value::Object(p), Some(wait))
         }
         Command::Spliceout {
@@ -365,6 +459,7 @@ fn execute(args: CliArgs) -> Result<Value, CliError> {
             amount_sat,
             destination,
             fee,
+            auto_bump,
             wait,
         } => {
             let mut p = serde_json::Map::new();
@@ -376,6 +471,7 @@ fn execute(args: CliArgs) -> Result<Value, CliError> {
             );
             p.insert("to".into(), json!(destination));
             fee_params(&fee, &mut p)?;
+            auto_bump_params(&auto_bump, &mut p)?;
             ("spliceout", Value::Object(p), Some(wait))
         }
         Command::Resize {
@@ -384,6 +480,7 @@ fn execute(args: CliArgs) -> Result<Value, CliError> {
             add,
             outputs,
             fee,
+            auto_bump,
             wait,
         } => {
             let mut p = serde_json::Map::new();
@@ -393,6 +490,7 @@ fn execute(args: CliArgs) -> Result<Value, CliError> {
             p.insert("add_sat".into(), json!(add.unwrap_or(0)));
             p.insert("outputs".into(), Value::Array(payouts(&outputs)?));
             fee_params(&fee, &mut p)?;
+            auto_bump_params(&auto_bump, &mut p)?;
             ("resize", Value::Object(p), Some(wait))
         }
         Command::Quote {
@@ -427,6 +525,46 @@ fn execute(args: CliArgs) -> Result<Value, CliError> {
         Command::Splicestatus { id } => ("splicestatus", json!({ "id": id }), None),
         Command::Listsplices => ("listsplices", json!({}), None),
         Command::Cancel { id } => ("cancel", json!({ "id": id }), None),
+        Command::Bumpfee {
+            id,
+            feerate,
+            max_fee,
+            quote,
+            wait,
+            wait_timeout,
+        } => {
+            let mut p = serde_json::Map::new();
+            p.insert("id".into(), json!(id));
+            fee_params(
+                &FeeArgs {
+                    feerate: Some(feerate),
+                    max_fee,
+                },
+                &mut p,
+            )?;
+            if quote {
+                p.insert("quote".into(), json!(true));
+                return client.call("bumpfee", &Value::Object(p));
+            }
+            let answer = client.call("bumpfee", &Value::Object(p))?;
+            return match wait {
+                Some(until) => {
+                    follow_bump(&client, answer, until, Duration::from_secs(wait_timeout))
+                }
+                None => Ok(answer),
+            };
+        }
+        Command::Autobump { id, policy, off } => {
+            let auto_bump = match (policy, off) {
+                (Some(spec), false) => auto_bump_json(&spec)?,
+                _ => Value::Null,
+            };
+            (
+                "autobump",
+                json!({ "id": id, "auto_bump": auto_bump }),
+                None,
+            )
+        }
         Command::Closechannel {
             channel_id,
             node_id,
@@ -447,7 +585,10 @@ fn execute(args: CliArgs) -> Result<Value, CliError> {
         Some(WaitArgs {
             wait: Some(until),
             wait_timeout,
-        }) => follow_splice(&client, &answer, until, Duration::from_secs(wait_timeout)),
+        }) => {
+            let timeout = Duration::from_secs(wait_timeout);
+            follow_splice(&client, &answer, until, deadline_after(timeout), timeout)
+        }
         _ => Ok(answer),
     }
 }
@@ -462,18 +603,19 @@ fn deadline_after(timeout: Duration) -> Instant {
 }
 
 /// Polls `splicestatus` until the splice reaches `until` (or fails), showing
-/// each new stage on stderr; returns the last record.
+/// each new stage on stderr, giving up at `deadline` (`timeout` is what the
+/// user asked, for the message); returns the last record.
 fn follow_splice(
     client: &Client,
     record: &Value,
     until: WaitFor,
+    deadline: Instant,
     timeout: Duration,
 ) -> Result<Value, CliError> {
     let id = record["splice_id"]
         .as_str()
         .ok_or_else(|| CliError("the daemon's answer has no splice_id".into()))?
         .to_string();
-    let deadline = deadline_after(timeout);
     let mut last_shown = String::new();
     let mut txid_shown = false;
     let mut record = record.clone();
@@ -523,6 +665,121 @@ fn follow_splice(
         std::thread::sleep(Duration::from_millis(200));
         record = client.call("splicestatus", &json!({ "id": id }))?;
     }
+}
+
+/// Whether fee bump `record` (a splice record as `splicestatus` shows it)
+/// has been negotiated: no bump under way, more candidates than `before`,
+/// and the newest of them is the splice's transaction.
+fn bump_negotiated(record: &Value, before: u64) -> bool {
+    let candidates = record["candidates"].as_array().cloned().unwrap_or_default();
+    record["bump"].is_null()
+        && candidates.len() as u64 > before
+        && candidates.last().map(|c| &c["txid"]) == Some(&record["txid"])
+}
+
+/// Follows the fee bump `bumpfee` answered (the splice's record, with
+/// `candidates_before`) until it is negotiated or, with `Locked`, until
+/// the splice locks, polling `splicestatus` and showing progress on
+/// stderr; returns the last record. A bump dropped before it was
+/// negotiated (its round failed) is an error, with the reason the events
+/// give; so is, when waiting for `Negotiated`, an earlier transaction
+/// confirming first (the splice then locks on it).
+fn follow_bump(
+    client: &Client,
+    answer: Value,
+    until: BumpWaitFor,
+    timeout: Duration,
+) -> Result<Value, CliError> {
+    let id = answer["splice_id"]
+        .as_str()
+        .ok_or_else(|| CliError("the daemon's answer has no splice_id".into()))?
+        .to_string();
+    let before = answer["candidates_before"]
+        .as_u64()
+        .ok_or_else(|| CliError("the daemon's answer has no candidates_before".into()))?;
+    let deadline = deadline_after(timeout);
+    if answer["bump"].is_object() {
+        eprintln!(
+            "{id}: fee bump to {} sat/kwu asked, {} sat in fees (the newest transaction pays {} sat)",
+            answer["bump"]["feerate_sat_per_kwu"],
+            answer["bump"]["fee"],
+            answer["fee"]
+        );
+    }
+    let mut record = answer;
+    loop {
+        let state = record["state"].as_str().unwrap_or("unknown").to_string();
+        if bump_negotiated(&record, before) {
+            eprintln!(
+                "{id}: fee bump negotiated: {} pays {} sat in fees at {} sat/kwu",
+                record["txid"].as_str().unwrap_or("?"),
+                record["fee"],
+                record["feerate_sat_per_kwu"]
+            );
+            break;
+        }
+        if record["bump"].is_null() {
+            // Not negotiated, and no longer under way.
+            match state.as_str() {
+                "confirmed" | "locked" if until == BumpWaitFor::Locked => {
+                    eprintln!(
+                        "{id}: {} confirmed before the fee bump was negotiated; the splice \
+                         locks on it",
+                        record["txid"].as_str().unwrap_or("an earlier transaction")
+                    );
+                    break;
+                }
+                "confirmed" | "locked" => {
+                    return Err(CliError(format!(
+                        "{id}: {} confirmed before the fee bump was negotiated: there is \
+                         nothing left to bump",
+                        record["txid"].as_str().unwrap_or("an earlier transaction")
+                    )))
+                }
+                "failed" | "closed" => {
+                    return Err(CliError(format!(
+                        "{id} {}",
+                        record["status"].as_str().unwrap_or(&state)
+                    )))
+                }
+                _ => {
+                    let reason = dropped_reason(client, &id)
+                        .unwrap_or_else(|| "see `events` for the reason".to_string());
+                    return Err(CliError(format!(
+                        "the fee bump of {id} was dropped ({reason}); its earlier transaction \
+                         {} stands",
+                        record["txid"].as_str().unwrap_or("?")
+                    )));
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError(format!(
+                "the fee bump of {id} was not negotiated within {} s (it goes on in the \
+                 daemon: see splicestatus {id})",
+                timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        record = client.call("splicestatus", &json!({ "id": id }))?;
+    }
+    match until {
+        BumpWaitFor::Negotiated => Ok(record),
+        BumpWaitFor::Locked => follow_splice(client, &record, WaitFor::Locked, deadline, timeout),
+    }
+}
+
+/// Why the newest fee bump of splice `id` was dropped, as its pending
+/// `fee_bump_dropped` event says (`None` when that event was acknowledged
+/// already, or the daemon does not answer).
+fn dropped_reason(client: &Client, id: &str) -> Option<String> {
+    let events = client.call("events", &json!({})).ok()?;
+    events
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == "fee_bump_dropped" && e["splice_id"] == id)
+        .and_then(|e| e["reason"].as_str().map(str::to_string))
 }
 
 /// Runs a `liquidity` command.

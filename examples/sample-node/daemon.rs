@@ -65,6 +65,13 @@ pub struct DaemonArgs {
     /// (which also turns the service on), else the defaults.
     #[arg(long)]
     pub liquidity_service: bool,
+    /// Bump the fee of every splice of ours by itself (not batch legs):
+    /// after each block a splice stays unconfirmed, rising evenly from its
+    /// feerate to MAX_FEERATE (sat/vB), reached TARGET_BLOCKS blocks after
+    /// its broadcast, never paying more than MAX_FEE sat; e.g. 6:20:10000.
+    /// `off` turns off what the config file's [auto_bump] table turns on.
+    #[arg(long, value_name = "TARGET_BLOCKS:MAX_FEERATE:MAX_FEE|off")]
+    pub auto_bump: Option<String>,
     /// Crash tests only: serve the `crashat` command (see crash.rs).
     #[arg(long, hide = true)]
     pub enable_crash_points: bool,
@@ -87,6 +94,7 @@ impl DaemonArgs {
             log_level: None,
             wallet_birthday: None,
             liquidity_service: false,
+            auto_bump: None,
             enable_crash_points: false,
         }
     }
@@ -328,6 +336,21 @@ async fn serve(settings: Settings) -> Result<(), String> {
             progress(&offered);
             log::info!("{offered}");
             node.liquidity_service(Arc::new(terms.clone()))
+        }
+        None => node,
+    };
+    let node = match settings.auto_bump {
+        Some(policy) => {
+            let on = format!(
+                "automatic fee bumping of our splices: up to {} sat/kwu, {} blocks after the \
+                 broadcast, at most {} sat in fees",
+                policy.max_feerate.to_sat_per_kwu(),
+                policy.target_blocks,
+                policy.max_fee.to_sat()
+            );
+            progress(&on);
+            log::info!("{on}");
+            node.auto_bump(policy)
         }
         None => node,
     };

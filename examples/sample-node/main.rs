@@ -15,6 +15,13 @@
 //! sample-node cli --datadir DIR events
 //! sample-node cli --datadir DIR events --ack RUN:N
 //!
+//! # Fee bumps (RBF) of a broadcast splice, asked for or automatic:
+//! sample-node cli --datadir DIR bumpfee splice-1 --feerate 20 --quote
+//! sample-node cli --datadir DIR bumpfee splice-1 --feerate 20 --wait negotiated
+//! sample-node cli --datadir DIR splicein CHANNEL_ID NODE_ID 100000 --feerate 2 --auto-bump 6:20:10000
+//! sample-node cli --datadir DIR autobump splice-1 --off
+//! sample-node daemon --datadir DIR --auto-bump 6:20:10000   # every splice of ours
+//!
 //! # Inbound liquidity: the service runs with --liquidity-service (or a
 //! # [liquidity_service] table in its config file); a peer buys from it:
 //! sample-node cli --datadir DIR liquidity info SERVICE_NODE_ID
@@ -54,6 +61,7 @@
 //! stderr.
 
 mod api;
+mod autobump;
 mod cli;
 mod crash;
 mod daemon;

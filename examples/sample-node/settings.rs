@@ -16,6 +16,11 @@
 //! else its default. The config file is `--config PATH`, or
 //! `DIR/sample-node.toml` when it exists (TOML; see [`ConfigFile`]).
 //!
+//! Automatic fee bumping of every splice of ours is off unless
+//! `--auto-bump TARGET_BLOCKS:MAX_FEERATE:MAX_FEE` is given or the config
+//! file has an `[auto_bump]` table (see [`AutoBumpConfig`]); `--auto-bump
+//! off` turns off what the table turns on.
+//!
 //! The liquidity service (selling inbound liquidity to channel peers, see
 //! `docs/liquidity-protocol.md`) is off unless `--liquidity-service` is
 //! given or the config file has a `[liquidity_service]` table (see
@@ -36,8 +41,10 @@ use std::time::Duration;
 
 use bitcoin::{Amount, Network};
 use ldk_splice::liquidity::StaticTerms;
+use ldk_splice::AutoBump;
 use serde::Deserialize;
 
+use crate::autobump::AutoBumpParams;
 use crate::daemon::DaemonArgs;
 
 /// The environment variable that may carry bitcoind's `USER:PASSWORD`.
@@ -63,6 +70,11 @@ pub const CONFIG_FILE: &str = "sample-node.toml";
 /// [liquidity_service]                      # see LiquidityServiceConfig
 /// enable = true
 /// fee_base_sat = 2000
+///
+/// [auto_bump]                              # see AutoBumpConfig
+/// target_blocks = 6
+/// max_feerate_sat_per_vb = 20
+/// max_fee_sat = 10000
 /// ```
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,6 +101,55 @@ pub struct ConfigFile {
     pub log_level: Option<String>,
     /// The liquidity service and its terms.
     pub liquidity_service: Option<LiquidityServiceConfig>,
+    /// Automatic fee bumping of every splice of ours.
+    pub auto_bump: Option<AutoBumpConfig>,
+}
+
+/// The config file's `[auto_bump]` table: bump the fee of every splice of
+/// ours (not batch legs) by itself. After each block a splice stays
+/// unconfirmed its feerate rises evenly, from the feerate it was broadcast
+/// at to `max_feerate_sat_per_vb`, reached `target_blocks` blocks after the
+/// broadcast; a bump that would pay more than `max_fee_sat` (our share of
+/// the fee) stops it for that splice. The table's presence turns it on
+/// unless `enable = false`; then all three numbers are needed:
+///
+/// ```toml
+/// [auto_bump]
+/// target_blocks = 6                  # blocks to reach the maximum feerate
+/// max_feerate_sat_per_vb = 20        # the highest feerate a bump pays
+/// max_fee_sat = 10000                # the most one splice pays in fees
+/// ```
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoBumpConfig {
+    /// Bump automatically (default: true when the table is present).
+    pub enable: Option<bool>,
+    /// Blocks after the broadcast by which the feerate reaches the maximum.
+    pub target_blocks: Option<u64>,
+    /// The highest feerate a bump may pay, in sat/vB.
+    pub max_feerate_sat_per_vb: Option<u64>,
+    /// The most our share of a splice's fee may be, in sat.
+    pub max_fee_sat: Option<u64>,
+}
+
+impl AutoBumpConfig {
+    /// The policy the table gives, checked; `None` with `enable = false`.
+    pub fn policy(&self) -> Result<Option<AutoBump>, String> {
+        if self.enable == Some(false) {
+            return Ok(None);
+        }
+        let missing = |key: &str| {
+            format!("{key} is missing (target_blocks, max_feerate_sat_per_vb and max_fee_sat are all needed)")
+        };
+        let params = AutoBumpParams {
+            target_blocks: self.target_blocks.ok_or_else(|| missing("target_blocks"))?,
+            max_feerate_sat_per_vb: self
+                .max_feerate_sat_per_vb
+                .ok_or_else(|| missing("max_feerate_sat_per_vb"))?,
+            max_fee_sat: self.max_fee_sat.ok_or_else(|| missing("max_fee_sat"))?,
+        };
+        params.policy().map(Some)
+    }
 }
 
 /// The config file's `[liquidity_service]` table: sell inbound liquidity
@@ -310,6 +371,8 @@ pub struct Settings {
     pub wallet_birthday: Option<u32>,
     /// The liquidity service's terms, when it runs.
     pub liquidity_service: Option<StaticTerms>,
+    /// Automatic fee bumping of every splice of ours, when on.
+    pub auto_bump: Option<AutoBump>,
     /// The config file read, if any.
     pub config_path: Option<PathBuf>,
     /// Things the operator should know (shown on stderr and logged).
@@ -363,6 +426,13 @@ pub enum SettingsError {
     UnknownNetwork(String),
     /// `--api` (or the config's `api`) is not a loopback address.
     ApiNotLoopback(SocketAddr),
+    /// A command-line argument the daemon cannot use.
+    Argument {
+        /// The flag, e.g. `--auto-bump`.
+        flag: &'static str,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 impl std::fmt::Display for SettingsError {
@@ -410,6 +480,7 @@ impl std::fmt::Display for SettingsError {
             SettingsError::ApiNotLoopback(addr) => {
                 write!(f, "--api {addr} is not a loopback address")
             }
+            SettingsError::Argument { flag, message } => write!(f, "{flag}: {message}"),
         }
     }
 }
@@ -690,6 +761,23 @@ impl Settings {
             } else {
                 None
             };
+        let auto_bump = match args.auto_bump.as_deref().map(str::trim) {
+            Some(off) if off.eq_ignore_ascii_case("off") => None,
+            Some(spec) => Some(
+                AutoBumpParams::parse(spec)
+                    .and_then(|params| params.policy())
+                    .map_err(|message| SettingsError::Argument {
+                        flag: "--auto-bump",
+                        message: format!("{message} (or 'off')"),
+                    })?,
+            ),
+            None => match &config.auto_bump {
+                Some(table) => table
+                    .policy()
+                    .map_err(|e| config_error(format!("[auto_bump]: {e}")))?,
+                None => None,
+            },
+        };
         Ok(Settings {
             datadir: args.datadir.clone(),
             network,
@@ -716,6 +804,7 @@ impl Settings {
             enable_crash_points: args.enable_crash_points,
             wallet_birthday: args.wallet_birthday,
             liquidity_service,
+            auto_bump,
             config_path,
             warnings,
         })
@@ -1012,5 +1101,80 @@ mod tests {
             "{:?}",
             s.warnings
         );
+    }
+
+    #[test]
+    fn auto_bump_from_the_flag_or_the_config_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("node.toml");
+        let mut a = args(&dir.path().join("data"));
+        let resolve = |a: &DaemonArgs| Settings::resolve(a, Some("u:p"));
+        let policy = |blocks, vb, fee| {
+            AutoBump::new(
+                blocks,
+                bitcoin::FeeRate::from_sat_per_vb(vb).unwrap(),
+                Amount::from_sat(fee),
+            )
+        };
+
+        // Off by default; the flag turns it on.
+        assert_eq!(resolve(&a).unwrap().auto_bump, None);
+        a.auto_bump = Some("6:20:10_000".into());
+        assert_eq!(resolve(&a).unwrap().auto_bump, Some(policy(6, 20, 10_000)));
+
+        // A table turns it on by itself; the flag wins over it, `off` too.
+        a.auto_bump = None;
+        a.config = Some(config_path.clone());
+        write(
+            &config_path,
+            "[auto_bump]\ntarget_blocks = 3\nmax_feerate_sat_per_vb = 50\nmax_fee_sat = 20000\n",
+            0o600,
+        );
+        assert_eq!(resolve(&a).unwrap().auto_bump, Some(policy(3, 50, 20_000)));
+        a.auto_bump = Some("2:10:5000".into());
+        assert_eq!(resolve(&a).unwrap().auto_bump, Some(policy(2, 10, 5_000)));
+        a.auto_bump = Some("off".into());
+        assert_eq!(resolve(&a).unwrap().auto_bump, None);
+        a.auto_bump = None;
+        write(
+            &config_path,
+            "[auto_bump]\nenable = false\ntarget_blocks = 3\n",
+            0o600,
+        );
+        assert_eq!(resolve(&a).unwrap().auto_bump, None);
+
+        // What cannot work is refused, naming the key or the flag.
+        let refused = |a: &DaemonArgs, words: &[&str]| {
+            let message = resolve(a).unwrap_err().to_string();
+            for word in words {
+                assert!(message.contains(word), "{message:?} lacks {word:?}");
+            }
+        };
+        let table = |text: &str| write(&config_path, &format!("[auto_bump]\n{text}"), 0o600);
+        table("target_blocks = 3\nmax_fee_sat = 20000\n");
+        refused(&a, &["[auto_bump]", "max_feerate_sat_per_vb is missing"]);
+        table("target_blocks = 0\nmax_feerate_sat_per_vb = 50\nmax_fee_sat = 20000\n");
+        refused(&a, &["[auto_bump]", "target_blocks 0"]);
+        table("target_blocks = 3\nmax_feerate_sat_per_vb = 1\nmax_fee_sat = 20000\n");
+        refused(&a, &["max_feerate_sat_per_vb 1", "at least 2"]);
+        table("target_blocks = 3\nmax_feerate_sat_per_vb = 50\nmax_fee_sat = 0\n");
+        refused(&a, &["max_fee_sat", "at least 1"]);
+        table("target_blocks = 3\nmax_feerate_sat_per_vb = 50\nmax_fee_sat = 2100000000000001\n");
+        refused(&a, &["21 million"]);
+        table("target_blocks = -3\n");
+        refused(&a, &["target_blocks"]);
+        table("max_fee = 1\n");
+        refused(&a, &["max_fee"]);
+        a.config = None;
+        a.auto_bump = Some("6:20".into());
+        refused(
+            &a,
+            &[
+                "--auto-bump",
+                "TARGET_BLOCKS:MAX_FEERATE_SAT_PER_VB:MAX_FEE_SAT",
+            ],
+        );
+        a.auto_bump = Some("6:20000000:1000".into());
+        refused(&a, &["--auto-bump", "max_feerate_sat_per_vb", "LDK"]);
     }
 }
