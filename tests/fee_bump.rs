@@ -88,6 +88,11 @@ async fn a_splice_in_bumped_replaces_its_transaction_and_locks_with_exact_balanc
     assert_eq!(quote.feerate, HIGH);
     assert_eq!(quote.previous_fee, first.fee);
     assert!(!quote.adds_inputs, "the change pays for it");
+    assert_eq!(
+        quote.fee,
+        HIGH.fee_wu(quote.weight).unwrap(),
+        "the fee is the weight at the feerate"
+    );
     assert_eq!(a.bump_fee(id, FeePolicy::fixed(HIGH)).expect("bumped"), id);
     let bumped = wait_candidates(a, id, 2).await;
     let second_txid = bumped.txid.unwrap();

@@ -592,6 +592,7 @@ fn bump_quote_json(quote: &BumpQuote) -> Value {
         "previous_fee": quote.previous_fee.to_sat(),
         "extra_fee": quote.extra_fee.to_sat(),
         "adds_inputs": quote.adds_inputs,
+        "weight": quote.weight.to_wu(),
         "candidates": quote.candidates,
     })
 }

@@ -50,6 +50,9 @@ pub struct BumpQuote {
     pub previous_fee: Amount,
     /// What the bump costs on top of the newest candidate.
     pub extra_fee: Amount,
+    /// The weight our share of the replacement has (with the shared parts
+    /// we pay for as its initiator).
+    pub weight: bitcoin::Weight,
     /// Whether the wallet must add a coin to pay for it.
     pub adds_inputs: bool,
     /// The candidates the splice has now.
@@ -428,6 +431,7 @@ where
             fee: new_fee,
             previous_fee,
             extra_fee: new_fee.checked_sub(previous_fee).unwrap_or(Amount::ZERO),
+            weight: super::planning::contribution_weight(&contribution),
             adds_inputs: !new_inputs.is_empty(),
             candidates,
         };

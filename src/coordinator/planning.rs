@@ -468,7 +468,7 @@ pub(crate) fn estimated_fee(plan: &Plan, inputs: u64) -> Amount {
 
 /// The weight of the transaction as far as our contribution builds it:
 /// our inputs and outputs, plus the shared parts when we initiate.
-fn contribution_weight(contribution: &FundingContribution) -> bitcoin::Weight {
+pub(crate) fn contribution_weight(contribution: &FundingContribution) -> bitcoin::Weight {
     let inputs: u64 = contribution
         .inputs()
         .iter()
