@@ -853,7 +853,13 @@ async fn a_zero_conf_channel_refuses_fee_bumps() {
     .unwrap();
     let channel_id = a.list_channels()[0].channel_id;
     // The funding's change confirms, to fund the splice.
+    wait_for_mempool_tx(&chain, |tx| tx.output.iter().any(|o| o.value == CAPACITY)).await;
     mine(&chain, 1, &[a, &b]).await;
+    a.wait_until(WAIT, "the change confirmed", |n| {
+        !n.wallet().spendable_coins().is_empty()
+    })
+    .await
+    .unwrap();
     let id = a
         .splice_in(
             &channel_id,
