@@ -2,13 +2,17 @@
 //! durable writes a splice costs (see `writes.rs`).
 //!
 //! ```text
-//! cargo run --release --example bench -- batch [--sizes 1,8,32,128]
+//! cargo run --release --example bench -- batch [--sizes 1,8,32,128] [--rtt-ms 0,20,50,100]
 //! cargo run --release --example bench -- writes
 //! ```
 //!
 //! A hub with N peers over TCP loopback on an in-process devchain, one
-//! channel each. For N splice-outs and for N splice-ins it measures:
+//! channel each, every peer reaching the hub through a relay that delays
+//! each direction by half the round-trip time measured (`--rtt-ms`). For N
+//! splice-outs and for N splice-ins, at each round-trip time, it measures:
 //!
+//! - `single_ms`: one splice alone through the node, request to broadcast
+//!   (the floor: a batch of any size needs about one splice's round trips);
 //! - `batch_ms`: from `Node::batch` until every leg is broadcast;
 //! - `sequential_ms`: the same N splices one after another, each started
 //!   when the previous one is broadcast, the way an LDK application drives
@@ -18,13 +22,16 @@
 //! - `sequential_flushed_ms`: the same through `Node::splice_*`, which sends
 //!   queued peer messages at once (this crate's node).
 //!
-//! Prints one JSON line per case: `kind, n, batch_ms, sequential_ms,
-//! sequential_flushed_ms, speedup, peak_rss_bytes, total_weight,
-//! single_tx_weight`, and `manager_encode_ms`: how long one encoding of the
-//! hub's ChannelManager takes while the N splices are pending. LDK does that
+//! Prints one JSON line per case: `kind, n, rtt_ms, single_ms,
+//! batch_over_single, batch_ms, sequential_ms, sequential_flushed_ms,
+//! speedup (sequential_ms / batch_ms), speedup_flushed, peak_rss_bytes,
+//! total_weight, single_tx_weight`, and `manager_encode_ms`: how long one
+//! encoding of the hub's ChannelManager takes while the N splices are
+//! pending; then a table on stderr. LDK does that
 //! encoding under its global lock every time it persists the manager, so it
 //! bounds how fast any number of splices can progress.
 
+mod relay;
 mod writes;
 
 use std::time::{Duration, Instant};
@@ -56,6 +63,10 @@ enum Bench {
         /// Channel counts to measure.
         #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 8, 32, 128])]
         sizes: Vec<usize>,
+        /// Round-trip times between the hub and every peer, in ms (each
+        /// connection goes through a relay that delays both directions).
+        #[arg(long, value_delimiter = ',', default_values_t = vec![0u64])]
+        rtt_ms: Vec<u64>,
     },
     /// Durable writes per splice, by kind.
     Writes,
@@ -76,27 +87,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
         .init();
-    let sizes = match args.bench {
-        Bench::Batch { sizes } => sizes,
+    let (sizes, rtts) = match args.bench {
+        Bench::Batch { sizes, rtt_ms } => (sizes, rtt_ms),
         Bench::Writes => return writes::run().await,
     };
     let max = sizes.iter().copied().max().unwrap_or(1);
-    // Each size runs a batch and two sequential rounds of splice-ins: one
-    // coin per splice.
-    let coins_needed = sizes.iter().sum::<usize>() * 3;
+    // Each size runs a batch, two sequential rounds and one single splice-in
+    // per round-trip time: one coin per splice.
+    let coins_needed = (sizes.iter().sum::<usize>() * 3 + sizes.len()) * rtts.len();
     let bench = Setup::new(max, coins_needed).await?;
-    for n in sizes {
-        for kind in ["splice_out", "splice_in"] {
-            let line = bench.measure(kind, n).await?;
-            println!("{line}");
+    let mut table = Vec::new();
+    for rtt in rtts {
+        bench.latency.set(Duration::from_millis(rtt));
+        for &n in &sizes {
+            for kind in ["splice_out", "splice_in"] {
+                let line = bench.measure(kind, n, rtt).await?;
+                println!("{line}");
+                table.push(line);
+            }
         }
     }
+    print_table(&table);
     bench.stop().await;
     Ok(())
 }
 
 struct Setup {
     chain: DevChain,
+    /// The round-trip time every hub-peer connection has.
+    latency: relay::Latency,
+    _relays: Vec<relay::Relay>,
     hub: Node,
     peers: Vec<Node>,
     channels: Vec<ChannelRef>,
@@ -146,10 +166,17 @@ impl Setup {
         // accepts inbound channels from at most 50 peers whose channels have
         // no confirmation yet, so open in groups, each confirmed before the
         // next.
-        for group in peer_nodes.chunks(40) {
+        // Every peer reaches the hub through a relay of its own, which adds
+        // the round-trip time being measured (none while setting up).
+        let latency = relay::Latency::default();
+        let mut relays = Vec::with_capacity(peer_nodes.len());
+        for _ in &peer_nodes {
+            relays.push(relay::Relay::start(hub.listen_addr(), latency.clone()).await?);
+        }
+        for (group, group_relays) in peer_nodes.chunks(40).zip(relays.chunks(40)) {
             let before = chain.mempool_txids().len();
-            for peer in group {
-                peer.connect(hub.node_id(), hub.listen_addr()).await?;
+            for (peer, relay) in group.iter().zip(group_relays) {
+                peer.connect(hub.node_id(), relay.addr).await?;
                 peer.open_channel(hub.node_id(), CAPACITY, PUSH)?;
             }
             let deadline = Instant::now() + WAIT;
@@ -186,6 +213,8 @@ impl Setup {
 
         Ok(Setup {
             chain,
+            latency,
+            _relays: relays,
             hub,
             peers: peer_nodes,
             channels,
@@ -207,9 +236,17 @@ impl Setup {
         }
     }
 
-    async fn measure(&self, kind: &str, n: usize) -> Result<String, Box<dyn std::error::Error>> {
+    async fn measure(
+        &self,
+        kind: &str,
+        n: usize,
+        rtt_ms: u64,
+    ) -> Result<String, Box<dyn std::error::Error>> {
         let channels = &self.channels[..n];
         let fee = FeePolicy::fixed(FEERATE);
+        // One splice alone, through the node: the floor a batch of any size
+        // is compared with.
+        let single_ms = self.sequential(kind, &channels[..1], fee, true).await?;
         let plan = channels
             .iter()
             .fold(BatchPlan::new(fee).with_deadline(WAIT), |plan, c| {
@@ -254,11 +291,15 @@ impl Setup {
         Ok(serde_json::json!({
             "kind": kind,
             "n": n,
+            "rtt_ms": rtt_ms,
+            "single_ms": (single_ms * 10.0).round() / 10.0,
+            "batch_over_single": ((batch_ms / single_ms) * 100.0).round() / 100.0,
             "batch_ms": (batch_ms * 10.0).round() / 10.0,
             "batch_start_ms": (started_all * 10.0).round() / 10.0,
             "sequential_ms": (sequential_ms * 10.0).round() / 10.0,
             "sequential_flushed_ms": (sequential_flushed_ms * 10.0).round() / 10.0,
             "speedup": ((sequential_ms / batch_ms) * 100.0).round() / 100.0,
+            "speedup_flushed": ((sequential_flushed_ms / batch_ms) * 100.0).round() / 100.0,
             "manager_encode_ms": (manager_encode_ms * 10.0).round() / 10.0,
             "peak_rss_bytes": peak_rss_bytes(),
             "total_weight": total_weight,
@@ -355,6 +396,30 @@ impl Setup {
             let _ = node.stop().await;
         }
         self.chain.shutdown();
+    }
+}
+
+/// A short table of the JSON lines on stderr.
+fn print_table(lines: &[String]) {
+    eprintln!(
+        "{:<11} {:>4} {:>7} {:>11} {:>14} {:>8} {:>10} {:>13}",
+        "kind", "n", "rtt ms", "batch ms", "sequential ms", "speedup", "single ms", "batch/single"
+    );
+    for line in lines {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        eprintln!(
+            "{:<11} {:>4} {:>7} {:>11} {:>14} {:>8} {:>10} {:>13}",
+            v["kind"].as_str().unwrap_or(""),
+            v["n"],
+            v["rtt_ms"],
+            v["batch_ms"],
+            v["sequential_ms"],
+            v["speedup"],
+            v["single_ms"],
+            v["batch_over_single"]
+        );
     }
 }
 
