@@ -409,16 +409,17 @@ fn print_table(lines: &[String]) {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
+        let field = |name: &str| v[name].to_string();
         eprintln!(
             "{:<11} {:>4} {:>7} {:>11} {:>14} {:>8} {:>10} {:>13}",
             v["kind"].as_str().unwrap_or(""),
-            v["n"],
-            v["rtt_ms"],
-            v["batch_ms"],
-            v["sequential_ms"],
-            v["speedup"],
-            v["single_ms"],
-            v["batch_over_single"]
+            field("n"),
+            field("rtt_ms"),
+            field("batch_ms"),
+            field("sequential_ms"),
+            field("speedup"),
+            field("single_ms"),
+            field("batch_over_single")
         );
     }
 }

@@ -22,8 +22,10 @@ pub struct Latency(Arc<AtomicU64>);
 impl Latency {
     /// Sets the round-trip time.
     pub fn set(&self, rtt: Duration) {
-        self.0
-            .store(u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.0.store(
+            u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     fn one_way(&self) -> Duration {
