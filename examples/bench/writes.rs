@@ -7,7 +7,13 @@
 //! writes by namespace (`journal`, `journal_groups`, `events` for
 //! acknowledgements, `wallet`), `blocks` mined, and `per_splice`: every
 //! write but the wallet's one change set per block (which the wallet
-//! writes whether or not anything is spliced), divided by the splices.
+//! writes whether or not anything is spliced), divided by the splices
+//! (`ours_per_splice`; `ours_per_batch_leg` for the batch). Beside it, from
+//! the node's store: `ldk_writes` and `ldk_per_splice` (LDK's own writes in
+//! the same time: channel manager, monitors and their updates, sweeper,
+//! graph, scorer; they include LDK's writes for the blocks mined), and
+//! `fsyncs_per_splice` for all writes (`FilesystemStore` syncs the file and
+//! its directory on each).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -154,6 +160,7 @@ pub async fn run() -> Result<(), Error> {
             hub.coordinator().event_handled()?;
         }
         counts.take();
+        let store_before = hub.store().writes();
         let c = channels[0];
         let ids = match kind {
             "splice_in" => vec![hub.splice_in(
@@ -231,6 +238,11 @@ pub async fn run() -> Result<(), Error> {
         let total: u64 = by_namespace.values().sum();
         let wallet = by_namespace.get("wallet").copied().unwrap_or(0);
         let attributable = total - wallet.min(blocks);
+        let store = hub.store().writes();
+        let ldk = store.ldk - store_before.ldk;
+        let fsyncs = store.fsyncs() - store_before.fsyncs();
+        let per = |n: u64| ((n as f64 / ids.len() as f64) * 10.0).round() / 10.0;
+        let ours_per_splice = per(attributable);
         println!(
             "{}",
             serde_json::json!({
@@ -238,7 +250,12 @@ pub async fn run() -> Result<(), Error> {
                 "splices": ids.len(),
                 "writes": by_namespace,
                 "blocks": blocks,
-                "per_splice": ((attributable as f64 / ids.len() as f64) * 10.0).round() / 10.0,
+                "per_splice": ours_per_splice,
+                "ours_per_splice": ours_per_splice,
+                "ours_per_batch_leg": (kind == "batch_of_3").then_some(ours_per_splice),
+                "ldk_writes": ldk,
+                "ldk_per_splice": per(ldk),
+                "fsyncs_per_splice": per(fsyncs),
             })
         );
     }

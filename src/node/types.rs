@@ -11,14 +11,13 @@ use lightning::routing::scoring::{ProbabilisticScorer, ProbabilisticScoringFeePa
 use lightning::routing::utxo::UtxoLookup;
 use lightning::sign::{InMemorySigner, KeysManager};
 use lightning_net_tokio::SocketDescriptor;
-use lightning_persister::fs_store::v1::FilesystemStore;
 
 use super::bitcoind::Bitcoind;
 use super::keys::WalletSignerProvider;
 use crate::logger::LogBridge;
 
 /// The node's `KVStore`.
-pub type Store = FilesystemStore;
+pub type Store = super::node_store::NodeStore;
 
 /// Unused chain filter: the node feeds whole blocks.
 pub type NoFilter = Arc<dyn lightning::chain::Filter + Send + Sync>;
