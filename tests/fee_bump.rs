@@ -51,15 +51,8 @@ async fn a_splice_in_bumped_replaces_its_transaction_and_locks_with_exact_balanc
     let bob_before = b.channel_balance(&channel_id).unwrap();
     let added = Amount::from_sat(250_000);
 
-    let id = a
-        .splice_in(&channel_id, &b.node_id(), added, FeePolicy::fixed(LOW))
-        .expect("splice-in");
-    let first = a
-        .wait_for_splice(id, WAIT, |s| *s == SpliceState::Broadcast)
-        .await
-        .unwrap();
+    let (id, first) = broadcast_splice_in(&chain, a, b, &channel_id, added).await;
     let first_txid = first.txid.unwrap();
-    wait_in_mempool(&chain, &first_txid).await;
     let first_fee = fee_of(&chain, &chain.transaction(&first_txid).unwrap());
     assert_eq!(first_fee, first.fee);
 
@@ -196,9 +189,8 @@ async fn a_splice_out_bumped_pays_the_higher_fee_from_the_channel() {
     pay(a, b, 10_000_000).await;
 }
 
-/// A splice-in at the low feerate, broadcast and in the mempool; then the
-/// estimate rises to 20 sat/vB.
-async fn low_splice_in(
+/// A splice-in at the low feerate, broadcast and in the mempool.
+async fn broadcast_splice_in(
     chain: &ldk_splice::devchain::DevChain,
     a: &ldk_splice::node::Node,
     b: &ldk_splice::node::Node,
@@ -213,6 +205,18 @@ async fn low_splice_in(
         .await
         .unwrap();
     wait_in_mempool(chain, &first.txid.unwrap()).await;
+    (id, first)
+}
+
+/// [`broadcast_splice_in`], then the estimate rises to 20 sat/vB.
+async fn low_splice_in(
+    chain: &ldk_splice::devchain::DevChain,
+    a: &ldk_splice::node::Node,
+    b: &ldk_splice::node::Node,
+    channel_id: &lightning::ln::types::ChannelId,
+    added: Amount,
+) -> (SpliceId, SpliceRecord) {
+    let (id, first) = broadcast_splice_in(chain, a, b, channel_id, added).await;
     chain.set_fee_rate(FeeRate::from_sat_per_vb(20).unwrap());
     a.bitcoind().update_fee_estimates().await;
     (id, first)
@@ -420,14 +424,7 @@ async fn the_automatic_policy_bumps_each_block_up_to_its_budget_and_stops() {
     let (a, b) = (&alice.node, &bob.node);
     let wallet_before = a.onchain_balance().confirmed;
     let added = Amount::from_sat(250_000);
-    let id = a
-        .splice_in(&channel_id, &b.node_id(), added, FeePolicy::fixed(LOW))
-        .expect("splice-in");
-    let first = a
-        .wait_for_splice(id, WAIT, |s| *s == SpliceState::Broadcast)
-        .await
-        .unwrap();
-    wait_in_mempool(&chain, &first.txid.unwrap()).await;
+    let (id, _) = broadcast_splice_in(&chain, a, b, &channel_id, added).await;
     let max_feerate = FeeRate::from_sat_per_kwu(2_500);
     a.set_auto_bump(
         id,

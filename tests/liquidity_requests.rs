@@ -778,6 +778,29 @@ struct RawPeer {
     inbox: Mutex<Vec<Vec<u8>>>,
 }
 
+impl RawPeer {
+    /// Sends `payload` to `to` through `pm`.
+    fn send(&self, pm: &RawPeerManager, to: PublicKey, payload: Vec<u8>) {
+        self.outbox
+            .lock()
+            .unwrap()
+            .push((to, RawMessage { payload }));
+        pm.process_events();
+    }
+
+    /// The next answer, as JSON.
+    async fn answer(&self, what: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(answer) = self.inbox.lock().unwrap().pop() {
+                return serde_json::from_slice(&answer).expect("answers are JSON");
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{what}: no answer");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 impl CustomMessageReader for RawPeer {
     type CustomMessage = RawMessage;
     fn read<R: LengthLimitedRead>(
@@ -935,26 +958,12 @@ async fn hostile_messages_get_error_answers_and_no_disconnect() {
     ];
     let server = s.node_id();
     for (name, payload, code) in &cases {
-        raw.outbox.lock().unwrap().push((
-            server,
-            RawMessage {
-                payload: payload.clone(),
-            },
-        ));
-        pm.process_events();
+        raw.send(&pm, server, payload.clone());
         if *code == 0 {
             // Not answered (there is nothing to answer), and harmless.
             continue;
         }
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let answer = loop {
-            if let Some(answer) = raw.inbox.lock().unwrap().pop() {
-                break answer;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "{name}: no answer");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
-        let answer: Value = serde_json::from_slice(&answer).expect("answers are JSON");
+        let answer = raw.answer(name).await;
         assert_eq!(answer["jsonrpc"], "2.0", "{name}");
         assert_eq!(answer["error"]["code"], json!(code), "{name}: {answer}");
         assert!(
@@ -966,25 +975,9 @@ async fn hostile_messages_get_error_answers_and_no_disconnect() {
     }
     // After all that, both protocols still answer this peer.
     for (id, method) in [("ok1", "ldksplice.get_info"), ("ok2", "lsps1.get_info")] {
-        raw.outbox.lock().unwrap().push((
-            server,
-            RawMessage::from_json(&json!({
-                "jsonrpc": "2.0", "id": id, "method": method, "params": {}
-            })),
-        ));
-        pm.process_events();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let answer = loop {
-            if let Some(answer) = raw.inbox.lock().unwrap().pop() {
-                break answer;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no answer to {method}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
-        let answer: Value = serde_json::from_slice(&answer).unwrap();
+        let request = json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": {} });
+        raw.send(&pm, server, RawMessage::from_json(&request).payload);
+        let answer = raw.answer(method).await;
         assert_eq!(answer["id"], id);
         assert!(answer["result"].is_object(), "{method}: {answer}");
     }

@@ -150,14 +150,7 @@ async fn sample_node_daemon_and_cli_splice_in() {
     let bob_addr = info_b["listen_addr"].as_str().unwrap().to_string();
 
     // Fund alice: one coinbase to her address, matured by 100 more blocks.
-    let address = cli_ok(&binary, a, &["newaddress"]);
-    let address: Address<NetworkUnchecked> = address["address"].as_str().unwrap().parse().unwrap();
-    chain.mine_blocks(1, &address.assume_checked());
-    chain.mine_blocks_to_burn(100);
-    poll("alice's coinbase to mature", || {
-        let balance = cli_ok(&binary, a, &["balance"]);
-        (sat(&balance, "confirmed_sat") == SUBSIDY_SAT).then_some(())
-    });
+    fund_daemons(&binary, &chain, &[a]);
 
     // Bad input is a JSON error, not a crash.
     let (ok, error) = cli(&binary, a, &["openchannel", &bob_id, "lots"]);
@@ -168,26 +161,7 @@ async fn sample_node_daemon_and_cli_splice_in() {
     );
 
     // Open a channel and mine until both sides can use it.
-    cli_ok(&binary, a, &["connect", &format!("{bob_id}@{bob_addr}")]);
-    cli_ok(
-        &binary,
-        a,
-        &["openchannel", &bob_id, &CAPACITY_SAT.to_string()],
-    );
-    let usable = |dir: &Path| {
-        let channels = cli_ok(&binary, dir, &["listchannels"]);
-        channels
-            .as_array()
-            .unwrap()
-            .first()
-            .cloned()
-            .filter(|c| c["is_usable"] == true)
-    };
-    let channel = poll("the channel to be usable", || {
-        chain.mine_blocks_to_burn(1);
-        std::thread::sleep(Duration::from_millis(100));
-        usable(a).and_then(|c| usable(b).map(|_| c))
-    });
+    let channel = open_channel_cli(&binary, &chain, a, b, (&bob_id, &bob_addr), 0);
     let channel_id = channel["channel_id"].as_str().unwrap().to_string();
     assert_eq!(sat(&channel, "capacity_sat"), CAPACITY_SAT);
     let before = poll("alice's change to confirm", || {
@@ -588,6 +562,55 @@ fn channel_of(binary: &Path, dir: &Path, channel_id: &str) -> Option<Value> {
         .cloned()
 }
 
+/// Mines a coinbase to each daemon in `dirs`, then 100 blocks, and waits
+/// until each sees its coinbase mature.
+fn fund_daemons(binary: &Path, chain: &ChainProcess, dirs: &[&Path]) {
+    for dir in dirs {
+        let address = cli_ok(binary, dir, &["newaddress"]);
+        let address: Address<NetworkUnchecked> =
+            address["address"].as_str().unwrap().parse().unwrap();
+        chain.mine_blocks(1, &address.assume_checked());
+    }
+    chain.mine_blocks_to_burn(100);
+    for dir in dirs {
+        poll("the coinbases to mature", || {
+            let balance = cli_ok(binary, dir, &["balance"]);
+            (sat(&balance, "confirmed_sat") == SUBSIDY_SAT).then_some(())
+        });
+    }
+}
+
+/// Connects `from` to the daemon `to` (id `to_id` at `to_addr`), opens a
+/// channel of `CAPACITY_SAT` from `from`, and mines until both daemons can
+/// use it and it is `min_confirmations` deep; returns `from`'s view of it.
+fn open_channel_cli(
+    binary: &Path,
+    chain: &ChainProcess,
+    from: &Path,
+    to: &Path,
+    (to_id, to_addr): (&str, &str),
+    min_confirmations: u64,
+) -> Value {
+    cli_ok(binary, from, &["connect", &format!("{to_id}@{to_addr}")]);
+    cli_ok(
+        binary,
+        from,
+        &["openchannel", to_id, &CAPACITY_SAT.to_string()],
+    );
+    poll("the channel to be usable", || {
+        chain.mine_blocks_to_burn(1);
+        std::thread::sleep(Duration::from_millis(100));
+        let channels = cli_ok(binary, from, &["listchannels"]);
+        let channel = channels.as_array().unwrap().first().cloned()?;
+        let id = channel["channel_id"].as_str()?;
+        let ready = |c: &Value| {
+            c["is_usable"] == true && c["confirmations"].as_u64().unwrap_or(0) >= min_confirmations
+        };
+        (ready(&channel) && channel_of(binary, to, id).is_some_and(|c| ready(&c)))
+            .then_some(channel)
+    })
+}
+
 /// The order `order_id` in `list`.
 fn order_in<'a>(list: &'a Value, order_id: &str) -> &'a Value {
     list.as_array()
@@ -626,40 +649,8 @@ async fn sample_node_buys_inbound_liquidity() {
 
     // A coinbase each, matured: the client opens the channel, the service
     // splices liquidity in from its wallet.
-    for dir in [s, c] {
-        let address = cli_ok(&binary, dir, &["newaddress"]);
-        let address: Address<NetworkUnchecked> =
-            address["address"].as_str().unwrap().parse().unwrap();
-        chain.mine_blocks(1, &address.assume_checked());
-    }
-    chain.mine_blocks_to_burn(100);
-    for dir in [s, c] {
-        poll("the coinbases to mature", || {
-            let balance = cli_ok(&binary, dir, &["balance"]);
-            (sat(&balance, "confirmed_sat") == SUBSIDY_SAT).then_some(())
-        });
-    }
-
-    cli_ok(
-        &binary,
-        c,
-        &["connect", &format!("{service_id}@{service_addr}")],
-    );
-    cli_ok(
-        &binary,
-        c,
-        &["openchannel", &service_id, &CAPACITY_SAT.to_string()],
-    );
-    let channel = poll("the channel to be usable and 3 blocks old", || {
-        chain.mine_blocks_to_burn(1);
-        std::thread::sleep(Duration::from_millis(100));
-        let channels = cli_ok(&binary, c, &["listchannels"]);
-        let channel = channels.as_array().unwrap().first().cloned()?;
-        let id = channel["channel_id"].as_str()?;
-        let ready = |c: &Value| c["is_usable"] == true && c["confirmations"].as_u64() >= Some(3);
-        (ready(&channel) && channel_of(&binary, s, id).is_some_and(|c| ready(&c)))
-            .then_some(channel)
-    });
+    fund_daemons(&binary, &chain, &[s, c]);
+    let channel = open_channel_cli(&binary, &chain, c, s, (&service_id, service_addr), 3);
     let channel_id = channel["channel_id"].as_str().unwrap().to_string();
 
     // The client pays the service first, so both hold a balance.
@@ -939,34 +930,8 @@ async fn sample_node_bumps_a_splice_fee() {
     let bob_addr = info_b["listen_addr"].as_str().unwrap().to_string();
 
     // Fund alice and open a channel.
-    let address = cli_ok(&binary, a, &["newaddress"]);
-    let address: Address<NetworkUnchecked> = address["address"].as_str().unwrap().parse().unwrap();
-    chain.mine_blocks(1, &address.assume_checked());
-    chain.mine_blocks_to_burn(100);
-    poll("alice's coinbase to mature", || {
-        let balance = cli_ok(&binary, a, &["balance"]);
-        (sat(&balance, "confirmed_sat") == SUBSIDY_SAT).then_some(())
-    });
-    cli_ok(&binary, a, &["connect", &format!("{bob_id}@{bob_addr}")]);
-    cli_ok(
-        &binary,
-        a,
-        &["openchannel", &bob_id, &CAPACITY_SAT.to_string()],
-    );
-    let usable = |dir: &Path| {
-        let channels = cli_ok(&binary, dir, &["listchannels"]);
-        channels
-            .as_array()
-            .unwrap()
-            .first()
-            .cloned()
-            .filter(|c| c["is_usable"] == true)
-    };
-    let channel = poll("the channel to be usable", || {
-        chain.mine_blocks_to_burn(1);
-        std::thread::sleep(Duration::from_millis(100));
-        usable(a).and_then(|c| usable(b).map(|_| c))
-    });
+    fund_daemons(&binary, &chain, &[a]);
+    let channel = open_channel_cli(&binary, &chain, a, b, (&bob_id, &bob_addr), 0);
     let channel_id = channel["channel_id"].as_str().unwrap().to_string();
     let wallet_before = poll("alice's change to confirm", || {
         let balance = cli_ok(&binary, a, &["balance"]);
@@ -1182,7 +1147,9 @@ async fn sample_node_bumps_a_splice_fee() {
     // The channel grew by the amount; the wallet paid the amount and the
     // final fee, nothing more, and holds no coin for the splice.
     poll("the new capacity", || {
-        usable(a).filter(|c| sat(c, "capacity_sat") == CAPACITY_SAT + SPLICE_SAT)
+        channel_of(&binary, a, &channel_id)
+            .filter(|c| c["is_usable"] == true)
+            .filter(|c| sat(c, "capacity_sat") == CAPACITY_SAT + SPLICE_SAT)
     });
     let balance = poll("alice's wallet to pay amount + the final fee", || {
         let balance = cli_ok(&binary, a, &["balance"]);

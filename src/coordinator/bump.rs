@@ -489,15 +489,16 @@ where
         result
     }
 
-    /// Bumps the splices whose automatic policy says so at height `tip`:
+    /// Bumps the splices among `live` whose automatic policy says so at
+    /// height `tip`:
     /// broadcast, unconfirmed, no bump under way, one bump per block at
     /// most, at the schedule's feerate (or the funding estimate, or LDK's
     /// minimum, if higher), never beyond the budget: a bump that would go
     /// beyond it stops the policy, with an event.
-    pub(crate) fn run_auto_bumps(&self, state: &mut State, tip: u32) {
-        let due: Vec<SpliceRecord> = state
-            .records
-            .values()
+    pub(crate) fn run_auto_bumps(&self, state: &mut State, tip: u32, live: &[SpliceId]) {
+        let due: Vec<SpliceRecord> = live
+            .iter()
+            .filter_map(|id| state.records.get(id))
             .filter(|r| {
                 r.state == SpliceState::Broadcast
                     && r.bump.is_none()

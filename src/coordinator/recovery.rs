@@ -59,6 +59,7 @@ where
             .collect();
         let channels = cm.list_channels();
         let tip = cm.current_best_block().height;
+        let live_ids: Vec<SpliceId> = live.iter().map(|r| r.id).collect();
         for record in live {
             let channel = channels.iter().find(|c| c.channel_id == record.channel_id);
             if let Err(e) = self.refresh_one(state, &record, channel, tip) {
@@ -70,7 +71,7 @@ where
                 log::warn!("could not journal a splice the counterparty started: {e}");
             }
         }
-        self.run_auto_bumps(state, tip);
+        self.run_auto_bumps(state, tip, &live_ids);
     }
 
     fn refresh_one(

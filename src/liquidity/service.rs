@@ -101,6 +101,8 @@ pub struct ServiceOrderView {
 
 struct State {
     orders: BTreeMap<String, ServiceOrder>,
+    /// Each order's id by the payment hash of its fee invoice.
+    by_hash: HashMap<PaymentHash, String>,
     /// When each client's requests of the last minute came (Unix seconds).
     recent: HashMap<PublicKey, VecDeque<u64>>,
     events: Vec<LiquidityEvent>,
@@ -160,6 +162,10 @@ where
             entropy,
             store,
             state: Mutex::new(State {
+                by_hash: orders
+                    .values()
+                    .filter_map(|o| Some((o.payment_hash()?, o.order.order_id.clone())))
+                    .collect(),
                 orders,
                 recent: HashMap::new(),
                 events: Vec::new(),
@@ -433,6 +439,9 @@ where
                 order: order.order.clone(),
             });
         }
+        if let Some(hash) = order.payment_hash() {
+            state.by_hash.entry(hash).or_insert_with(|| key.clone());
+        }
         state.orders.insert(key, order);
         Ok(())
     }
@@ -453,9 +462,9 @@ where
         let actions = {
             let mut state = self.lock();
             let Some(order) = state
-                .orders
-                .values()
-                .find(|o| o.payment_hash() == Some(*payment_hash))
+                .by_hash
+                .get(payment_hash)
+                .and_then(|id| state.orders.get(id))
                 .cloned()
             else {
                 return Ok(());

@@ -34,9 +34,12 @@ pub(crate) struct NodeEventHandler {
 
 impl NodeEventHandler {
     pub(crate) fn handle(&self, event: Event) -> Result<(), ReplayEvent> {
-        // The liquidity service comes last: a fee it fails back at once is
-        // recorded failed, after the payment was recorded held.
-        let liquidity_event = self.liquidity_service.is_some().then(|| event.clone());
+        // The liquidity service (which takes only fee payments) comes last:
+        // a fee it fails back at once is recorded failed, after the payment
+        // was recorded held.
+        let liquidity_event = (self.liquidity_service.is_some()
+            && matches!(event, Event::PaymentClaimable { .. }))
+        .then(|| event.clone());
         let result = self
             .coordinator
             .handle_event(&event)

@@ -19,7 +19,6 @@ mod fee_estimates;
 mod invoices;
 mod keys;
 mod liquidity;
-mod manager_store;
 mod node_store;
 mod payments;
 mod peers;

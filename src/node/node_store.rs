@@ -1,13 +1,19 @@
-//! The node's `KVStore`: LDK's `FilesystemStore`, counting the writes made
-//! through it, split into LDK's (channel manager, monitors, sweeper, graph,
-//! scorer) and this crate's (journal, wallet, payments, orders), for
-//! benchmarks and monitoring.
+//! The node's `KVStore`: LDK's `FilesystemStore`, which reports each write
+//! of the `ChannelManager` (so the splice coordinator gives LDK our splice
+//! signatures only once the negotiation they are for is on disk), and
+//! counts the writes made through it, split into LDK's (channel manager,
+//! monitors, sweeper, graph, scorer) and this crate's (journal, wallet,
+//! payments, orders), for benchmarks and monitoring.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use lightning::io;
-use lightning::util::persist::KVStoreSync;
+use lightning::util::persist::{
+    KVStoreSync, CHANNEL_MANAGER_PERSISTENCE_KEY, CHANNEL_MANAGER_PERSISTENCE_PRIMARY_NAMESPACE,
+    CHANNEL_MANAGER_PERSISTENCE_SECONDARY_NAMESPACE,
+};
 use lightning_persister::fs_store::v1::FilesystemStore;
 
 use crate::store::PERSISTENCE_NAMESPACE;
@@ -39,6 +45,7 @@ pub struct NodeStore {
     ldk: AtomicU64,
     ours: AtomicU64,
     removals: AtomicU64,
+    on_manager_write: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl NodeStore {
@@ -49,7 +56,13 @@ impl NodeStore {
             ldk: AtomicU64::new(0),
             ours: AtomicU64::new(0),
             removals: AtomicU64::new(0),
+            on_manager_write: OnceLock::new(),
         }
+    }
+
+    /// Calls `f` after every successful write of the `ChannelManager`.
+    pub(crate) fn on_manager_write(&self, f: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.on_manager_write.set(f);
     }
 
     /// The writes made so far.
@@ -81,6 +94,14 @@ impl KVStoreSync for NodeStore {
             &self.ldk
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        let is_manager = primary == CHANNEL_MANAGER_PERSISTENCE_PRIMARY_NAMESPACE
+            && secondary == CHANNEL_MANAGER_PERSISTENCE_SECONDARY_NAMESPACE
+            && key == CHANNEL_MANAGER_PERSISTENCE_KEY;
+        if is_manager {
+            if let Some(f) = self.on_manager_write.get() {
+                f();
+            }
+        }
         Ok(())
     }
 

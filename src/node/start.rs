@@ -161,12 +161,8 @@ impl Node {
         };
         let channel_manager = Arc::new(channel_manager);
 
-        // The background processor's writes of the ChannelManager tell the
-        // coordinator when it may give LDK our splice signatures; the
-        // sweeper writes through the same store.
-        let manager_store = Arc::new(super::manager_store::ManagerStore::new(store.clone()));
         let sweeper = Arc::new(super::sweep::load_sweeper(
-            manager_store.clone(),
+            store.clone(),
             manager_best_block,
             bitcoind.clone(),
             keys.clone(),
@@ -340,9 +336,10 @@ impl Node {
                 .on_answer(Box::new(move || notify.notify_waiters()));
         }
         {
+            // The background processor's writes of the ChannelManager tell
+            // the coordinator when it may give LDK our splice signatures.
             let coordinator = coordinator.clone();
-            manager_store
-                .on_manager_write(Box::new(move || coordinator.channel_manager_persisted()));
+            store.on_manager_write(Box::new(move || coordinator.channel_manager_persisted()));
         }
 
         let listener = super::tasks::bind(config.listen_addr).await?;
@@ -372,7 +369,6 @@ impl Node {
             wiring: super::tasks::Wiring {
                 handler,
                 send_messages,
-                manager_store,
                 gossip_sync,
                 scorer,
                 logger,

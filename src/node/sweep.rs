@@ -14,8 +14,8 @@ use lightning::util::ser::{Readable, ReadableArgs};
 use lightning::util::sweep::OutputSweeperSync;
 
 use super::bitcoind::Bitcoind;
-use super::manager_store::ManagerStore;
 use super::types::NoFilter;
+use super::types::Store;
 use super::NodeError;
 use crate::logger::LogBridge;
 use crate::store::PERSISTENCE_NAMESPACE;
@@ -27,7 +27,7 @@ pub type Sweeper = OutputSweeperSync<
     Arc<BdkWallet>,
     Arc<Bitcoind>,
     NoFilter,
-    Arc<ManagerStore>,
+    Arc<Store>,
     Arc<LogBridge>,
     Arc<KeysManager>,
 >;
@@ -37,7 +37,7 @@ const LEGACY_NAMESPACE: &str = "spendable_outputs";
 
 /// Reads the sweeper from `store`, or makes a new one starting at `best_block`.
 pub(crate) fn load_sweeper(
-    store: Arc<ManagerStore>,
+    store: Arc<Store>,
     best_block: BlockLocator,
     bitcoind: Arc<Bitcoind>,
     keys: Arc<KeysManager>,

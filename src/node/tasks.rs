@@ -7,7 +7,6 @@ use lightning_block_sync::HeaderCache;
 
 use super::connections::{accept_peers, reconnect_peers};
 use super::events::NodeEventHandler;
-use super::manager_store::ManagerStore;
 use super::types::{GossipSync, Scorer};
 use super::*;
 
@@ -23,7 +22,6 @@ pub(super) struct Wiring {
     pub(super) handler: Arc<NodeEventHandler>,
     /// Notified when LDK event handling queued peer messages.
     pub(super) send_messages: Arc<tokio::sync::Notify>,
-    pub(super) manager_store: Arc<ManagerStore>,
     pub(super) gossip_sync: Arc<GossipSync>,
     pub(super) scorer: Arc<RwLock<Scorer>>,
     pub(super) logger: Arc<LogBridge>,
@@ -89,7 +87,7 @@ impl Node {
         let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
         let handler = self.wiring.handler.clone();
         let background = BackgroundProcessor::start(
-            self.wiring.manager_store.clone(),
+            self.store.clone(),
             move |event| handler.handle(event),
             self.chain_monitor.clone(),
             self.channel_manager.clone(),
