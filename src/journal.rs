@@ -9,9 +9,14 @@
 //!
 //! Events live inside the document whose change they report, so a change
 //! and its event are written together or not at all. The application
-//! acknowledges events oldest first; the sequence number of the last one
-//! acknowledged is kept in `ldk_splice/events/acked`, and a document drops
-//! acknowledged events the next time it is written.
+//! acknowledges events oldest first. An acknowledgement is not a write of
+//! its own: every document written carries the sequence number of the last
+//! event acknowledged (and drops the events up to it), so the next change
+//! makes it durable. One that no change follows within
+//! [`ACK_WRITE_DELAY`] is written to `ldk_splice/events/acked` by the
+//! timer; on load the newest of the two wins. A crash before either
+//! delivers those events again: delivery is at least once, as LDK's own
+//! events are.
 //!
 //! Nothing is changed in memory unless the write succeeded, so a failed
 //! write leaves the journal as the store has it and the caller acts on
@@ -22,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use lightning::util::wakers::{Future, Notifier};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -36,6 +41,10 @@ const GROUPS: &str = "journal_groups";
 const EVENTS: &str = "events";
 const ACKED_KEY: &str = "acked";
 const FORMAT_VERSION: u32 = 1;
+
+/// How long an acknowledgement may wait for a change to carry it before
+/// the timer writes it by itself.
+pub const ACK_WRITE_DELAY: Duration = Duration::from_secs(5);
 
 /// The kind of document a splice record is.
 pub(crate) const SPLICE: &str = "splice";
@@ -56,6 +65,10 @@ struct StoredDoc {
     revision: u64,
     body: Value,
     events: Vec<QueuedEvent>,
+    /// The last event acknowledged when this was written (absent in
+    /// documents written before acknowledgements rode along).
+    #[serde(default)]
+    acked: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -109,7 +122,12 @@ struct Inner {
     /// Bodies read at load, handed once to whoever owns their kind.
     loaded: BTreeMap<String, Vec<Value>>,
     pending: VecDeque<QueuedEvent>,
+    /// The last event acknowledged.
     acked: u64,
+    /// The last acknowledgement the store has, and since when a newer one
+    /// waits to be written.
+    acked_written: u64,
+    acked_waiting_since: Option<Instant>,
     next_seq: u64,
     revision: u64,
     next_group: u64,
@@ -172,15 +190,20 @@ impl Journal {
                 }
             }
         }
-        let acked = store::read_json::<Acked>(&store, EVENTS, ACKED_KEY)
-            .map_err(persistence)?
-            .map_or(0, |a| a.through);
+        let acked = winners.values().map(|(doc, _)| doc.acked).fold(
+            store::read_json::<Acked>(&store, EVENTS, ACKED_KEY)
+                .map_err(persistence)?
+                .map_or(0, |a| a.through),
+            u64::max,
+        );
 
         let mut inner = Inner {
             docs: BTreeMap::new(),
             loaded: BTreeMap::new(),
             pending: VecDeque::new(),
             acked,
+            acked_written: acked,
+            acked_waiting_since: None,
             next_seq: acked + 1,
             revision: 0,
             next_group,
@@ -279,6 +302,7 @@ impl Journal {
                 revision,
                 body: change.body,
                 events,
+                acked: inner.acked,
             });
         }
         if let [doc] = docs.as_slice() {
@@ -296,6 +320,8 @@ impl Journal {
         }
         inner.next_seq = seq;
         inner.revision = revision;
+        inner.acked_written = inner.acked;
+        inner.acked_waiting_since = None;
         for doc in docs {
             inner
                 .docs
@@ -351,28 +377,46 @@ impl Journal {
         inner.pending.front().map(|q| q.event.clone())
     }
 
-    /// Acknowledges the oldest event. It is gone only once that is written;
-    /// on error it stays first in line.
-    pub(crate) fn event_handled(&self) -> Result<(), SpliceError> {
+    /// Acknowledges the oldest event: it is not delivered again in this
+    /// run, and is written with the next change or by
+    /// [`Journal::write_acknowledgement`].
+    pub(crate) fn event_handled(&self) {
         let mut inner = self.lock();
-        let Some(oldest) = inner.pending.front().map(|q| q.seq) else {
-            return Ok(());
+        let Some(oldest) = inner.pending.pop_front().map(|q| q.seq) else {
+            return;
         };
+        inner.acked = oldest;
+        inner.acked_waiting_since.get_or_insert_with(Instant::now);
+        for doc in inner.docs.values_mut() {
+            doc.events.retain(|e| e.seq > oldest);
+        }
+    }
+
+    /// Writes the last acknowledgement if the store does not have it yet
+    /// and it has waited `at_least` for a change to carry it. On error it
+    /// stays waiting (and the events it covers would be delivered again
+    /// after a restart).
+    pub(crate) fn write_acknowledgement(&self, at_least: Duration) -> Result<(), SpliceError> {
+        let mut inner = self.lock();
+        let due = inner
+            .acked_waiting_since
+            .is_some_and(|since| since.elapsed() >= at_least);
+        if !due || inner.acked == inner.acked_written {
+            return Ok(());
+        }
+        let through = inner.acked;
         store::write_json(
             &self.store,
             EVENTS,
             ACKED_KEY,
             &Acked {
                 v: FORMAT_VERSION,
-                through: oldest,
+                through,
             },
         )
         .map_err(persistence)?;
-        inner.pending.pop_front();
-        inner.acked = oldest;
-        for doc in inner.docs.values_mut() {
-            doc.events.retain(|e| e.seq > oldest);
-        }
+        inner.acked_written = through;
+        inner.acked_waiting_since = None;
         Ok(())
     }
 
@@ -405,6 +449,7 @@ mod tests {
     use super::*;
     use crate::ids::BatchId;
     use crate::record::BatchState;
+    use lightning::util::persist::KVStoreSync;
 
     fn memory_store() -> SharedStore {
         Arc::new(crate::store::MemoryStore::default())
@@ -495,9 +540,24 @@ mod tests {
             all
         );
 
-        journal.event_handled().expect("ack");
-        journal.event_handled().expect("ack");
+        journal.event_handled();
+        journal.event_handled();
         assert_eq!(journal.next_event(), Some(event(3)));
+        // Not written yet: a restart now delivers them again.
+        assert_eq!(
+            Journal::load(dir.clone()).expect("load").pending_events(),
+            all
+        );
+        journal
+            .write_acknowledgement(ACK_WRITE_DELAY)
+            .expect("not due: no write");
+        assert_eq!(
+            Journal::load(dir.clone()).expect("load").pending_events(),
+            all
+        );
+        journal
+            .write_acknowledgement(Duration::ZERO)
+            .expect("written");
         let reloaded = Journal::load(dir.clone()).expect("load");
         assert_eq!(
             reloaded.pending_events(),
@@ -512,13 +572,127 @@ mod tests {
             (3..=6).map(event).collect::<Vec<_>>()
         );
         for _ in 0..4 {
-            reloaded.event_handled().expect("ack");
+            reloaded.event_handled();
         }
         assert_eq!(reloaded.next_event(), None);
+        reloaded
+            .write_acknowledgement(Duration::ZERO)
+            .expect("written");
         assert!(Journal::load(dir.clone())
             .expect("load")
             .pending_events()
             .is_empty());
+    }
+
+    #[test]
+    fn the_next_change_carries_the_acknowledgement_without_a_write_of_its_own() {
+        let dir = Arc::new(CountingMemory::default());
+        let journal = Journal::load(dir.clone()).expect("empty journal");
+        journal
+            .commit(vec![change(1, json!(1), vec![event(1), event(2)])])
+            .expect("write");
+        journal
+            .commit(vec![change(2, json!(2), vec![event(3)])])
+            .expect("write");
+        journal.event_handled();
+        journal.event_handled();
+        // A change to another document carries the acknowledgement.
+        journal
+            .commit(vec![change(3, json!(3), vec![])])
+            .expect("write");
+        assert_eq!(dir.writes.load(Ordering::SeqCst), 3, "no write of its own");
+        journal
+            .write_acknowledgement(Duration::ZERO)
+            .expect("nothing waits");
+        assert_eq!(
+            dir.writes.load(Ordering::SeqCst),
+            3,
+            "nothing left to write"
+        );
+        assert_eq!(
+            Journal::load(dir.clone()).expect("load").pending_events(),
+            vec![event(3)]
+        );
+        // The same through a group write.
+        journal.event_handled();
+        journal
+            .commit(vec![
+                change(4, json!(4), vec![]),
+                change(5, json!(5), vec![]),
+            ])
+            .expect("group");
+        assert!(Journal::load(dir.clone())
+            .expect("load")
+            .pending_events()
+            .is_empty());
+    }
+
+    #[test]
+    fn a_failed_acknowledgement_write_stays_due_and_is_retried() {
+        let dir = Arc::new(CountingMemory::default());
+        let journal = Journal::load(dir.clone()).expect("empty journal");
+        journal
+            .commit(vec![change(1, json!(1), vec![event(1)])])
+            .expect("write");
+        journal.event_handled();
+        dir.broken.store(true, Ordering::SeqCst);
+        assert!(journal.write_acknowledgement(Duration::ZERO).is_err());
+        assert_eq!(journal.next_event(), None, "handled in this run");
+        dir.broken.store(false, Ordering::SeqCst);
+        assert_eq!(
+            Journal::load(dir.clone()).expect("load").pending_events(),
+            vec![event(1)],
+            "delivered again after a restart"
+        );
+        journal
+            .write_acknowledgement(Duration::ZERO)
+            .expect("retried");
+        assert!(Journal::load(dir.clone())
+            .expect("load")
+            .pending_events()
+            .is_empty());
+    }
+
+    /// A memory store that counts writes and can refuse them.
+    #[derive(Default)]
+    struct CountingMemory {
+        inner: crate::store::MemoryStore,
+        writes: std::sync::atomic::AtomicU64,
+        broken: AtomicBool,
+    }
+
+    impl KVStoreSync for CountingMemory {
+        fn read(&self, p: &str, s: &str, k: &str) -> Result<Vec<u8>, lightning::io::Error> {
+            self.inner.read(p, s, k)
+        }
+        fn write(
+            &self,
+            p: &str,
+            s: &str,
+            k: &str,
+            buf: Vec<u8>,
+        ) -> Result<(), lightning::io::Error> {
+            if self.broken.load(Ordering::SeqCst) {
+                return Err(lightning::io::Error::new(
+                    lightning::io::ErrorKind::Other,
+                    "broken",
+                ));
+            }
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            self.inner.write(p, s, k, buf)
+        }
+        fn remove(
+            &self,
+            p: &str,
+            s: &str,
+            k: &str,
+            lazy: bool,
+        ) -> Result<(), lightning::io::Error> {
+            self.inner.remove(p, s, k, lazy)
+        }
+        fn list(&self, p: &str, s: &str) -> Result<Vec<String>, lightning::io::Error> {
+            self.inner.list(p, s)
+        }
     }
 
     #[test]

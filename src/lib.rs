@@ -33,6 +33,7 @@ pub use events::EventNotifier;
 pub use events::SpliceEvent;
 pub use fees::{FeePolicy, FeeRateSource, FundingFeeEstimator, SpliceQuote};
 pub use ids::{BatchId, ChannelRef, SpliceId};
+pub use journal::ACK_WRITE_DELAY;
 pub use logger::LogBridge;
 pub use record::{
     AutoBump, AutoBumpState, BatchState, FeeBump, SpliceCandidate, SpliceOrigin, SpliceOutput,

@@ -12,7 +12,8 @@
 //! - a transaction LDK asks us to sign that we never asked for is refused,
 //!   and the channel is not left waiting;
 //! - a restart while a splice negotiates ends it cleanly or lets it lock;
-//! - a splice the counterparty starts is recorded (as theirs) to lock.
+//! - a splice the counterparty starts is recorded (as theirs) to lock;
+//! - a channel left to the application is spliced by it alone.
 
 mod common;
 
@@ -711,4 +712,128 @@ async fn a_lost_splice_locked_is_sent_again_after_a_reconnect() {
     .await
     .expect("wallet paid exactly the amount and the fee");
     assert_no_locks(a);
+}
+
+/// A channel left to the application: the coordinator refuses requests on
+/// it, does not sign or cancel what the application negotiates there
+/// through LDK's own API (the application signs from the node's event
+/// hook), and records nothing of it; handed back, it splices as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_channel_left_to_the_application_is_spliced_by_it_alone() {
+    let chain = start_chain().await;
+    let (to_sign, signing_asked) = std::sync::mpsc::channel::<Event>();
+    let to_sign = std::sync::Mutex::new(to_sign);
+    let dir = tempfile::tempdir().unwrap();
+    let a = builder(&chain, dir.path())
+        .ldk_event_hook(move |event| {
+            if matches!(event, Event::FundingTransactionReadyForSigning { .. }) {
+                let _ = to_sign.lock().unwrap().send(event.clone());
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let bob = start_node(&chain).await;
+    let b = &bob.node;
+    fund_nodes(&chain, &[&a, b]).await;
+    let (channel_id, _) = open_channel(&chain, &a, b, CAPACITY, Amount::ZERO).await;
+    let coordinator = a.coordinator();
+    coordinator.unmanage_channel(&channel_id).unwrap();
+
+    let wallet = a.wallet().available_balance();
+    let refused = a
+        .splice_in(&channel_id, &b.node_id(), Amount::from_sat(50_000), fee())
+        .expect_err("the channel is the application's");
+    assert!(
+        matches!(refused, SpliceError::InvalidRequest(_)),
+        "{refused:?}"
+    );
+    mentions(&refused, &["left to the application"]);
+    assert_no_locks(&a);
+    assert_eq!(a.wallet().available_balance(), wallet);
+    assert!(a.list_splices().is_empty());
+
+    // The application's own splice-out, through LDK.
+    let out = Amount::from_sat(70_000);
+    let payee = address_of(b);
+    let cm = a.channel_manager();
+    let contribution = cm
+        .splice_channel(&channel_id, &b.node_id())
+        .unwrap()
+        .splice_out(
+            vec![bitcoin::TxOut {
+                value: out,
+                script_pubkey: payee.script_pubkey(),
+            }],
+            FEERATE,
+            FeePolicy::DEFAULT_MAX_FEERATE,
+        )
+        .unwrap();
+    cm.funding_contributed(&channel_id, &b.node_id(), contribution, None)
+        .unwrap();
+    a.peer_manager().process_events();
+    let asked = tokio::task::spawn_blocking(move || signing_asked.recv_timeout(WAIT))
+        .await
+        .unwrap()
+        .expect("LDK asks the application to sign");
+    let Event::FundingTransactionReadyForSigning {
+        channel_id: asked_on,
+        counterparty_node_id,
+        unsigned_transaction,
+        ..
+    } = asked
+    else {
+        unreachable!("only signing requests are sent");
+    };
+    assert_eq!(asked_on, channel_id);
+    assert!(unsigned_transaction
+        .output
+        .iter()
+        .any(|o| o.value == out && o.script_pubkey == payee.script_pubkey()));
+    // Splice-outs spend no coin of ours: nothing to sign but LDK's part.
+    cm.funding_transaction_signed(
+        &channel_id,
+        &counterparty_node_id,
+        unsigned_transaction.clone(),
+    )
+    .unwrap();
+    let txid = unsigned_transaction.compute_txid();
+    wait_in_mempool(&chain, &txid).await;
+    mine(&chain, 6, &[&a, b]).await;
+    a.wait_until(WAIT, "the channel runs on the application's splice", |n| {
+        n.channel(&channel_id)
+            .is_some_and(|c| c.is_usable && c.funding_txo.is_some_and(|f| f.txid == txid))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        a.channel(&channel_id).unwrap().channel_value_satoshis,
+        CAPACITY.to_sat()
+            - out.to_sat()
+            - fee_of(&chain, &chain.transaction(&txid).unwrap()).to_sat()
+    );
+    assert!(
+        a.list_splices().is_empty(),
+        "not recorded, not adopted as theirs"
+    );
+    assert!(coordinator.pending_events().is_empty());
+
+    // Handed back: the coordinator's own splice goes to lock. While it is
+    // under way the channel cannot be taken again.
+    coordinator.manage_channel(&channel_id);
+    let id = a
+        .splice_in(&channel_id, &b.node_id(), Amount::from_sat(50_000), fee())
+        .unwrap();
+    let taken = coordinator.unmanage_channel(&channel_id).expect_err("busy");
+    mentions(&taken, &[&id.to_string()]);
+    broadcast_txid(&chain, &a, id).await;
+    mine_to_lock(&chain, &a, b, id).await;
+    assert_eq!(
+        a.channel(&channel_id).unwrap().channel_value_satoshis,
+        CAPACITY.to_sat()
+            - out.to_sat()
+            - fee_of(&chain, &chain.transaction(&txid).unwrap()).to_sat()
+            + 50_000
+    );
+    a.stop().await.unwrap();
 }

@@ -1,9 +1,13 @@
-//! Benchmarks: batch splicing against one splice at a time, and the
-//! durable writes a splice costs (see `writes.rs`).
+//! Benchmarks: batch splicing against one splice at a time; the durable
+//! writes a splice costs (see `writes.rs`); a node with many finished
+//! splices against a fresh one (see `long_lived.rs`); and what the
+//! coordinator adds to one splice over LDK's raw API (see `overhead.rs`).
 //!
 //! ```text
 //! cargo run --release --example bench -- batch [--sizes 1,8,32,128] [--rtt-ms 0,20,50,100]
 //! cargo run --release --example bench -- writes
+//! cargo run --release --example bench -- long-lived [--records 10000]
+//! cargo run --release --example bench -- overhead [--rtt-ms 0,50] [--rounds 5]
 //! ```
 //!
 //! A hub with N peers over TCP loopback on an in-process devchain, one
@@ -31,6 +35,8 @@
 //! encoding under its global lock every time it persists the manager, so it
 //! bounds how fast any number of splices can progress.
 
+mod long_lived;
+mod overhead;
 mod relay;
 mod writes;
 
@@ -67,9 +73,36 @@ enum Bench {
         /// connection goes through a relay that delays both directions).
         #[arg(long, value_delimiter = ',', default_values_t = vec![0u64])]
         rtt_ms: Vec<u64>,
+        /// Which kinds of splice to measure.
+        #[arg(long, value_delimiter = ',', default_values_t = vec!["splice_out".to_string(), "splice_in".to_string()])]
+        kinds: Vec<String>,
     },
     /// Durable writes per splice, by kind.
-    Writes,
+    Writes {
+        /// Time between blocks once a splice is broadcast, in ms. Above
+        /// the acknowledgement delay (5 s), every event acknowledged
+        /// between two changes costs a write of its own, as with real
+        /// block times.
+        #[arg(long, default_value_t = 100)]
+        block_interval_ms: u64,
+    },
+    /// One splice through the coordinator against the same splice through
+    /// LDK's API by hand.
+    Overhead {
+        /// Round-trip times between the hub and its peer, in ms.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![0u64, 50])]
+        rtt_ms: Vec<u64>,
+        /// Splices of each kind and path per round-trip time.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+    /// Start, memory and request times of a node with many finished
+    /// splices in its journal, against the same node without them.
+    LongLived {
+        /// Finished splices to add to the journal.
+        #[arg(long, default_value_t = 10000)]
+        records: usize,
+    },
 }
 
 const CAPACITY: Amount = Amount::from_sat(1_000_000);
@@ -87,9 +120,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
         .init();
-    let (sizes, rtts) = match args.bench {
-        Bench::Batch { sizes, rtt_ms } => (sizes, rtt_ms),
-        Bench::Writes => return writes::run().await,
+    let (sizes, rtts, kinds) = match args.bench {
+        Bench::Batch {
+            sizes,
+            rtt_ms,
+            kinds,
+        } => (sizes, rtt_ms, kinds),
+        Bench::Writes { block_interval_ms } => {
+            return writes::run(Duration::from_millis(block_interval_ms)).await
+        }
+        Bench::LongLived { records } => return long_lived::run(records).await,
+        Bench::Overhead { rtt_ms, rounds } => return overhead::run(rtt_ms, rounds.max(1)).await,
     };
     let max = sizes.iter().copied().max().unwrap_or(1);
     // Each size runs a batch, two sequential rounds and one single splice-in
@@ -100,7 +141,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for rtt in rtts {
         bench.latency.set(Duration::from_millis(rtt));
         for &n in &sizes {
-            for kind in ["splice_out", "splice_in"] {
+            for kind in &kinds {
                 let line = bench.measure(kind, n, rtt).await?;
                 println!("{line}");
                 table.push(line);
@@ -258,9 +299,7 @@ impl Setup {
         let started = Instant::now();
         let id = self.hub.start_batch(plan)?;
         let started_all = started.elapsed().as_secs_f64() * 1000.0;
-        self.hub
-            .wait_for_batch(id, WAIT, |s| *s != BatchState::Negotiating)
-            .await?;
+        let phases = self.follow_phases(id, started).await?;
         let record = self.hub.batch_status(id).ok_or("batch vanished")?;
         if record.state != BatchState::Signed {
             return Err(format!("batch ended {}", record.state).into());
@@ -301,11 +340,56 @@ impl Setup {
             "speedup": ((sequential_ms / batch_ms) * 100.0).round() / 100.0,
             "speedup_flushed": ((sequential_flushed_ms / batch_ms) * 100.0).round() / 100.0,
             "manager_encode_ms": (manager_encode_ms * 10.0).round() / 10.0,
+            "phases_ms": phases,
             "peak_rss_bytes": peak_rss_bytes(),
             "total_weight": total_weight,
             "single_tx_weight": quote.single_tx_weight.to_wu(),
         })
         .to_string())
+    }
+
+    /// Waits until batch `id` is no longer negotiating, noting when its
+    /// legs passed each step (ms since `started`): the first and the last
+    /// leg whose transaction was built and held for signing, and the batch
+    /// signed.
+    async fn follow_phases(
+        &self,
+        id: ldk_splice::BatchId,
+        started: Instant,
+    ) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+        let ms = || (started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0;
+        let (mut first_ready, mut all_ready) = (None, None);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let record = self.hub.batch_status(id).ok_or("batch vanished")?;
+            let ready = record
+                .parts
+                .iter()
+                .filter_map(|p| p.splice)
+                .filter(|leg| {
+                    self.hub.splice_status(*leg).is_some_and(|r| {
+                        r.state == SpliceState::AwaitingSignatures || r.state.is_signed()
+                    })
+                })
+                .count();
+            if ready > 0 && first_ready.is_none() {
+                first_ready = Some(ms());
+            }
+            if ready == record.parts.len() && all_ready.is_none() {
+                all_ready = Some(ms());
+            }
+            if record.state != BatchState::Negotiating {
+                return Ok(serde_json::json!({
+                    "first_leg_ready_to_sign": first_ready,
+                    "all_legs_ready_to_sign": all_ready,
+                    "signed": ms(),
+                }));
+            }
+            if Instant::now() > deadline {
+                return Err("the batch did not reach signing".into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Runs `kind` on every channel, one at a time, and returns the time

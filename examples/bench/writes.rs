@@ -3,7 +3,9 @@
 //! A node whose own state (journal, events, wallet) is written through a
 //! counting store makes one splice of each kind, from the request to the
 //! lock, acknowledging each event as an application would, with a block
-//! mined every 100 ms once the transaction is out. One JSON line per kind:
+//! mined every `--block-interval-ms` (100) once the transaction is out,
+//! and the acknowledgements left at the end written as the node's timer
+//! would write them. One JSON line per kind:
 //! writes by namespace (`journal`, `journal_groups`, `events` for
 //! acknowledgements, `wallet`), `blocks` mined, and `per_splice`: every
 //! write but the wallet's one change set per block (which the wallet
@@ -107,7 +109,7 @@ async fn synced(chain: &DevChain, nodes: &[&Node]) -> Result<(), Error> {
 }
 
 /// Runs the measurement and prints one line per kind of splice.
-pub async fn run() -> Result<(), Error> {
+pub async fn run(block_interval: Duration) -> Result<(), Error> {
     let chain = DevChain::start(DevChainConfig::default()).await?;
     let counts = Arc::new(Counts::default());
     let (hub_dir, peer_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
@@ -157,8 +159,9 @@ pub async fn run() -> Result<(), Error> {
 
     for kind in ["splice_in", "splice_out", "splice_in_and_out", "batch_of_3"] {
         while hub.coordinator().next_event().is_some() {
-            hub.coordinator().event_handled()?;
+            hub.coordinator().event_handled();
         }
+        hub.coordinator().write_acknowledgements()?;
         counts.take();
         let store_before = hub.store().writes();
         let c = channels[0];
@@ -207,10 +210,11 @@ pub async fn run() -> Result<(), Error> {
             }
         };
         let mut blocks = 0;
-        let deadline = Instant::now() + WAIT;
+        let mut last_block = Instant::now();
+        let deadline = Instant::now() + WAIT + block_interval * 12;
         loop {
             while hub.coordinator().next_event().is_some() {
-                hub.coordinator().event_handled()?;
+                hub.coordinator().event_handled();
             }
             let states: Vec<SpliceState> = ids
                 .iter()
@@ -222,17 +226,20 @@ pub async fn run() -> Result<(), Error> {
             if Instant::now() > deadline {
                 return Err(format!("{kind}: did not lock: {states:?}").into());
             }
-            if states.iter().all(|s| s.is_broadcast()) {
+            if states.iter().all(|s| s.is_broadcast()) && last_block.elapsed() >= block_interval {
                 chain.mine_blocks_to_burn(1);
+                last_block = Instant::now();
                 blocks += 1;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // The events the lock itself queued.
         tokio::time::sleep(Duration::from_millis(200)).await;
         while hub.coordinator().next_event().is_some() {
-            hub.coordinator().event_handled()?;
+            hub.coordinator().event_handled();
         }
+        // What the node's timer would write a few seconds later.
+        hub.coordinator().write_acknowledgements()?;
         synced(&chain, &[&hub]).await?;
         let by_namespace = counts.take();
         let total: u64 = by_namespace.values().sum();

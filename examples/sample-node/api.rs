@@ -1454,12 +1454,17 @@ fn ack_events(state: &AppState, through: &str) -> ApiResult {
         )));
     }
     let count = n.saturating_sub(ledger.acked);
-    for done in 0..count {
-        coordinator.event_handled().map_err(|e| {
-            ApiError::internal(format!("acknowledged {done} of {count} events, then: {e}"))
-        })?;
+    for _ in 0..count {
+        coordinator.event_handled();
         ledger.acked += 1;
     }
+    // A client that was told "acknowledged" must not see them again after
+    // a restart: one write for all of them.
+    coordinator.write_acknowledgements().map_err(|e| {
+        ApiError::internal(format!(
+            "acknowledged {count} events, but could not write it (they may come back after a restart): {e}"
+        ))
+    })?;
     Ok(json!({
         "acknowledged": count,
         "through": through.trim(),

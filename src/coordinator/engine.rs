@@ -133,7 +133,7 @@ where
                 }
             }
             state.next_id = state.next_id.max(record.id.0 + 1);
-            state.records.insert(record.id, record);
+            state.keep(record);
         }
         Ok(())
     }
@@ -225,8 +225,7 @@ where
     /// Whether a live splice holds `outpoint`.
     pub(crate) fn held_by_live(state: &State, outpoint: &OutPoint) -> bool {
         state
-            .records
-            .values()
+            .live_records()
             .any(|r| r.holds_coins() && r.inputs.contains(outpoint))
     }
 
@@ -236,10 +235,9 @@ where
         channel_id: &lightning::ln::types::ChannelId,
     ) -> Option<SpliceRecord> {
         state
-            .records
-            .values()
+            .live_records()
             .rev()
-            .find(|r| r.channel_id == *channel_id && !r.state.is_final())
+            .find(|r| r.channel_id == *channel_id)
             .cloned()
     }
 }

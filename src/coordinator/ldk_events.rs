@@ -10,7 +10,7 @@ use lightning::events::{Event, FundingInfo, ReplayEvent};
 use lightning::ln::channelmanager::AChannelManager;
 use lightning::ln::types::ChannelId;
 
-use super::{SpliceCoordinator, State};
+use super::{unmanaged, SpliceCoordinator, State};
 use crate::error::SpliceError;
 use crate::record::SpliceState;
 
@@ -37,6 +37,12 @@ where
     }
 
     fn apply_event(&self, state: &mut State, event: &Event) -> Result<(), SpliceError> {
+        if let Some(channel_id) = unmanaged::splice_event_channel(event) {
+            if state.unmanaged.contains(channel_id) {
+                log::debug!("{channel_id}: left to the application: {event:?}");
+                return Ok(());
+            }
+        }
         match event {
             Event::FundingTransactionReadyForSigning {
                 channel_id,
@@ -180,7 +186,7 @@ where
             FundingInfo::OutPoint { outpoint } => (Vec::new(), Some(outpoint.txid)),
         };
         if !self.channel_is_open(channel_id) {
-            let dead = state.records.values().find(|r| {
+            let dead = state.live_records().find(|r| {
                 r.channel_id == *channel_id
                     && r.state.is_signed()
                     && !r.state.is_final()
@@ -221,9 +227,8 @@ where
         txid: Txid,
     ) -> Result<(), SpliceError> {
         let record = state
-            .records
-            .values()
-            .find(|r| r.channel_id == *channel_id && !r.state.is_final() && r.has_candidate(&txid))
+            .live_records()
+            .find(|r| r.channel_id == *channel_id && r.has_candidate(&txid))
             .cloned();
         let Some(record) = record else {
             return Ok(());
@@ -264,8 +269,7 @@ where
             return Ok(());
         }
         let record = state
-            .records
-            .values()
+            .live_records()
             .find(|r| {
                 r.channel_id == *channel_id
                     && r.state.is_signed()
@@ -306,9 +310,8 @@ where
                 .is_none_or(|r| r.channel_id != *channel_id)
         });
         let open: Vec<_> = state
-            .records
-            .values()
-            .filter(|r| r.channel_id == *channel_id && !r.state.is_final())
+            .live_records()
+            .filter(|r| r.channel_id == *channel_id)
             .cloned()
             .collect();
         for record in open {

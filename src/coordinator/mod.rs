@@ -7,7 +7,8 @@
 //! - [`ldk_events`]: what each LDK event means for our records;
 //! - [`recovery`]: reading LDK's view (depth, lock, what it dropped) at
 //!   start-up and on every tick, so no record contradicts LDK for long;
-//! - [`engine`]: the one place records change, written with their events.
+//! - [`engine`]: the one place records change, written with their events;
+//! - [`unmanaged`]: channels whose splices the application drives itself.
 //!
 //! Batches (`crate::batch`) sit above: they drive the coordinator through
 //! the narrow `pub(crate)` interface of [`request`] and [`signing`], and
@@ -21,6 +22,7 @@ mod planning;
 mod recovery;
 mod request;
 mod signing;
+mod unmanaged;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Deref;
@@ -152,7 +154,14 @@ where
 
 /// The coordinator's records and what it holds in memory only.
 pub(crate) struct State {
+    /// Every record; changed only through [`State::keep`], which keeps
+    /// the indexes below.
     pub(crate) records: BTreeMap<SpliceId, SpliceRecord>,
+    /// The records that have not ended: what every tick and request looks
+    /// at, so finished records cost them nothing.
+    pub(crate) live: std::collections::BTreeSet<SpliceId>,
+    /// Each channel's records, oldest first.
+    pub(crate) by_channel: HashMap<ChannelId, Vec<SpliceId>>,
     /// The id the next record gets.
     pub(crate) next_id: u64,
     /// Unsigned transactions of batch legs held until their batch signs.
@@ -173,6 +182,42 @@ pub(crate) struct State {
     pub(crate) loaded_awaiting: std::collections::HashSet<Txid>,
     /// The height each automatic bump was last tried at (one try a block).
     pub(crate) auto_tried: HashMap<SpliceId, u32>,
+    /// Channels whose splices the application drives itself.
+    pub(crate) unmanaged: std::collections::HashSet<ChannelId>,
+}
+
+impl State {
+    /// Keeps `record` (new or changed), with its place in the indexes.
+    pub(crate) fn keep(&mut self, record: SpliceRecord) {
+        if record.state.is_final() {
+            self.live.remove(&record.id);
+        } else {
+            self.live.insert(record.id);
+        }
+        // Ids only grow, and a record never changes channel.
+        let history = self.by_channel.entry(record.channel_id).or_default();
+        if history.last().is_none_or(|last| *last < record.id) {
+            history.push(record.id);
+        }
+        self.records.insert(record.id, record);
+    }
+
+    /// The records that have not ended, oldest first.
+    pub(crate) fn live_records(&self) -> impl DoubleEndedIterator<Item = &SpliceRecord> {
+        self.live.iter().filter_map(|id| self.records.get(id))
+    }
+
+    /// Every record of `channel_id`, oldest first.
+    pub(crate) fn channel_records(
+        &self,
+        channel_id: &ChannelId,
+    ) -> impl Iterator<Item = &SpliceRecord> {
+        self.by_channel
+            .get(channel_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.records.get(id))
+    }
 }
 
 /// What happened to a batch leg, for the batch layer.
@@ -213,31 +258,39 @@ where
         config: CoordinatorConfig,
     ) -> Result<Self, SpliceError> {
         let journal = Arc::new(Journal::load(store)?);
-        let mut records = BTreeMap::new();
+        let mut records = Vec::new();
         for body in journal.take_loaded(SPLICE) {
             let record: SpliceRecord = serde_json::from_value::<crate::stored::StoredSplice>(body)
                 .map(SpliceRecord::from)
                 .map_err(|e| SpliceError::Persistence(format!("unreadable splice record: {e}")))?;
-            records.insert(record.id, record);
+            records.push(record);
         }
-        let next_id = records.keys().next_back().map_or(1, |id| id.0 + 1);
+        records.sort_by_key(|r| r.id);
+        let next_id = records.last().map_or(1, |r| r.id.0 + 1);
+        let mut state = State {
+            records: BTreeMap::new(),
+            live: Default::default(),
+            by_channel: HashMap::new(),
+            next_id,
+            held: HashMap::new(),
+            signed: HashMap::new(),
+            depths: HashMap::new(),
+            handoffs: Vec::new(),
+            asked_at: HashMap::new(),
+            loaded_awaiting: std::collections::HashSet::new(),
+            auto_tried: HashMap::new(),
+            unmanaged: Default::default(),
+        };
+        for record in records {
+            state.keep(record);
+        }
         let this = SpliceCoordinator {
             channel_manager,
             wallet,
             fee_estimator,
             config,
             journal,
-            state: Mutex::new(State {
-                records,
-                next_id,
-                held: HashMap::new(),
-                signed: HashMap::new(),
-                depths: HashMap::new(),
-                handoffs: Vec::new(),
-                asked_at: HashMap::new(),
-                loaded_awaiting: std::collections::HashSet::new(),
-                auto_tried: HashMap::new(),
-            }),
+            state: Mutex::new(state),
             notices: Mutex::new(Vec::new()),
             wake: Mutex::new(None),
             manager_writes: std::sync::atomic::AtomicU64::new(0),
@@ -270,12 +323,18 @@ where
         records.into_iter().map(|r| self.live_view(r)).collect()
     }
 
+    /// Every splice that has not ended, as [`SpliceCoordinator::status`]
+    /// reports it; its cost does not grow with the finished ones.
+    pub fn live_splices(&self) -> Vec<SpliceRecord> {
+        let records: Vec<SpliceRecord> = self.lock().live_records().cloned().collect();
+        records.into_iter().map(|r| self.live_view(r)).collect()
+    }
+
     /// Every wallet coin a splice holds, with the splice holding it.
     pub fn locked_coins(&self) -> Vec<(OutPoint, SpliceId)> {
         let state = self.lock();
         let mut coins: Vec<(OutPoint, SpliceId)> = state
-            .records
-            .values()
+            .live_records()
             .filter(|r| r.holds_coins())
             .flat_map(|r| r.inputs.iter().map(move |o| (*o, r.id)))
             .collect();
@@ -325,10 +384,23 @@ where
         self.journal.event_future()
     }
 
-    /// Acknowledges the event [`SpliceCoordinator::next_event`] returned.
-    /// It is gone once this returns `Ok`; on error it is delivered again.
-    pub fn event_handled(&self) -> Result<(), SpliceError> {
+    /// Acknowledges the event [`SpliceCoordinator::next_event`] returned:
+    /// it is not delivered again in this run. The acknowledgement costs no
+    /// write of its own: the next change the journal writes carries it, or
+    /// [`SpliceCoordinator::timer_tick`] writes it once it has waited
+    /// [`ACK_WRITE_DELAY`](crate::ACK_WRITE_DELAY) (a crash before
+    /// that delivers the event again: delivery is at least once, as with
+    /// LDK's events). [`SpliceCoordinator::write_acknowledgements`] writes
+    /// it at once.
+    pub fn event_handled(&self) {
         self.journal.event_handled()
+    }
+
+    /// Writes the acknowledgements no change has carried yet, now: after
+    /// `Ok`, no event acknowledged so far is delivered again, even after a
+    /// restart. On error they stay waiting and the next call retries.
+    pub fn write_acknowledgements(&self) -> Result<(), SpliceError> {
+        self.journal.write_acknowledgement(Duration::ZERO)
     }
 
     /// Every event not acknowledged yet, oldest first.
@@ -353,6 +425,12 @@ where
         {
             let mut state = self.lock();
             self.refresh(&mut state);
+        }
+        if let Err(e) = self
+            .journal
+            .write_acknowledgement(crate::journal::ACK_WRITE_DELAY)
+        {
+            log::warn!("could not write the events' acknowledgement (retrying next tick): {e}");
         }
         self.deliver();
     }

@@ -51,12 +51,7 @@ where
     /// counterparty started.
     pub(crate) fn refresh(&self, state: &mut State) {
         let cm = self.channel_manager.get_cm();
-        let live: Vec<SpliceRecord> = state
-            .records
-            .values()
-            .filter(|r| !r.state.is_final())
-            .cloned()
-            .collect();
+        let live: Vec<SpliceRecord> = state.live_records().cloned().collect();
         let channels = cm.list_channels();
         let tip = cm.current_best_block().height;
         let live_ids: Vec<SpliceId> = live.iter().map(|r| r.id).collect();
@@ -67,6 +62,9 @@ where
             }
         }
         for channel in &channels {
+            if state.unmanaged.contains(&channel.channel_id) {
+                continue;
+            }
             if let Err(e) = self.follow_theirs(state, channel) {
                 log::warn!("could not journal a splice the counterparty started: {e}");
             }
@@ -279,10 +277,9 @@ where
         if txids.is_empty() {
             return Ok(());
         }
-        let known = state.records.values().any(|r| {
-            r.channel_id == channel.channel_id
-                && (!r.state.is_final() || txids.iter().any(|t| r.has_candidate(t)))
-        });
+        let known = state
+            .channel_records(&channel.channel_id)
+            .any(|r| !r.state.is_final() || txids.iter().any(|t| r.has_candidate(t)));
         if known {
             return Ok(());
         }
@@ -332,8 +329,7 @@ where
     /// splice reaches LDK only after its record is written.
     pub(crate) fn free_orphan_locks(&self, state: &State) -> Result<(), SpliceError> {
         let held: BTreeSet<OutPoint> = state
-            .records
-            .values()
+            .live_records()
             .filter(|r| r.holds_coins())
             .flat_map(|r| r.inputs.iter().copied())
             .collect();

@@ -3,7 +3,7 @@
 //!
 //! The order of every start is the same: check everything, build the
 //! contribution (its coins locked in the wallet in memory), write the
-//! wallet's locks, write the `Requested` record, and only then hand the
+//! wallet's locks, write the record (as `Negotiating`), and only then hand the
 //! contribution to LDK. A failure before LDK leaves nothing behind.
 
 use std::ops::Deref;
@@ -284,8 +284,9 @@ where
 
     /// Starts `legs` together: builds every contribution with coins picked
     /// jointly (no coin twice), writes the wallet's locks, writes every
-    /// `Requested` record in one write with the document `batch_doc` gives
-    /// for the outcomes, then hands each contribution to LDK. If LDK
+    /// record (`Negotiating`, having passed `Requested`) in one write with
+    /// the document `batch_doc` gives for the outcomes, then hands each
+    /// contribution to LDK. If LDK
     /// refuses one, the legs already handed over are cancelled and every
     /// leg ends `Failed`, written with `failed_doc`'s document. The error
     /// names the position of the leg at fault.
@@ -306,6 +307,17 @@ where
         let mut updates = Vec::new();
         let mut next_id = state.next_id;
         for (index, leg) in legs.iter().enumerate() {
+            let channel_id = leg.plan.channel.channel_id;
+            if state.unmanaged.contains(&channel_id) {
+                unlock_picked();
+                return Err((
+                    index,
+                    SpliceError::InvalidRequest(format!(
+                        "channel {channel_id} is left to the application \
+                         (manage_channel hands it back)"
+                    )),
+                ));
+            }
             let template = match self.channel_manager.get_cm().splice_channel(
                 &leg.plan.channel.channel_id,
                 &leg.plan.channel.counterparty.node_id,
@@ -326,7 +338,17 @@ where
                         record.sign_with_batch = together;
                         record.auto_bump = None;
                     }
-                    updates.push(Update::new(record));
+                    // Written as handed to LDK, which the next lines do
+                    // under the same lock: if LDK refuses, the leg is
+                    // written `Failed`; after a crash in between, LDK has
+                    // no trace of it and recovery ends it, as it ends any
+                    // negotiation LDK lost.
+                    record.state = SpliceState::Negotiating;
+                    updates.push(Update {
+                        record,
+                        passed: vec![SpliceState::Requested],
+                        events: Vec::new(),
+                    });
                     outcomes.push(LegOutcome::Started(id));
                     built.push((index, contribution));
                 }
@@ -385,19 +407,6 @@ where
                 record.outputs.len(),
                 record.fee.to_sat()
             );
-        }
-        // Every leg's progress in one write. Not fatal: LDK has the legs,
-        // and the next state written supersedes this one.
-        let negotiating: Vec<Update> = contributed
-            .iter()
-            .filter_map(|id| state.records.get(id).cloned())
-            .map(|mut record| {
-                record.state = SpliceState::Negotiating;
-                Update::new(record)
-            })
-            .collect();
-        if let Err(e) = self.write(state, negotiating, Vec::new()) {
-            log::warn!("could not journal that the splices are negotiating: {e}");
         }
         Ok(outcomes)
     }

@@ -83,6 +83,10 @@ pub enum ChainFeed {
 /// journal and the wallet) is written through.
 pub type StoreWrapper = Arc<dyn Fn(SharedStore) -> SharedStore + Send + Sync>;
 
+/// Sees every LDK event before the node handles it (see
+/// [`NodeBuilder::ldk_event_hook`]).
+pub type EventHook = Arc<dyn Fn(&lightning::events::Event) + Send + Sync>;
+
 /// Builds a [`Node`] from a data directory, network, bitcoind RPC endpoint
 /// and listen address.
 #[derive(Clone)]
@@ -90,6 +94,7 @@ pub struct NodeBuilder {
     config: NodeConfig,
     wrap_store: Option<StoreWrapper>,
     funding_wallet: Option<Arc<dyn FundingWallet>>,
+    event_hook: Option<EventHook>,
     seed: Option<[u8; 32]>,
     pub(super) liquidity: LiquiditySettings,
 }
@@ -108,6 +113,7 @@ impl std::fmt::Debug for NodeBuilder {
             .field("config", &self.config)
             .field("wraps_store", &self.wrap_store.is_some())
             .field("own_funding_wallet", &self.funding_wallet.is_some())
+            .field("event_hook", &self.event_hook.is_some())
             .field("seed_given", &self.seed.is_some())
             .field("liquidity_service", &self.liquidity.service.is_some())
             .field("lsps_service", &self.liquidity.lsps_service.is_some())
@@ -140,6 +146,7 @@ impl NodeBuilder {
             },
             wrap_store: None,
             funding_wallet: None,
+            event_hook: None,
             seed: None,
             liquidity: LiquiditySettings::default(),
         }
@@ -203,6 +210,23 @@ impl NodeBuilder {
         wrap: impl Fn(SharedStore) -> SharedStore + Send + Sync + 'static,
     ) -> Self {
         self.wrap_store = Some(Arc::new(wrap));
+        self
+    }
+
+    /// Calls `hook` with every event LDK hands the node, before the node
+    /// handles it. With [`SpliceCoordinator::unmanage_channel`] it lets an
+    /// application drive a channel's splices through LDK's own API: the
+    /// hook sees `FundingTransactionReadyForSigning` and signs. The hook
+    /// runs on the background processor's thread: keep it short, and do
+    /// not block on the node. An event LDK hands over again (the node
+    /// could not handle it yet) reaches the hook again.
+    ///
+    /// [`SpliceCoordinator::unmanage_channel`]: crate::SpliceCoordinator::unmanage_channel
+    pub fn ldk_event_hook(
+        mut self,
+        hook: impl Fn(&lightning::events::Event) + Send + Sync + 'static,
+    ) -> Self {
+        self.event_hook = Some(Arc::new(hook));
         self
     }
 
@@ -295,6 +319,7 @@ impl NodeBuilder {
             self.config,
             self.wrap_store,
             self.funding_wallet,
+            self.event_hook,
             self.seed,
             self.liquidity,
         )

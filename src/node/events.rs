@@ -30,10 +30,15 @@ pub(crate) struct NodeEventHandler {
     pub(crate) liquidity_service: Option<Arc<NodeLiquidityService>>,
     /// Wakes the task that sends queued peer messages.
     pub(crate) send_messages: Arc<tokio::sync::Notify>,
+    /// The application's look at every event, first.
+    pub(crate) hook: Option<super::builder::EventHook>,
 }
 
 impl NodeEventHandler {
     pub(crate) fn handle(&self, event: Event) -> Result<(), ReplayEvent> {
+        if let Some(hook) = &self.hook {
+            hook(&event);
+        }
         // The liquidity service (which takes only fee payments) comes last:
         // a fee it fails back at once is recorded failed, after the payment
         // was recorded held.

@@ -67,7 +67,7 @@ use lightning_background_processor::{BackgroundProcessor, GossipSync as BpGossip
 pub use self::anchors::{BumpHandler, ClaimCoinSelection, ClaimWallet};
 pub use self::balances::{NodeBalances, SweepInfo, SweepStatus};
 pub use self::bitcoind::{Bitcoind, BroadcastRecord};
-pub use self::builder::{ChainFeed, NodeBuilder, NodeConfig, StoreWrapper};
+pub use self::builder::{ChainFeed, EventHook, NodeBuilder, NodeConfig, StoreWrapper};
 pub use self::coins::CoinPreparation;
 pub use self::error::NodeError;
 pub use self::fee_estimates::{FeeEstimate, FeeTarget, TargetPolicy, FEE_TARGETS};

@@ -133,9 +133,9 @@ fn report_confirmations_after_close(
     chain_monitor: &ChainMonitor,
 ) {
     let waiting: HashSet<ChannelId> = coordinator
-        .list_splices()
+        .live_splices()
         .into_iter()
-        .filter(|r| r.state.is_broadcast() && !r.state.is_final())
+        .filter(|r| r.state.is_broadcast())
         .map(|r| r.channel_id)
         .filter(|id| !channels.iter().any(|c| c.channel_id == *id))
         .collect();

@@ -8,6 +8,7 @@ impl Node {
         config: NodeConfig,
         wrap_store: Option<StoreWrapper>,
         funding_wallet: Option<Arc<dyn FundingWallet>>,
+        event_hook: Option<super::builder::EventHook>,
         given_seed: Option<[u8; 32]>,
         liquidity_settings: super::builder::LiquiditySettings,
     ) -> Result<Node, NodeError> {
@@ -318,6 +319,7 @@ impl Node {
             coordinator: coordinator.clone(),
             liquidity_service: liquidity.parts.service.clone(),
             send_messages: send_messages.clone(),
+            hook: event_hook,
         });
         if let Some(service) = &liquidity.parts.service {
             // A fee the service fails back is a failed payment of ours.

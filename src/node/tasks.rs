@@ -193,6 +193,9 @@ impl Node {
             .await
             .map_err(|e| NodeError::Storage(format!("background processor: {e}")))?
             .map_err(|e| NodeError::Storage(format!("final persistence failed: {e}")))?;
+        self.coordinator
+            .write_acknowledgements()
+            .map_err(|e| NodeError::Storage(format!("writing event acknowledgements: {e}")))?;
         // Make sure the latest state is on disk even if nothing changed since
         // the background processor's last write.
         self.store

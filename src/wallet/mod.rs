@@ -105,8 +105,11 @@ pub trait FundingWallet: Send + Sync {
     /// [`FundingWallet::save`].
     fn lock_coins(&self, outpoints: &[OutPoint], call: &CoordinatorCall);
 
-    /// Unlocks `outpoints` at once and writes it; on a write error they are
-    /// unlocked in memory anyway and the next write carries the change.
+    /// Unlocks `outpoints` at once. Writing it may wait for the next
+    /// [`FundingWallet::save`] (the bundled wallet waits): the coordinator
+    /// frees at start every lock no splice holds, so a lock that outlives
+    /// a crash costs nothing. On a write error they are unlocked in memory
+    /// anyway and the next write carries the change.
     fn unlock_coins(
         &self,
         outpoints: &[OutPoint],

@@ -344,14 +344,16 @@ impl BdkWallet {
         self.persist(&mut state)
     }
 
-    /// Unlocks `outpoints` and writes it. They are spendable at once, even
-    /// if the write fails (the next write carries the change).
+    /// Unlocks `outpoints`: they are spendable at once. The unlock costs
+    /// no write of its own; the wallet's next write carries it. A lock the
+    /// store still has after a restart is one no splice holds, and the
+    /// coordinator frees it at start.
     pub(crate) fn unlock_coins(&self, outpoints: &[OutPoint]) -> Result<(), WalletError> {
         let mut state = self.lock();
         for outpoint in outpoints {
             state.wallet.unlock_outpoint(*outpoint);
         }
-        self.persist(&mut state)
+        Ok(())
     }
 
     /// Every locked coin, spent or not.
