@@ -30,7 +30,7 @@ use lightning::util::wakers::{Future, Notifier};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::error::SpliceError;
 use crate::events::{EventNotifier, SpliceEvent};
@@ -63,7 +63,8 @@ struct StoredDoc {
     kind: String,
     id: u64,
     revision: u64,
-    body: Value,
+    /// Kept as written: a body is parsed once, by whoever owns its kind.
+    body: Box<RawValue>,
     events: Vec<QueuedEvent>,
     /// The last event acknowledged when this was written (absent in
     /// documents written before acknowledgements rode along).
@@ -88,7 +89,7 @@ struct Acked {
 pub(crate) struct Change {
     pub(crate) kind: &'static str,
     pub(crate) id: u64,
-    pub(crate) body: Value,
+    pub(crate) body: Box<RawValue>,
     pub(crate) events: Vec<SpliceEvent>,
 }
 
@@ -100,7 +101,7 @@ impl Change {
         body: &T,
         events: Vec<SpliceEvent>,
     ) -> Result<Self, SpliceError> {
-        let body = serde_json::to_value(body)
+        let body = serde_json::value::to_raw_value(body)
             .map_err(|e| SpliceError::Persistence(format!("encoding {kind}-{id}: {e}")))?;
         Ok(Change {
             kind,
@@ -117,11 +118,17 @@ struct DocState {
     events: Vec<QueuedEvent>,
 }
 
+/// A document's kind and id.
+type Slot = (String, u64);
+
 struct Inner {
-    docs: BTreeMap<(String, u64), DocState>,
+    /// The documents that still hold unacknowledged events (and only
+    /// those: a finished record costs nothing here).
+    docs: BTreeMap<Slot, DocState>,
     /// Bodies read at load, handed once to whoever owns their kind.
-    loaded: BTreeMap<String, Vec<Value>>,
-    pending: VecDeque<QueuedEvent>,
+    loaded: BTreeMap<String, Vec<Box<RawValue>>>,
+    /// Unacknowledged events, oldest first, with the document holding each.
+    pending: VecDeque<(QueuedEvent, Slot)>,
     /// The last event acknowledged.
     acked: u64,
     /// The last acknowledgement the store has, and since when a newer one
@@ -221,18 +228,19 @@ impl Journal {
                 .filter(|e| e.seq > acked)
                 .cloned()
                 .collect();
-            pending.extend(unacked.iter().cloned());
-            inner
-                .loaded
-                .entry(kind.clone())
-                .or_default()
-                .push(doc.body.clone());
-            inner.docs.insert((kind, id), DocState { events: unacked });
+            pending.extend(unacked.iter().map(|e| (e.clone(), (kind.clone(), id))));
+            let bodies = inner.loaded.entry(kind.clone()).or_default();
             if from_group {
+                bodies.push(doc.body.clone());
                 to_fold.push(doc);
+            } else {
+                bodies.push(doc.body);
+            }
+            if !unacked.is_empty() {
+                inner.docs.insert((kind, id), DocState { events: unacked });
             }
         }
-        pending.sort_by_key(|e| e.seq);
+        pending.sort_by_key(|(e, _)| e.seq);
         inner.pending = pending.into();
 
         // Fold the groups back into one entry per document, then drop them.
@@ -258,7 +266,7 @@ impl Journal {
     }
 
     /// The bodies of every `kind` document read at load (each only once).
-    pub(crate) fn take_loaded(&self, kind: &str) -> Vec<Value> {
+    pub(crate) fn take_loaded(&self, kind: &str) -> Vec<Box<RawValue>> {
         self.lock().loaded.remove(kind).unwrap_or_default()
     }
 
@@ -293,7 +301,7 @@ impl Journal {
                 let queued = QueuedEvent { seq, event };
                 seq += 1;
                 events.push(queued.clone());
-                new_events.push(queued);
+                new_events.push((queued, slot.clone()));
             }
             docs.push(StoredDoc {
                 v: FORMAT_VERSION,
@@ -323,9 +331,12 @@ impl Journal {
         inner.acked_written = inner.acked;
         inner.acked_waiting_since = None;
         for doc in docs {
-            inner
-                .docs
-                .insert((doc.kind, doc.id), DocState { events: doc.events });
+            let slot = (doc.kind, doc.id);
+            if doc.events.is_empty() {
+                inner.docs.remove(&slot);
+            } else {
+                inner.docs.insert(slot, DocState { events: doc.events });
+            }
         }
         inner.pending.extend(new_events.iter().cloned());
         drop(inner);
@@ -334,7 +345,7 @@ impl Journal {
             self.unannounced.store(true, Ordering::Release);
             let observer = self.observer.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(observe) = observer.as_ref() {
-                for queued in &new_events {
+                for (queued, _) in &new_events {
                     observe(&queued.event);
                 }
             }
@@ -364,7 +375,7 @@ impl Journal {
 
     /// The oldest event not acknowledged yet.
     pub(crate) fn next_event(&self) -> Option<SpliceEvent> {
-        self.lock().pending.front().map(|q| q.event.clone())
+        self.lock().pending.front().map(|(q, _)| q.event.clone())
     }
 
     /// Waits up to `timeout` for an event and returns the oldest one.
@@ -374,7 +385,7 @@ impl Journal {
             .ready
             .wait_timeout_while(inner, timeout, |i| i.pending.is_empty())
             .unwrap_or_else(|e| e.into_inner());
-        inner.pending.front().map(|q| q.event.clone())
+        inner.pending.front().map(|(q, _)| q.event.clone())
     }
 
     /// Acknowledges the oldest event: it is not delivered again in this
@@ -382,13 +393,18 @@ impl Journal {
     /// [`Journal::write_acknowledgement`].
     pub(crate) fn event_handled(&self) {
         let mut inner = self.lock();
-        let Some(oldest) = inner.pending.pop_front().map(|q| q.seq) else {
+        let Some((oldest, slot)) = inner.pending.pop_front() else {
             return;
         };
-        inner.acked = oldest;
+        inner.acked = oldest.seq;
         inner.acked_waiting_since.get_or_insert_with(Instant::now);
-        for doc in inner.docs.values_mut() {
-            doc.events.retain(|e| e.seq > oldest);
+        // Events are acknowledged in order: the oldest is its document's
+        // oldest too.
+        if let Some(doc) = inner.docs.get_mut(&slot) {
+            doc.events.retain(|e| e.seq > oldest.seq);
+            if doc.events.is_empty() {
+                inner.docs.remove(&slot);
+            }
         }
     }
 
@@ -425,7 +441,7 @@ impl Journal {
         self.lock()
             .pending
             .iter()
-            .map(|q| q.event.clone())
+            .map(|(q, _)| q.event.clone())
             .collect()
     }
 }
@@ -444,7 +460,7 @@ fn check_version(version: u32, key: &str) -> Result<(), SpliceError> {
 mod tests {
     use std::sync::Arc;
 
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
     use crate::ids::BatchId;
@@ -463,16 +479,15 @@ mod tests {
     }
 
     fn change(id: u64, body: Value, events: Vec<SpliceEvent>) -> Change {
-        Change {
-            kind: SPLICE,
-            id,
-            body,
-            events,
-        }
+        Change::new(SPLICE, id, &body, events).expect("encodes")
     }
 
     fn bodies(journal: &Journal) -> Vec<Value> {
-        journal.take_loaded(SPLICE)
+        journal
+            .take_loaded(SPLICE)
+            .iter()
+            .map(|raw| serde_json::from_str(raw.get()).expect("a JSON body"))
+            .collect()
     }
 
     #[test]

@@ -49,12 +49,7 @@ where
         self.core.timer_tick();
         {
             let mut book = self.lock();
-            let open: Vec<BatchId> = book
-                .records
-                .values()
-                .filter(|b| !b.state.is_final())
-                .map(|b| b.id)
-                .collect();
+            let open: Vec<BatchId> = book.open_records().map(|b| b.id).collect();
             for id in open {
                 self.review(&mut book, id);
                 self.check_deadline(&mut book, id);
@@ -70,8 +65,7 @@ where
     pub(super) fn reconcile(&self) {
         let mut book = self.lock();
         let unsigned: Vec<BatchId> = book
-            .records
-            .values()
+            .open_records()
             .filter(|b| b.state == BatchState::Negotiating)
             .map(|b| b.id)
             .collect();
@@ -161,7 +155,7 @@ where
         match self.core.sign_legs(&ids, change) {
             Ok(()) => {
                 log::info!("{}: every leg signed", record.id);
-                book.records.insert(record.id, signed);
+                book.keep(signed);
             }
             Err(SignLegsError::NotReady(id)) => log::debug!("{}: {id} not ready", record.id),
             Err(SignLegsError::Refused { id, reason }) => {
@@ -215,7 +209,7 @@ where
         self.core
             .abort_legs(&ids, leg_end, Some(batch_change(&ended)?))?;
         log::warn!("{batch}: {end}");
-        book.records.insert(batch, ended);
+        book.keep(ended);
         Ok(())
     }
 
@@ -232,7 +226,7 @@ where
         match written {
             Ok(()) => {
                 log::info!("{batch}: {}", record.state);
-                book.records.insert(batch, record);
+                book.keep(record);
             }
             Err(e) => log::error!("{batch}: could not journal {}: {e}", record.state),
         }
@@ -282,8 +276,7 @@ where
     /// confirmed (its output is then spendable), on its own.
     fn start_queued(&self, book: &mut Book) {
         let waiting: Vec<(BatchRecord, usize)> = book
-            .records
-            .values()
+            .open_records()
             .filter(|b| b.state == BatchState::Signed)
             .flat_map(|b| {
                 b.parts
@@ -357,7 +350,7 @@ where
                         part.channel_id,
                         record.parts[index].splice
                     );
-                    book.records.insert(batch.id, record);
+                    book.keep(record);
                 }
                 Err((_, e)) => log::debug!("{}: queued move not started yet: {e}", batch.id),
             }

@@ -35,8 +35,28 @@ where
 
 /// The batches, in memory; the journal has them on disk.
 pub(super) struct Book {
+    /// Every batch; changed only through [`Book::keep`].
     pub(super) records: BTreeMap<BatchId, BatchRecord>,
+    /// The batches that have not ended: what every tick looks at.
+    pub(super) open: std::collections::BTreeSet<BatchId>,
     pub(super) next_id: u64,
+}
+
+impl Book {
+    /// Keeps `record` (new or changed), with its place among the open ones.
+    pub(super) fn keep(&mut self, record: BatchRecord) {
+        if record.state.is_final() {
+            self.open.remove(&record.id);
+        } else {
+            self.open.insert(record.id);
+        }
+        self.records.insert(record.id, record);
+    }
+
+    /// The batches that have not ended, oldest first.
+    pub(super) fn open_records(&self) -> impl Iterator<Item = &BatchRecord> {
+        self.open.iter().filter_map(|id| self.records.get(id))
+    }
 }
 
 impl<CM: Deref, F: Deref> BatchCoordinator<CM, F>
@@ -50,17 +70,24 @@ where
     /// restart interrupted: a batch not signed yet is cancelled cleanly
     /// (every leg, every coin); a signed one goes on.
     pub fn new(coordinator: Arc<SpliceCoordinator<CM, F>>) -> Result<Arc<Self>, SpliceError> {
-        let mut records = BTreeMap::new();
+        let mut book = Book {
+            records: BTreeMap::new(),
+            open: Default::default(),
+            next_id: 1,
+        };
         for body in coordinator.journal.take_loaded(BATCH) {
-            let record: BatchRecord = serde_json::from_value::<crate::stored::StoredBatch>(body)
-                .map(BatchRecord::from)
-                .map_err(|e| SpliceError::Persistence(format!("unreadable batch record: {e}")))?;
-            records.insert(record.id, record);
+            let record: BatchRecord =
+                serde_json::from_str::<crate::stored::StoredBatch>(body.get())
+                    .map(BatchRecord::from)
+                    .map_err(|e| {
+                        SpliceError::Persistence(format!("unreadable batch record: {e}"))
+                    })?;
+            book.next_id = book.next_id.max(record.id.0 + 1);
+            book.keep(record);
         }
-        let next_id = records.keys().next_back().map_or(1, |id| id.0 + 1);
         let this = Arc::new(BatchCoordinator {
             core: coordinator,
-            book: Mutex::new(Book { records, next_id }),
+            book: Mutex::new(book),
         });
         let weak = Arc::downgrade(&this);
         this.core.set_wake(Box::new(move || {
@@ -214,7 +241,7 @@ where
         );
         if let Some(record) = written.into_inner().unwrap_or_else(|e| e.into_inner()) {
             book.next_id = book.next_id.max(record.id.0 + 1);
-            book.records.insert(record.id, record);
+            book.keep(record);
         }
         match started {
             Ok(_) => {

@@ -260,9 +260,12 @@ where
         let journal = Arc::new(Journal::load(store)?);
         let mut records = Vec::new();
         for body in journal.take_loaded(SPLICE) {
-            let record: SpliceRecord = serde_json::from_value::<crate::stored::StoredSplice>(body)
-                .map(SpliceRecord::from)
-                .map_err(|e| SpliceError::Persistence(format!("unreadable splice record: {e}")))?;
+            let record: SpliceRecord =
+                serde_json::from_str::<crate::stored::StoredSplice>(body.get())
+                    .map(SpliceRecord::from)
+                    .map_err(|e| {
+                        SpliceError::Persistence(format!("unreadable splice record: {e}"))
+                    })?;
             records.push(record);
         }
         records.sort_by_key(|r| r.id);

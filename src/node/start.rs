@@ -340,8 +340,14 @@ impl Node {
         {
             // The background processor's writes of the ChannelManager tell
             // the coordinator when it may give LDK our splice signatures.
-            let coordinator = coordinator.clone();
-            store.on_manager_write(Box::new(move || coordinator.channel_manager_persisted()));
+            // Weak: the store outlives nothing it would keep alive (the
+            // coordinator holds the manager, which holds the store).
+            let coordinator = Arc::downgrade(&coordinator);
+            store.on_manager_write(Box::new(move || {
+                if let Some(coordinator) = coordinator.upgrade() {
+                    coordinator.channel_manager_persisted();
+                }
+            }));
         }
 
         let listener = super::tasks::bind(config.listen_addr).await?;
