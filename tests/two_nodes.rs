@@ -250,3 +250,26 @@ async fn fee_estimates_fall_back_per_target_and_follow_bitcoind_again() {
     assert_eq!(ldk(ConfirmationTarget::UrgentOnChainSweep), 5_000);
     assert_eq!(bitcoind.funding_feerate(), FeeRate::from_sat_per_vb_u32(10));
 }
+
+/// A node that was stopped and dropped is freed: nothing it built keeps it
+/// alive (a long-running application restarts nodes without leaking one
+/// each time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_is_freed_when_dropped() {
+    let chain = start_chain().await;
+    let node = start_node(&chain).await;
+    let coordinator = std::sync::Arc::downgrade(node.node.coordinator());
+    let manager = std::sync::Arc::downgrade(node.node.channel_manager());
+    node.node.stop().await.expect("stops");
+    drop(node);
+    let deadline = std::time::Instant::now() + WAIT;
+    while coordinator.strong_count() > 0 || manager.strong_count() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still alive: coordinator {}, channel manager {}",
+            coordinator.strong_count(),
+            manager.strong_count()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
