@@ -193,9 +193,11 @@ impl Node {
             .await
             .map_err(|e| NodeError::Storage(format!("background processor: {e}")))?
             .map_err(|e| NodeError::Storage(format!("final persistence failed: {e}")))?;
-        self.coordinator
-            .write_acknowledgements()
-            .map_err(|e| NodeError::Storage(format!("writing event acknowledgements: {e}")))?;
+        // Not fatal, and not before the manager's write below: an
+        // acknowledgement that is lost only delivers its events again.
+        if let Err(e) = self.coordinator.write_acknowledgements() {
+            log::warn!("could not write the events' acknowledgement: {e}");
+        }
         // Make sure the latest state is on disk even if nothing changed since
         // the background processor's last write.
         self.store

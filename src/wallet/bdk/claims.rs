@@ -97,10 +97,7 @@ impl BdkWallet {
 
 /// Whether `outpoint` is (or was) an output of the wallet.
 fn owns(state: &super::State, outpoint: &OutPoint) -> bool {
-    state
-        .wallet
-        .get_tx(outpoint.txid)
-        .and_then(|tx| tx.tx_node.tx.output.get(outpoint.vout as usize).cloned())
+    super::graph_output(&state.wallet, outpoint)
         .is_some_and(|out| state.wallet.is_mine(out.script_pubkey))
 }
 

@@ -480,17 +480,14 @@ impl BdkWallet {
     /// The transaction that created `outpoint`, as LDK wants it for an input.
     pub fn previous_transaction(&self, outpoint: &OutPoint) -> Option<Transaction> {
         let state = self.lock();
-        let tx = state.wallet.get_tx(outpoint.txid)?;
-        Some(tx.tx_node.tx.as_ref().clone())
+        let tx = state.wallet.tx_graph().get_tx(outpoint.txid)?;
+        Some(tx.as_ref().clone())
     }
 
     /// The output `outpoint` names, if it is (or was) one of this wallet's.
     pub fn owned_output(&self, outpoint: &OutPoint) -> Option<TxOut> {
         let state = self.lock();
-        state
-            .wallet
-            .get_tx(outpoint.txid)
-            .and_then(|tx| tx.tx_node.tx.output.get(outpoint.vout as usize).cloned())
+        graph_output(&state.wallet, outpoint)
             .filter(|txout| state.wallet.is_mine(txout.script_pubkey.clone()))
     }
 
@@ -530,18 +527,18 @@ fn record_unconfirmed(wallet: &mut Wallet, tx: &Transaction) {
     wallet.apply_unconfirmed_txs([(tx.clone(), seen)]);
 }
 
+/// The output `outpoint` names, from any transaction the wallet has seen
+/// (confirmed, pending or replaced). A lookup: `Wallet::get_tx` would
+/// canonicalise the whole history on each call, which the checks before
+/// signing and coin selection make for every input.
+pub(super) fn graph_output(wallet: &Wallet, outpoint: &OutPoint) -> Option<TxOut> {
+    wallet.tx_graph().get_txout(*outpoint).cloned()
+}
+
 /// Whether `tx` spends or pays `wallet`.
 fn is_relevant(wallet: &Wallet, tx: &Transaction) -> bool {
     let spends_ours = tx.input.iter().any(|i| {
-        wallet
-            .get_tx(i.previous_output.txid)
-            .and_then(|prev| {
-                prev.tx_node
-                    .tx
-                    .output
-                    .get(i.previous_output.vout as usize)
-                    .cloned()
-            })
+        graph_output(wallet, &i.previous_output)
             .is_some_and(|out| wallet.is_mine(out.script_pubkey))
     });
     spends_ours

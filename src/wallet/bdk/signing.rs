@@ -43,13 +43,9 @@ impl BdkWallet {
                 })?;
             // Spent or not: a fee bump of a broadcast splice signs the same
             // coins again.
-            let txout = state
-                .wallet
-                .get_tx(outpoint.txid)
-                .and_then(|tx| tx.tx_node.tx.output.get(outpoint.vout as usize).cloned())
-                .ok_or_else(|| {
-                    WalletError::Build(format!("{outpoint} is not a coin of the wallet"))
-                })?;
+            let txout = super::graph_output(&state.wallet, outpoint).ok_or_else(|| {
+                WalletError::Build(format!("{outpoint} is not a coin of the wallet"))
+            })?;
             let (keychain, derivation_index) = state
                 .wallet
                 .derivation_of_spk(txout.script_pubkey.clone())
