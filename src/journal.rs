@@ -18,9 +18,9 @@
 //! delivers those events again: delivery is at least once, as LDK's own
 //! events are.
 //!
-//! Nothing is changed in memory unless the write succeeded, so a failed
-//! write leaves the journal as the store has it and the caller acts on
-//! nothing.
+//! No change is kept in memory unless its write succeeded, so a failed
+//! write leaves the records as the store has them and the caller acts on
+//! nothing. (Acknowledgements alone run ahead of the store, as above.)
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};

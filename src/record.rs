@@ -22,9 +22,12 @@ use crate::ids::{BatchId, SpliceId};
 #[serde(tag = "state", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum SpliceState {
-    /// Accepted and journaled; about to be handed to LDK.
+    /// Accepted and checked. Reported (as a passed state) in the same
+    /// write as `Negotiating`; only journals of older versions hold it.
     Requested,
-    /// Handed to LDK: waiting for quiescence and building the transaction with the peer.
+    /// Being handed to LDK (written just before, under the same lock; if
+    /// LDK refuses, it ends `Failed`): waiting for quiescence and building
+    /// the transaction with the peer.
     Negotiating,
     /// The transaction is built; we are checking it before signing our inputs.
     AwaitingSignatures,

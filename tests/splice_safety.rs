@@ -772,6 +772,10 @@ async fn a_channel_left_to_the_application_is_spliced_by_it_alone() {
     cm.funding_contributed(&channel_id, &b.node_id(), contribution, None)
         .unwrap();
     a.peer_manager().process_events();
+    let busy = coordinator
+        .manage_channel(&channel_id)
+        .expect_err("the application's splice is not signed yet");
+    mentions(&busy, &["not signed yet"]);
     let asked = tokio::task::spawn_blocking(move || signing_asked.recv_timeout(WAIT))
         .await
         .unwrap()
@@ -820,7 +824,7 @@ async fn a_channel_left_to_the_application_is_spliced_by_it_alone() {
 
     // Handed back: the coordinator's own splice goes to lock. While it is
     // under way the channel cannot be taken again.
-    coordinator.manage_channel(&channel_id);
+    coordinator.manage_channel(&channel_id).unwrap();
     let id = a
         .splice_in(&channel_id, &b.node_id(), Amount::from_sat(50_000), fee())
         .unwrap();

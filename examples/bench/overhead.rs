@@ -330,7 +330,7 @@ impl World {
         let txid = self.in_mempool().await?;
         let elapsed = started.elapsed().as_secs_f64() * 1000.0;
         self.lock(txid).await?;
-        coordinator.manage_channel(&self.channel);
+        coordinator.manage_channel(&self.channel)?;
         Ok(elapsed)
     }
 

@@ -7,6 +7,7 @@ use std::ops::Deref;
 
 use lightning::chain::chaininterface::FeeEstimator;
 use lightning::events::Event;
+use lightning::ln::channel_state::SpliceCandidateStatus;
 use lightning::ln::channelmanager::AChannelManager;
 use lightning::ln::types::ChannelId;
 
@@ -21,9 +22,17 @@ where
     /// Leaves the splices of `channel_id` to the application from now on:
     /// LDK's splice events for it are ignored (the application must sign
     /// or cancel what it started), the counterparty's splices on it are not
-    /// recorded, and requests for it are refused. Refused while a splice of
-    /// ours on it is under way. Kept in memory only: after a restart the
-    /// coordinator manages every channel again.
+    /// recorded, and requests for it are refused (a batch's queued move
+    /// into it waits until it is handed back). Refused while a splice of
+    /// ours on it is under way.
+    ///
+    /// Kept in memory only: after a restart the coordinator manages every
+    /// channel again, and would cancel an unsigned splice of the
+    /// application's there when LDK asks for its signatures; finish or
+    /// cancel such splices before stopping. Coins the application adds
+    /// must be locked in the wallet (`SpliceCoinSource::new(wallet, true)`)
+    /// so no other spend picks them; those locks are not written, and the
+    /// coordinator frees them at the next start.
     pub fn unmanage_channel(&self, channel_id: &ChannelId) -> Result<(), SpliceError> {
         let mut state = self.lock();
         if let Some(live) = Self::active_on(&state, channel_id) {
@@ -37,9 +46,30 @@ where
     }
 
     /// Hands `channel_id` back to the coordinator (see
-    /// [`SpliceCoordinator::unmanage_channel`]).
-    pub fn manage_channel(&self, channel_id: &ChannelId) {
+    /// [`SpliceCoordinator::unmanage_channel`]). Refused while LDK holds an
+    /// unsigned contribution on it (the application's splice, which the
+    /// coordinator would cancel when LDK asks for its signatures).
+    pub fn manage_channel(&self, channel_id: &ChannelId) -> Result<(), SpliceError> {
+        let unsigned = self
+            .channel_manager
+            .get_cm()
+            .list_channels()
+            .into_iter()
+            .find(|c| c.channel_id == *channel_id)
+            .and_then(|c| c.splice_details)
+            .is_some_and(|d| {
+                d.candidates.iter().any(|c| {
+                    c.contribution.is_some()
+                        && !matches!(c.status, SpliceCandidateStatus::Negotiated { .. })
+                })
+            });
+        if unsigned {
+            return Err(SpliceError::InvalidRequest(format!(
+                "channel {channel_id} has a splice of the application's not signed yet"
+            )));
+        }
         self.lock().unmanaged.remove(channel_id);
+        Ok(())
     }
 }
 

@@ -340,8 +340,8 @@ impl Node {
         {
             // The background processor's writes of the ChannelManager tell
             // the coordinator when it may give LDK our splice signatures.
-            // Weak: the store outlives nothing it would keep alive (the
-            // coordinator holds the manager, which holds the store).
+            // Weak: a strong reference would make a cycle (store -> hook ->
+            // coordinator -> manager -> store) and no node would be freed.
             let coordinator = Arc::downgrade(&coordinator);
             store.on_manager_write(Box::new(move || {
                 if let Some(coordinator) = coordinator.upgrade() {

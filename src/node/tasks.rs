@@ -193,11 +193,6 @@ impl Node {
             .await
             .map_err(|e| NodeError::Storage(format!("background processor: {e}")))?
             .map_err(|e| NodeError::Storage(format!("final persistence failed: {e}")))?;
-        // Not fatal, and not before the manager's write below: an
-        // acknowledgement that is lost only delivers its events again.
-        if let Err(e) = self.coordinator.write_acknowledgements() {
-            log::warn!("could not write the events' acknowledgement: {e}");
-        }
         // Make sure the latest state is on disk even if nothing changed since
         // the background processor's last write.
         self.store
@@ -208,6 +203,11 @@ impl Node {
                 self.channel_manager.encode(),
             )
             .map_err(|e| NodeError::Storage(e.to_string()))?;
+        // Not fatal: an acknowledgement that is lost only delivers its
+        // events again.
+        if let Err(e) = self.coordinator.write_acknowledgements() {
+            log::warn!("could not write the events' acknowledgement: {e}");
+        }
         log::info!("node {} stopped", self.node_id());
         Ok(())
     }
