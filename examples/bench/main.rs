@@ -4,8 +4,8 @@
 //! coordinator adds to one splice over LDK's raw API (see `overhead.rs`).
 //!
 //! ```text
-//! cargo run --release --example bench -- batch [--sizes 1,8,32,128] [--rtt-ms 0,20,50,100]
-//! cargo run --release --example bench -- writes
+//! cargo run --release --example bench -- batch [--sizes 1,8,32,128] [--rtt-ms 0,20,50,100] [--kinds splice_in]
+//! cargo run --release --example bench -- writes [--block-interval-ms 6000]
 //! cargo run --release --example bench -- long-lived [--records 10000]
 //! cargo run --release --example bench -- overhead [--rtt-ms 0,50] [--rounds 5]
 //! ```
@@ -17,7 +17,9 @@
 //!
 //! - `single_ms`: one splice alone through the node, request to broadcast
 //!   (the floor: a batch of any size needs about one splice's round trips);
-//! - `batch_ms`: from `Node::batch` until every leg is broadcast;
+//! - `batch_ms`: from `Node::start_batch` until every leg is broadcast,
+//!   and `phases_ms`: when the first and the last leg was ready to sign
+//!   and when the batch was signed;
 //! - `sequential_ms`: the same N splices one after another, each started
 //!   when the previous one is broadcast, the way an LDK application drives
 //!   them: `splice_channel` + `funding_contributed` (here through the
