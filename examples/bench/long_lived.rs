@@ -50,7 +50,12 @@ use ldk_splice::{
 use lightning::util::persist::KVStoreSync;
 use serde_json::{json, Value};
 
-type Error = Box<dyn std::error::Error>;
+use super::shared::{median, synced, Error};
+
+/// A node on `chain` in `dir` (reconnecting every second).
+fn builder(chain: &DevChain, dir: &Path) -> NodeBuilder {
+    super::shared::node_builder(chain, dir).reconnect_interval(Duration::from_secs(1))
+}
 
 const WAIT: Duration = Duration::from_secs(120);
 const FEERATE: FeeRate = FeeRate::from_sat_per_kwu(500);
@@ -74,12 +79,12 @@ pub async fn run(records: usize) -> Result<(), Error> {
     let mut hub = builder(&chain, hub_dir.path()).start().await?;
     chain.mine_blocks(2, &hub.new_address()?);
     chain.mine_blocks_to_burn(100);
-    synced(&chain, &[&hub, &peer]).await?;
+    synced(&chain, &[&hub, &peer], WAIT).await?;
     hub.connect(peer.node_id(), peer.listen_addr()).await?;
     hub.open_channel(peer.node_id(), Amount::from_sat(1_000_000), Amount::ZERO)?;
     wait_for_mempool(&chain, 1).await?;
     chain.mine_blocks_to_burn(7);
-    synced(&chain, &[&hub, &peer]).await?;
+    synced(&chain, &[&hub, &peer], WAIT).await?;
     hub.wait_until(WAIT, "channel usable", |n| {
         n.list_channels().iter().any(|c| c.is_usable)
     })
@@ -174,13 +179,6 @@ pub async fn run(records: usize) -> Result<(), Error> {
     peer.stop().await?;
     chain.shutdown();
     Ok(())
-}
-
-fn builder(chain: &DevChain, dir: &Path) -> NodeBuilder {
-    NodeBuilder::new(dir)
-        .bitcoind_rpc(chain.rpc_url(), chain.rpc_user(), chain.rpc_password())
-        .chain_poll_interval(Duration::from_millis(20))
-        .reconnect_interval(Duration::from_secs(1))
 }
 
 /// What one phase (fresh or aged) measured: medians, times in ms unless
@@ -348,7 +346,7 @@ impl Bench<'_> {
                 return Err(format!("{id} did not lock: {state:?}").into());
             }
             self.chain.mine_blocks_to_burn(1);
-            synced(self.chain, &[hub, self.peer]).await?;
+            synced(self.chain, &[hub, self.peer], WAIT).await?;
             let _ = hub
                 .wait_until(Duration::from_millis(200), "lock", |n| {
                     n.splice_status(id).map(|r| r.state) == Some(SpliceState::Locked)
@@ -504,16 +502,6 @@ fn timed(n: usize, mut f: impl FnMut()) -> f64 {
     median(&times)
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
-}
-
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
@@ -534,17 +522,6 @@ async fn wait_for_mempool(chain: &DevChain, n: usize) -> Result<(), Error> {
             return Err("transactions did not reach the mempool".into());
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(())
-}
-
-async fn synced(chain: &DevChain, nodes: &[&Node]) -> Result<(), Error> {
-    let (height, _) = chain.tip();
-    for node in nodes {
-        node.wait_until(WAIT, "sync", |n| {
-            n.best_block_height() == height && n.wallet().best_block().height == height
-        })
-        .await?;
     }
     Ok(())
 }

@@ -40,6 +40,7 @@
 mod long_lived;
 mod overhead;
 mod relay;
+mod shared;
 mod writes;
 
 use std::time::{Duration, Instant};
@@ -203,7 +204,7 @@ impl Setup {
             chain.mine_blocks_to_burn(1);
         }
         let everyone: Vec<&Node> = std::iter::once(&hub).chain(peer_nodes.iter()).collect();
-        wait_synced(&chain, &everyone).await?;
+        shared::synced(&chain, &everyone, WAIT).await?;
 
         // Every peer opens a channel to the hub, pushing half to it. LDK
         // accepts inbound channels from at most 50 peers whose channels have
@@ -230,10 +231,10 @@ impl Setup {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             chain.mine_blocks_to_burn(1);
-            wait_synced(&chain, &[&hub]).await?;
+            shared::synced(&chain, &[&hub], WAIT).await?;
         }
         chain.mine_blocks_to_burn(6);
-        wait_synced(&chain, &everyone).await?;
+        shared::synced(&chain, &everyone, WAIT).await?;
         hub.wait_until(WAIT, "channels usable", |n| {
             n.list_channels().iter().filter(|c| c.is_usable).count() == peers
         })
@@ -462,7 +463,7 @@ impl Setup {
                 return Ok(());
             }
             self.chain.mine_blocks_to_burn(1);
-            wait_synced(&self.chain, &everyone).await?;
+            shared::synced(&self.chain, &everyone, WAIT).await?;
             // Give splice_locked messages a moment to cross before mining more.
             let _ = self
                 .hub
@@ -508,17 +509,6 @@ fn print_table(lines: &[String]) {
             field("batch_over_single")
         );
     }
-}
-
-async fn wait_synced(chain: &DevChain, nodes: &[&Node]) -> Result<(), Box<dyn std::error::Error>> {
-    let (height, _) = chain.tip();
-    for node in nodes {
-        node.wait_until(WAIT, "sync", |n| {
-            n.best_block_height() == height && n.wallet().best_block().height == height
-        })
-        .await?;
-    }
-    Ok(())
 }
 
 /// The process's peak resident set size, from /proc (0 where unavailable).

@@ -25,14 +25,14 @@ use std::time::{Duration, Instant};
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Address, Amount, FeeRate, OutPoint, TxOut, Txid};
 use ldk_splice::devchain::{DevChain, DevChainConfig};
-use ldk_splice::node::{ChannelManager, Node, NodeBuilder};
+use ldk_splice::node::{ChannelManager, Node};
 use ldk_splice::{BdkWallet, Destination, FeePolicy, SpliceCoinSource, SpliceState};
 use lightning::events::Event;
 use lightning::ln::types::ChannelId;
 
 use super::relay;
 
-type Error = Box<dyn std::error::Error>;
+use super::shared::{median, node_builder as builder, synced, Error};
 
 const WAIT: Duration = Duration::from_secs(120);
 const FEERATE: FeeRate = FeeRate::from_sat_per_kwu(500);
@@ -116,7 +116,9 @@ pub async fn run(rtts: Vec<u64>, rounds: usize) -> Result<(), Error> {
                     raw.push(world.raw(kind).await?);
                 }
             }
-            let (c, r) = (median(&mut coordinator), median(&mut raw));
+            let (c, r) = (median(&coordinator), median(&raw));
+            coordinator.sort_by(f64::total_cmp);
+            raw.sort_by(f64::total_cmp);
             let line = serde_json::json!({
                 "kind": kind,
                 "rtt_ms": rtt,
@@ -153,36 +155,8 @@ pub async fn run(rtts: Vec<u64>, rounds: usize) -> Result<(), Error> {
     Ok(())
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    let mid = values.len() / 2;
-    if values.len() % 2 == 0 {
-        (values[mid - 1] + values[mid]) / 2.0
-    } else {
-        values[mid]
-    }
-}
-
 fn round1(ms: f64) -> f64 {
     (ms * 10.0).round() / 10.0
-}
-
-fn builder(chain: &DevChain, dir: &std::path::Path) -> NodeBuilder {
-    NodeBuilder::new(dir)
-        .bitcoind_rpc(chain.rpc_url(), chain.rpc_user(), chain.rpc_password())
-        .chain_poll_interval(Duration::from_millis(20))
-        .reconnect_interval(Duration::from_millis(200))
-}
-
-async fn synced(chain: &DevChain, nodes: &[&Node]) -> Result<(), Error> {
-    let (height, _) = chain.tip();
-    for node in nodes {
-        node.wait_until(WAIT, "sync", |n| {
-            n.best_block_height() == height && n.wallet().best_block().height == height
-        })
-        .await?;
-    }
-    Ok(())
 }
 
 async fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> Result<T, Error> {
@@ -218,7 +192,7 @@ impl World {
             chain.mine_blocks(1, &hub.new_address()?);
         }
         chain.mine_blocks_to_burn(100);
-        synced(&chain, &[&hub, &peer]).await?;
+        synced(&chain, &[&hub, &peer], WAIT).await?;
 
         let latency = relay::Latency::default();
         let relay = relay::Relay::start(peer.listen_addr(), latency.clone()).await?;
@@ -233,7 +207,7 @@ impl World {
         })
         .await?;
         chain.mine_blocks_to_burn(6);
-        synced(&chain, &[&hub, &peer]).await?;
+        synced(&chain, &[&hub, &peer], WAIT).await?;
         hub.wait_until(WAIT, "channel usable", |n| {
             n.list_channels().iter().any(|c| c.is_usable)
         })
@@ -352,7 +326,7 @@ impl World {
                 return Ok(());
             }
             self.chain.mine_blocks_to_burn(1);
-            synced(&self.chain, &[&self.hub, &self.peer]).await?;
+            synced(&self.chain, &[&self.hub, &self.peer], WAIT).await?;
             // splice_locked has to cross the relay both ways.
             let deadline = Instant::now() + Duration::from_millis(500);
             while Instant::now() < deadline && !(on_it(&self.hub) && on_it(&self.peer)) {

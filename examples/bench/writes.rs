@@ -23,13 +23,12 @@ use std::time::{Duration, Instant};
 
 use bitcoin::{Amount, FeeRate};
 use ldk_splice::devchain::{DevChain, DevChainConfig};
-use ldk_splice::node::{Node, NodeBuilder};
 use ldk_splice::SharedStore;
 use ldk_splice::{BatchPlan, ChannelRef, Destination, FeePolicy, Leg, ResizeRequest, SpliceState};
 use lightning::io;
 use lightning::util::persist::KVStoreSync;
 
-type Error = Box<dyn std::error::Error>;
+use super::shared::{node_builder as builder, synced, Error};
 
 const WAIT: Duration = Duration::from_secs(120);
 const FEERATE: FeeRate = FeeRate::from_sat_per_kwu(500);
@@ -90,24 +89,6 @@ impl KVStoreSync for CountingStore {
     }
 }
 
-fn builder(chain: &DevChain, dir: &std::path::Path) -> NodeBuilder {
-    NodeBuilder::new(dir)
-        .bitcoind_rpc(chain.rpc_url(), chain.rpc_user(), chain.rpc_password())
-        .chain_poll_interval(Duration::from_millis(20))
-        .reconnect_interval(Duration::from_millis(200))
-}
-
-async fn synced(chain: &DevChain, nodes: &[&Node]) -> Result<(), Error> {
-    let (height, _) = chain.tip();
-    for node in nodes {
-        node.wait_until(WAIT, "sync", |n| {
-            n.best_block_height() == height && n.wallet().best_block().height == height
-        })
-        .await?;
-    }
-    Ok(())
-}
-
 /// Runs the measurement and prints one line per kind of splice.
 pub async fn run(block_interval: Duration) -> Result<(), Error> {
     let chain = DevChain::start(DevChainConfig::default()).await?;
@@ -126,7 +107,7 @@ pub async fn run(block_interval: Duration) -> Result<(), Error> {
     let peer = builder(&chain, peer_dir.path()).start().await?;
     chain.mine_blocks(2, &hub.new_address()?);
     chain.mine_blocks_to_burn(100);
-    synced(&chain, &[&hub, &peer]).await?;
+    synced(&chain, &[&hub, &peer], WAIT).await?;
     hub.connect(peer.node_id(), peer.listen_addr()).await?;
     for _ in 0..3 {
         hub.open_channel(peer.node_id(), Amount::from_sat(1_000_000), Amount::ZERO)?;
@@ -138,10 +119,10 @@ pub async fn run(block_interval: Duration) -> Result<(), Error> {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         chain.mine_blocks_to_burn(1);
-        synced(&chain, &[&hub, &peer]).await?;
+        synced(&chain, &[&hub, &peer], WAIT).await?;
     }
     chain.mine_blocks_to_burn(6);
-    synced(&chain, &[&hub, &peer]).await?;
+    synced(&chain, &[&hub, &peer], WAIT).await?;
     hub.wait_until(WAIT, "channels usable", |n| {
         n.list_channels().iter().filter(|c| c.is_usable).count() == 3
     })
@@ -240,7 +221,7 @@ pub async fn run(block_interval: Duration) -> Result<(), Error> {
         }
         // What the node's timer would write a few seconds later.
         hub.coordinator().write_acknowledgements()?;
-        synced(&chain, &[&hub]).await?;
+        synced(&chain, &[&hub], WAIT).await?;
         let by_namespace = counts.take();
         let total: u64 = by_namespace.values().sum();
         let wallet = by_namespace.get("wallet").copied().unwrap_or(0);
